@@ -1,0 +1,43 @@
+# cdbdump developer entry points. `make demo` and `make test` work on a fresh Debian
+# machine once the packages in .ci/run are installed (the venv is made here).
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+CACHE  := .cache
+DEMO   := $(CACHE)/demo
+
+.PHONY: demo test lint typecheck unit bench clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev,lzo,snappy]'
+	touch $@
+
+venv: $(VENV)/.installed
+
+demo: $(VENV)/.installed
+	@mkdir -p $(DEMO)
+	$(PY) fixtures/make_demo_vmcore.py $(DEMO)/demo.vmcore
+	$(VENV)/bin/cdbdump -q -d 31 -f --show-stats --report-json $(DEMO)/demo.report.json \
+		$(DEMO)/demo.vmcore $(DEMO)/demo.kdump
+	@ls -ls $(DEMO)/demo.vmcore $(DEMO)/demo.kdump
+
+lint: $(VENV)/.installed
+	$(VENV)/bin/ruff check cdbdump tests fixtures bench
+
+typecheck: $(VENV)/.installed
+	$(VENV)/bin/mypy --strict cdbdump
+
+# The whole suite, real-vmcore tier included (vmcores are built once into .cache/).
+test: $(VENV)/.installed lint typecheck
+	$(PY) -m pytest -q tests
+
+unit: $(VENV)/.installed
+	$(PY) -m pytest -q tests -m 'not real'
+
+bench: $(VENV)/.installed
+	$(PY) bench/bench.py
+
+clean:
+	rm -rf $(VENV) $(CACHE) build *.egg-info

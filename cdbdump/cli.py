@@ -1,0 +1,278 @@
+"""The command line: a thin click layer over cdbdump.pipeline.
+
+Spelled like makedumpfile (-q -d -c -l -p -z -f --message-level --show-stats
+-D -v), with its report lines and exit codes, so kdump.conf core_collector
+lines and scripts that scrape the report keep working.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+
+from cdbdump import __version__
+from cdbdump.errors import CdbdumpError, IncompleteDumpError
+from cdbdump.mm.levels import MAX_DUMP_LEVEL, DumpLevel
+from cdbdump.mm.scan import MemoryUsage
+from cdbdump.pipeline import DumpOptions, dump, mem_usage
+from cdbdump.report import DumpReport, PathTaken
+from cdbdump.writers.compress import Codec
+
+__all__ = ("main",)
+
+# --message-level bits (makedumpfile print_info.h ML_PRINT_*)
+ML_PROGRESS = 1
+ML_COMMON = 2
+ML_ERROR = 4
+ML_DEBUG = 8
+ML_REPORT = 16
+DEFAULT_MESSAGE_LEVEL = ML_PROGRESS | ML_COMMON | ML_ERROR
+
+EXIT_COMPLETED = 0
+EXIT_FAILED = 1
+
+
+def _version(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
+    if not value or ctx.resilient_parsing:
+        return
+    click.echo(f"cdbdump: version {__version__}")
+    for codec in Codec:
+        if codec is not Codec.NONE:
+            state = "enabled" if codec.available else "disabled"
+            click.echo(f"  {codec.label}\t{state}")
+    ctx.exit(EXIT_COMPLETED)
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.argument("vmcore", type=click.Path(path_type=Path, dir_okay=False))
+@click.argument("dumpfile", type=click.Path(path_type=Path, dir_okay=False), required=False)
+@click.option("-q", "use_kernel_bitmap", is_flag=True,
+              help="Use the kernel's crash dump bitmap (crash_dump_bitmap_info); "
+              "falls back to the mem_map scan when it is unusable.")
+@click.option("-d", "dump_level", type=click.IntRange(0, MAX_DUMP_LEVEL), default=0,
+              show_default=True,
+              help="Dump level: OR of 1 zero, 2 cache, 4 cache private, 8 user, 16 free pages.")
+@click.option("-c", "codec", flag_value=Codec.ZLIB.value, help="Compress pages with zlib.")
+@click.option("-l", "codec", flag_value=Codec.LZO.value, help="Compress pages with LZO.")
+@click.option("-p", "codec", flag_value=Codec.SNAPPY.value, help="Compress pages with snappy.")
+@click.option("-z", "codec", flag_value=Codec.ZSTD.value, default=True,
+              help="Compress pages with zstd (the default).")
+@click.option("--no-compress", "codec", flag_value=Codec.NONE.value,
+              help="Store pages uncompressed.")
+@click.option("-f", "force", is_flag=True, help="Overwrite an existing DUMPFILE.")
+@click.option("--message-level", type=click.IntRange(0, 31), default=DEFAULT_MESSAGE_LEVEL,
+              show_default=True,
+              help="Bits: 1 progress, 2 common, 4 error, 8 debug, 16 report.")
+@click.option("--show-stats", is_flag=True, help="Print the report (message level bit 16).")
+@click.option("--report-json", type=click.Path(path_type=Path, dir_okay=False),
+              help="Also write the report as JSON to this file.")
+@click.option("--mem-usage", is_flag=True,
+              help="Print the pages per class of VMCORE (a vmcore or /proc/kcore) and exit.")
+@click.option("-D", "debug", is_flag=True, help="Debug messages, tracebacks on errors.")
+@click.option("-v", "--version", is_flag=True, expose_value=False, is_eager=True,
+              callback=_version, help="Print the version and the codecs available.")
+def command(
+    *,
+    vmcore: Path,
+    dumpfile: Path | None,
+    use_kernel_bitmap: bool,
+    dump_level: int,
+    codec: str,
+    force: bool,
+    message_level: int,
+    show_stats: bool,
+    report_json: Path | None,
+    mem_usage: bool,
+    debug: bool,
+) -> None:
+    """Filter and compress the crash dump VMCORE into the kdump-compressed DUMPFILE."""
+    if show_stats:
+        message_level |= ML_REPORT
+    if debug:
+        message_level |= ML_DEBUG
+    ui = _Messages(message_level)
+    if mem_usage:
+        if dumpfile is not None:
+            raise click.UsageError("--mem-usage takes only VMCORE")
+        _run_mem_usage(vmcore, ui, debug)
+        return
+    if dumpfile is None:
+        raise click.UsageError("missing argument DUMPFILE")
+    options = DumpOptions(
+        vmcore=vmcore,
+        dumpfile=dumpfile,
+        dump_level=DumpLevel(dump_level),
+        codec=Codec(codec),
+        use_kernel_bitmap=use_kernel_bitmap,
+        force=force,
+    )
+    try:
+        with _progress_bar(ui) as progress:
+            report = dump(options, progress)
+    except IncompleteDumpError as exc:
+        if isinstance(exc.report, DumpReport):
+            _render(exc.report, ui)
+        ui.error(str(exc))
+        ui.common("This is an incomplete dumpfile, but might be analyzable.")
+        sys.exit(EXIT_FAILED)
+    except CdbdumpError as exc:
+        if debug:
+            traceback.print_exc()
+        ui.error(str(exc))
+        ui.common("cdbdump Failed.")
+        sys.exit(EXIT_FAILED)
+    except KeyboardInterrupt:
+        ui.error("interrupted")
+        sys.exit(130)
+    _render(report, ui)
+    if report_json is not None:
+        try:
+            report_json.write_text(json.dumps(report.as_json(), indent=2) + "\n")
+        except OSError as exc:
+            ui.error(f"{report_json}: cannot write the JSON report: {exc.strerror}")
+            sys.exit(EXIT_FAILED)
+    ui.common(f"The dumpfile is saved to {dumpfile}.")
+    ui.common("cdbdump Completed.")
+
+
+def _run_mem_usage(vmcore: Path, ui: _Messages, debug: bool) -> None:
+    try:
+        with _progress_bar(ui) as progress:
+            usage, page_size = mem_usage(vmcore, progress)
+    except CdbdumpError as exc:
+        if debug:
+            traceback.print_exc()
+        ui.error(str(exc))
+        sys.exit(EXIT_FAILED)
+    print_mem_usage(usage, page_size, click.echo)
+
+
+def print_mem_usage(usage: MemoryUsage, page_size: int, out: Callable[[str], None]) -> None:
+    """makedumpfile print_mem_usage's table, same columns and labels."""
+    out("")
+    out("TYPE\t\tPAGES\t\t\tEXCLUDABLE\tDESCRIPTION")
+    out("-" * 70)
+    for name, pages, excludable, description in usage.rows():
+        tabs = "\t\t" if len(name) < 8 else "\t"
+        tail = " " if name == "KERN_DATA" else ""  # makedumpfile prints that trailing blank
+        out(f"{name}{tabs}{pages:<16}\t{'yes' if excludable else 'no'}\t\t{description}{tail}")
+    out("")
+    out(f"page size:\t\t{page_size:<16}")
+    out(f"Total pages on system:\t{usage.original_pages:<16}")
+    out(f"Total size on system:\t{usage.original_pages * page_size:<16} Byte")
+
+
+class _Messages:
+    """makedumpfile's message classes, gated by --message-level."""
+
+    def __init__(self, level: int) -> None:
+        self.level = level
+
+    def common(self, text: str) -> None:
+        if self.level & ML_COMMON:
+            click.echo(text)
+
+    def error(self, text: str) -> None:
+        # errors are always shown: the exit code alone does not say what went wrong
+        click.echo(f"cdbdump: error: {text}", err=True)
+
+    def warning(self, text: str) -> None:
+        if self.level & ML_ERROR:
+            click.echo(f"cdbdump: warning: {text}", err=True)
+
+    def notice(self, text: str) -> None:
+        if self.level & ML_ERROR:
+            click.echo(f"cdbdump: {text}", err=True)
+
+    def report(self, text: str) -> None:
+        if self.level & ML_REPORT:
+            click.echo(text)
+
+    @property
+    def progress(self) -> bool:
+        return bool(self.level & ML_PROGRESS) and sys.stderr.isatty()
+
+
+class _progress_bar:  # lower case: reads like a function in `with`
+    """tqdm on stderr when it is a terminal; nothing at all otherwise."""
+
+    def __init__(self, ui: _Messages) -> None:
+        self.ui = ui
+        self.bars: dict[str, Any] = {}
+
+    def __enter__(self) -> Callable[[str, int, int], None] | None:
+        if not self.ui.progress:
+            return None
+        from tqdm import tqdm  # only the CLI imports tqdm
+
+        def update(step: str, done: int, total: int) -> None:
+            bar = self.bars.get(step)
+            if bar is None:
+                bar = self.bars[step] = tqdm(total=total, desc=f"{step:<28}", unit="page",
+                                             unit_scale=True, leave=False, file=sys.stderr)
+            bar.n = done
+            bar.refresh()
+
+        return update
+
+    def __exit__(self, *exc: object) -> None:
+        for bar in self.bars.values():
+            bar.close()
+
+
+def _render(report: DumpReport, ui: _Messages) -> None:
+    for warning in report.warnings:
+        ui.warning(warning)
+    if report.path_taken is PathTaken.FALLBACK:
+        ui.notice(f"kernel crash dump bitmap not used: {report.fallback_reason}; "
+                  "falling back to the mem_map scan")
+    elif report.path_taken is PathTaken.BITMAP and report.kernel_bitmap is not None:
+        kb = report.kernel_bitmap
+        ui.common(
+            f"crash_dump_bitmap: bitmap={kb['bitmap']:#x}, bitmap_size={kb['bitmap_size']}, "
+            f"cache_pages={kb['cache_pages']:#x}, cache_private_pages="
+            f"{kb['cache_private_pages']:#x}, user_pages={kb['user_pages']:#x}, "
+            f"free_pages={kb['free_pages']:#x}, hwpoison_pages={kb['hwpoison_pages']:#x}"
+        )
+    if report.levels_not_applied:
+        ui.warning(report.levels_not_applied)
+    for step, seconds in report.timings.items():
+        ui.report(f"STEP [{step:<27}] : {seconds:.6f} seconds")
+    print_report(report, ui.report)
+
+
+def print_report(report: DumpReport, out: Callable[[str], None]) -> None:
+    """makedumpfile's print_report lines, same labels and formats."""
+    c = report.counts
+    original = report.original_pages
+    remaining = report.remaining_pages
+    out("")
+    out(f"Original pages  : 0x{original:016x}")
+    out(f"  Excluded pages   : 0x{report.excluded_pages:016x}")
+    out(f"    Pages filled with zero  : 0x{c.zero:016x}")
+    out(f"    Non-private cache pages : 0x{c.cache:016x}")
+    out(f"    Private cache pages     : 0x{c.cache_private:016x}")
+    out(f"    User process data pages : 0x{c.user:016x}")
+    out(f"    Free pages              : 0x{c.free:016x}")
+    out(f"    Hwpoison pages          : 0x{c.hwpoison:016x}")
+    out(f"    Offline pages           : 0x{c.offline:016x}")
+    out(f"  Remaining pages  : 0x{remaining:016x}")
+    if original:
+        out(f"  (The number of pages is reduced to {remaining * 100 // original}%.)")
+    out(f"Memory Hole     : 0x{report.memory_hole_pages:016x}")
+    out("-" * 50)
+    out(f"Total pages     : 0x{report.max_mapnr:016x}")
+    out("")
+    out(f"Write bytes     : {report.bytes_out}")
+    out("")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of the cdbdump command."""
+    command.main(args=argv, prog_name="cdbdump", standalone_mode=True)

@@ -1,0 +1,186 @@
+"""The whole exception hierarchy of cdbdump; nothing else defines exceptions.
+
+Attributes are the contract: ``__str__`` is built from them, and tests assert them.
+Messages read "what at where: detail", with hex numbers written ``0x...``.
+"""
+
+from __future__ import annotations
+
+__all__ = (
+    "AddressError",
+    "BadVmcoreInfoValue",
+    "CdbdumpError",
+    "CorruptDumpError",
+    "IncompleteDumpError",
+    "InputError",
+    "MissingVmcoreInfoKey",
+    "NotInDumpError",
+    "NotMappedError",
+    "OutputError",
+    "OutputNoSpaceError",
+    "TruncatedDumpError",
+    "UnknownFormatError",
+    "UnsupportedError",
+    "VmcoreInfoError",
+)
+
+
+class CdbdumpError(Exception):
+    """Base of every error cdbdump raises on purpose."""
+
+
+class InputError(CdbdumpError):
+    """The input cannot be used."""
+
+
+class UnknownFormatError(InputError):
+    """The input starts with no signature cdbdump knows."""
+
+    def __init__(self, path: str, first_bytes: bytes) -> None:
+        self.path = path
+        self.first_bytes = first_bytes
+        super().__init__(
+            f"{path}: unknown dump format at file offset 0x0: first bytes {first_bytes[:16].hex()}"
+        )
+
+
+class CorruptDumpError(InputError):
+    """The input is structurally inconsistent."""
+
+    def __init__(self, detail: str, *, file_offset: int | None = None, field: str = "") -> None:
+        self.detail = detail
+        self.file_offset = file_offset
+        self.field = field
+        where = f" at file offset {file_offset:#x}" if file_offset is not None else ""
+        what = f"{field}{where}: " if field or where else ""
+        super().__init__(f"{what}{detail}")
+
+
+class TruncatedDumpError(CorruptDumpError):
+    """A structure needs bytes past the end of the file."""
+
+    def __init__(self, what: str, *, file_offset: int, needed: int, available: int) -> None:
+        self.needed = needed
+        self.available = available
+        super().__init__(
+            f"needs {needed:#x} bytes, file has {available:#x}",
+            file_offset=file_offset,
+            field=what,
+        )
+
+
+class VmcoreInfoError(InputError):
+    """No VMCOREINFO note, or content that cannot be used."""
+
+
+class MissingVmcoreInfoKey(VmcoreInfoError):
+    """A VMCOREINFO key the operation needs is absent."""
+
+    def __init__(self, key: str, purpose: str = "") -> None:
+        self.key = key
+        self.purpose = purpose
+        why = f" (needed for {purpose})" if purpose else ""
+        super().__init__(f"VMCOREINFO has no {key}{why}")
+
+
+class BadVmcoreInfoValue(VmcoreInfoError):
+    """A VMCOREINFO value does not parse or is absurd."""
+
+    def __init__(self, key: str, raw: str, detail: str = "") -> None:
+        self.key = key
+        self.raw = raw
+        more = f": {detail}" if detail else ""
+        super().__init__(f"VMCOREINFO {key}={raw!r} is invalid{more}")
+
+
+class AddressError(CdbdumpError):
+    """A read or an address translation failed."""
+
+    def __init__(self, message: str, *, address: int, space: str) -> None:
+        self.address = address
+        self.space = space
+        super().__init__(message)
+
+
+class NotMappedError(AddressError):
+    """The page tables say the virtual address is not mapped."""
+
+    def __init__(
+        self, vaddr: int, *, level: str, entry: int, entry_paddr: int | None = None
+    ) -> None:
+        self.level = level
+        self.entry = entry
+        self.entry_paddr = entry_paddr
+        super().__init__(
+            f"kernel address {vaddr:#x} is not mapped: {level} entry {entry:#x} is not present",
+            address=vaddr,
+            space="kvaddr",
+        )
+
+
+class NotInDumpError(AddressError):
+    """A valid physical address whose data the dump does not hold."""
+
+    def __init__(self, paddr: int, size: int = 1, detail: str = "not in the dump") -> None:
+        self.size = size
+        super().__init__(
+            f"physical address {paddr:#x} (+{size:#x}) is {detail}", address=paddr, space="paddr"
+        )
+
+
+class UnsupportedError(CdbdumpError):
+    """Valid input that cdbdump does not handle."""
+
+    def __init__(self, feature: str) -> None:
+        self.feature = feature
+        super().__init__(f"unsupported: {feature}")
+
+
+class OutputError(CdbdumpError):
+    """Invalid writer options or a failure of the output sink (OSError kept as __cause__)."""
+
+    def __init__(self, message: str, *, path: str = "") -> None:
+        self.path = path
+        super().__init__(f"{path}: {message}" if path else message)
+
+
+class OutputNoSpaceError(OutputError):
+    """The output ran out of room (ENOSPC, EDQUOT, EFBIG, or the -L size limit).
+
+    ``file_offset + written`` is where the data actually on disk ends; the
+    kdump writer uses it to keep only the page descriptors whose data made it.
+    """
+
+    def __init__(
+        self, message: str, *, path: str = "", file_offset: int, requested: int, written: int
+    ) -> None:
+        self.file_offset = file_offset
+        self.requested = requested
+        self.written = written
+        super().__init__(
+            f"{message}: wrote {written:#x} of {requested:#x} bytes at file offset "
+            f"{file_offset:#x}",
+            path=path,
+        )
+
+
+class IncompleteDumpError(OutputNoSpaceError):
+    """The output filled up; what was written is kept with the header flagged INCOMPLETE.
+
+    reference: makedumpfile check_and_modify_kdump_headers ("This is an incomplete
+    dumpfile, but might analyzable."), exit status 1. ``report`` is the run's
+    DumpReport, for the CLI to print.
+    """
+
+    def __init__(
+        self, nr_pages_lost: int, cause: OutputNoSpaceError, report: object = None
+    ) -> None:
+        self.nr_pages_lost = nr_pages_lost
+        self.report = report
+        super().__init__(
+            f"{cause}; the dump is incomplete ({nr_pages_lost} dumpable pages lost) and its "
+            "header is flagged DUMP_DH_COMPRESSED_INCOMPLETE",
+            file_offset=cause.file_offset,
+            requested=cause.requested,
+            written=cause.written,
+        )

@@ -1,0 +1,113 @@
+"""Zero-copy access to input files: a read-only mmap, or pread where mmap is refused."""
+
+from __future__ import annotations
+
+import mmap
+import os
+import stat
+from types import TracebackType
+
+from cdbdump.errors import InputError, TruncatedDumpError
+
+__all__ = ("MappedFile",)
+
+
+class MappedFile:
+    """A read-only view of a file by offset.
+
+    ``/proc/vmcore`` and saved vmcores are mapped with mmap; files that refuse
+    mmap (some /proc files, pipes) fall back to pread. Views of the mapping are
+    memoryviews that share the page cache, so nothing is copied.
+    """
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = os.fspath(path)
+        try:
+            self._fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError as exc:
+            raise InputError(f"{self.path}: cannot open: {exc.strerror}") from exc
+        st = os.fstat(self._fd)
+        if stat.S_ISDIR(st.st_mode):
+            os.close(self._fd)
+            raise InputError(f"{self.path}: is a directory")
+        self.size = st.st_size
+        self._map: mmap.mmap | None = None
+        self._view: memoryview | None = None
+        self._can_drop = True
+        if self.size > 0:
+            try:
+                self._map = mmap.mmap(self._fd, 0, prot=mmap.PROT_READ)
+            except (OSError, ValueError, OverflowError):
+                self._map = None  # e.g. /proc/kcore; read with pread instead
+            else:
+                self._view = memoryview(self._map)
+
+    @property
+    def is_mapped(self) -> bool:
+        return self._view is not None
+
+    def view(self, file_offset: int, size: int, what: str = "data") -> memoryview:
+        """Return ``size`` bytes at ``file_offset``; TruncatedDumpError past EOF."""
+        if file_offset < 0 or size < 0 or file_offset + size > self.size:
+            raise TruncatedDumpError(
+                what, file_offset=file_offset, needed=file_offset + size, available=self.size
+            )
+        if self._view is not None:
+            return self._view[file_offset : file_offset + size]
+        data = os.pread(self._fd, size, file_offset)
+        if len(data) != size:
+            raise TruncatedDumpError(
+                what, file_offset=file_offset, needed=file_offset + size,
+                available=file_offset + len(data),
+            )
+        return memoryview(data)
+
+    def drop_resident(self) -> None:
+        """Unmap the pages views have touched; they stay in the page cache.
+
+        Streaming through a big vmcore would otherwise grow RSS by every page
+        read. Called once per window by the scanner and the writers. Mappings
+        that refuse MADV_DONTNEED (the VM_PFNMAP of /proc/vmcore, which does
+        not count in RSS anyway) are left alone from then on.
+        """
+        if self._map is None or not self._can_drop:
+            return
+        try:
+            self._map.madvise(mmap.MADV_DONTNEED)
+        except OSError:
+            self._can_drop = False
+
+    def advise_sequential(self) -> None:
+        if self._map is not None:
+            self._map.madvise(mmap.MADV_SEQUENTIAL)
+
+    def fileno(self) -> int:
+        return self._fd
+
+    def close(self) -> None:
+        if self._view is not None:
+            try:
+                self._view.release()
+            except BufferError:
+                pass  # exported slices keep the buffer alive until they go
+            self._view = None
+        if self._map is not None:
+            try:
+                self._map.close()
+            except BufferError:
+                pass  # a caller still holds a view; the mapping is freed with it
+            self._map = None
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+    def __enter__(self) -> MappedFile:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()

@@ -1,0 +1,1 @@
+"""On-disk layouts and magic numbers, declared once. No I/O and no policy here."""

@@ -1,0 +1,1 @@
+"""Physical memory of the crashed machine, and x86_64 address translation."""

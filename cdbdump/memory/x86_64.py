@@ -1,0 +1,230 @@
+"""x86_64 kernel page-table walks: one translation, or coalesced runs over a range.
+
+reference: makedumpfile __vtop4_x86_64 (arch/x86_64.c): entries are masked with
+bits 12..51 minus NUMBER(sme_mask); the present bit is tested at every level;
+PSE makes a PUD entry a 1 GiB page and a PMD entry a 2 MiB page. The run
+iterator follows drgn's linux_kernel_pgtable_iterator_next_x86_64: whole
+4 KiB tables are read once and kept per walker, non-present subtrees and the
+non-canonical hole are skipped in one step, contiguous mappings coalesce.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+import numpy.typing as npt
+
+from cdbdump.errors import NotInDumpError, NotMappedError
+from cdbdump.formats.x86_64 import (
+    _PAGE_PRESENT,
+    _PAGE_PSE,
+    P4D_SHIFT,
+    PGDIR_SHIFT_L4,
+    PGDIR_SHIFT_L5,
+    PMD_SHIFT,
+    PTE_PFN_MASK,
+    PTRS_PER_TABLE,
+    PUD_SHIFT,
+)
+from cdbdump.memory.physical import PhysicalMemory
+
+__all__ = ("PageTableWalker", "Run")
+
+Run = tuple[int, int, int]  # (vaddr, paddr, size)
+
+U64 = npt.NDArray[np.uint64]
+
+_TABLE_SIZE = PTRS_PER_TABLE * 8
+_PTE_SHIFT = 12
+_U64_MASK = (1 << 64) - 1
+# 4 096 tables = 16 MiB at most; the direct map and vmemmap of even a large
+# machine need far fewer because they are mapped with 2 MiB / 1 GiB pages.
+_DEFAULT_MAX_TABLES = 4096
+
+
+class PageTableWalker:
+    """Translates kernel virtual addresses through the page tables in a dump."""
+
+    def __init__(
+        self,
+        phys: PhysicalMemory,
+        root_paddr: int,
+        levels: int = 4,
+        sme_mask: int = 0,
+        *,
+        max_cached_tables: int = _DEFAULT_MAX_TABLES,
+    ) -> None:
+        if levels not in (4, 5):
+            raise ValueError(f"x86_64 paging has 4 or 5 levels, not {levels}")
+        self.phys = phys
+        self.root_paddr = root_paddr
+        self.levels = levels
+        self.sme_mask = sme_mask
+        self.entry_mask = PTE_PFN_MASK & ~sme_mask
+        if levels == 5:
+            self._shifts: tuple[int, ...] = (PGDIR_SHIFT_L5, P4D_SHIFT, PUD_SHIFT, PMD_SHIFT,
+                                             _PTE_SHIFT)
+            self._names: tuple[str, ...] = ("PGD", "P4D", "PUD", "PMD", "PTE")
+        else:
+            self._shifts = (PGDIR_SHIFT_L4, PUD_SHIFT, PMD_SHIFT, _PTE_SHIFT)
+            self._names = ("PGD", "PUD", "PMD", "PTE")
+        self.va_bits = self._shifts[0] + 9  # 48 or 57
+        self._half = 1 << (self.va_bits - 1)
+        self._max_tables = max_cached_tables
+        self._tables: dict[int, U64] = {}
+
+    # -- tables ------------------------------------------------------------------
+
+    def _table(self, table_paddr: int, depth: int, vaddr: int) -> U64:
+        table = self._tables.get(table_paddr)
+        if table is not None:
+            return table
+        try:
+            raw = self.phys.read(table_paddr, _TABLE_SIZE)
+        except NotInDumpError as exc:
+            raise NotInDumpError(
+                table_paddr,
+                _TABLE_SIZE,
+                f"not in the dump ({self._names[depth]} table for kernel address {vaddr:#x})",
+            ) from exc
+        table = np.frombuffer(raw, dtype="<u8")
+        if len(self._tables) >= self._max_tables:
+            del self._tables[next(iter(self._tables))]  # oldest first
+        self._tables[table_paddr] = table
+        return table
+
+    def is_canonical(self, vaddr: int) -> bool:
+        return vaddr < self._half or vaddr >= (1 << 64) - self._half
+
+    # -- one address ---------------------------------------------------------------
+
+    def translate(self, vaddr: int) -> int:
+        """Physical address of ``vaddr``.
+
+        Raises:
+            NotMappedError: an entry on the way is not present (or the address
+                is not canonical).
+            NotInDumpError: a page table the walk needs is not in the dump.
+        """
+        vaddr &= _U64_MASK
+        if not self.is_canonical(vaddr):
+            raise NotMappedError(vaddr, level="non-canonical address", entry=0)
+        table_paddr = self.root_paddr
+        last = len(self._shifts) - 1
+        for depth, shift in enumerate(self._shifts):
+            index = (vaddr >> shift) & (PTRS_PER_TABLE - 1)
+            entry = int(self._table(table_paddr, depth, vaddr)[index])
+            if not entry & _PAGE_PRESENT:
+                raise NotMappedError(
+                    vaddr, level=self._names[depth], entry=entry,
+                    entry_paddr=table_paddr + index * 8,
+                )
+            base = entry & self.entry_mask
+            if depth == last:
+                return base | (vaddr & ((1 << shift) - 1))
+            if shift in (PUD_SHIFT, PMD_SHIFT) and entry & _PAGE_PSE:
+                size_mask = (1 << shift) - 1
+                return (base & ~size_mask) | (vaddr & size_mask)
+            table_paddr = base
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    # -- runs ------------------------------------------------------------------------
+
+    def _canonical(self, lin: int) -> int:
+        return lin if lin < self._half else (lin - (1 << self.va_bits)) & _U64_MASK
+
+    def _linear_ranges(self, vstart: int, vend: int) -> list[tuple[int, int]]:
+        """[vstart, vend) as ranges of the va_bits-wide linear space, hole removed."""
+        span = 1 << self.va_bits
+        top = 1 << 64
+        out = []
+        lo, hi = max(vstart, 0), min(vend, self._half)
+        if lo < hi:
+            out.append((lo, hi))
+        lo, hi = max(vstart, top - self._half), min(vend, top)
+        if lo < hi:
+            out.append((lo - top + span, hi - top + span))
+        return out
+
+    def iter_runs(self, vstart: int, vend: int, *, strict: bool = True) -> Iterator[Run]:
+        """Yield coalesced (vaddr, paddr, size) runs of the mapped part of [vstart, vend).
+
+        Runs are in ascending vaddr order; adjacent runs are merged when both
+        their virtual and physical addresses continue. With ``strict=False`` a
+        page table that is not in the dump makes its subtree count as unmapped
+        instead of raising NotInDumpError.
+        """
+        pending: list[int] | None = None  # [vaddr, paddr, size]
+        for lo, hi in self._linear_ranges(vstart, vend):
+            for lin, paddr, size in self._walk(self.root_paddr, 0, 0, lo, hi, strict):
+                vaddr = self._canonical(lin)
+                if (
+                    pending is not None
+                    and pending[0] + pending[2] == vaddr
+                    and pending[1] + pending[2] == paddr
+                ):
+                    pending[2] += size
+                    continue
+                if pending is not None:
+                    yield pending[0], pending[1], pending[2]
+                pending = [vaddr, paddr, size]
+        if pending is not None:
+            yield pending[0], pending[1], pending[2]
+
+    def _walk(
+        self, table_paddr: int, depth: int, base: int, lo: int, hi: int, strict: bool
+    ) -> Iterator[Run]:
+        """Runs of [lo, hi) (linear addresses) under the table covering ``base``."""
+        shift = self._shifts[depth]
+        try:
+            table = self._table(table_paddr, depth, self._canonical(lo))
+        except NotInDumpError:
+            if strict:
+                raise
+            return
+        i0 = (lo - base) >> shift
+        i1 = ((hi - 1 - base) >> shift) + 1
+        entries = table[i0:i1]
+        present = (entries & np.uint64(_PAGE_PRESENT)) != 0
+        if not present.any():
+            return
+        idx = np.flatnonzero(present)
+        ents = entries[idx]
+        entry_size = 1 << shift
+        last = depth == len(self._shifts) - 1
+        if last:
+            leaf = np.ones(idx.size, dtype=np.bool_)
+        elif shift in (PUD_SHIFT, PMD_SHIFT):
+            leaf = (ents & np.uint64(_PAGE_PSE)) != 0
+        else:
+            leaf = np.zeros(idx.size, dtype=np.bool_)
+
+        # Leaf entries: physical start of each mapped block, grouped into runs
+        # of consecutive entries whose frames are consecutive too. Each event is
+        # (first index, last index + 1, is_leaf, paddr of a leaf / child table).
+        events: list[tuple[int, int, bool, int]] = []
+        if leaf.any():
+            lidx = idx[leaf]
+            lpa = ents[leaf] & np.uint64(self.entry_mask & ~(entry_size - 1))
+            if lidx.size > 1:
+                breaks = (np.diff(lidx) != 1) | (np.diff(lpa) != np.uint64(entry_size))
+                starts = np.concatenate(([0], np.flatnonzero(breaks) + 1))
+            else:
+                starts = np.zeros(1, dtype=np.int64)
+            ends = np.append(starts[1:], lidx.size)
+            for s, e in zip(starts.tolist(), ends.tolist(), strict=True):
+                events.append((int(lidx[s]), int(lidx[e - 1]) + 1, True, int(lpa[s])))
+        if not leaf.all():
+            for i, ent in zip(idx[~leaf].tolist(), ents[~leaf].tolist(), strict=True):
+                events.append((i, i + 1, False, int(ent) & self.entry_mask))
+            events.sort()
+
+        for first, stop, is_leaf, paddr in events:
+            run_lo = base + ((i0 + first) << shift)
+            run_hi = base + ((i0 + stop) << shift)
+            clip_lo, clip_hi = max(run_lo, lo), min(run_hi, hi)
+            if is_leaf:
+                yield clip_lo, paddr + (clip_lo - run_lo), clip_hi - clip_lo
+            else:
+                yield from self._walk(paddr, depth + 1, run_lo, clip_lo, clip_hi, strict)

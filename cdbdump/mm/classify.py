@@ -1,0 +1,460 @@
+"""Chunks of struct page → makedumpfile's exclusion decisions, vectorised.
+
+reference: makedumpfile __exclude_unnecessary_pages (makedumpfile.c). For each
+pfn of a section's mem_map whose page frame is in the dump, makedumpfile walks
+an if/else chain; the first row that matches decides, tails of compound pages
+are skipped (their head decides for the whole folio), and a decision covering
+n > 1 pages clears [pfn, pfn + n) and skips the loop past it. This module
+expresses that chain as the ordered DECISION_TABLE and evaluates it for a
+whole window of struct pages with numpy, then replays the skip-ahead
+semantics exactly (including ranges that run into the next window).
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+import numpy as np
+import numpy.typing as npt
+
+from cdbdump.errors import MissingVmcoreInfoKey
+from cdbdump.mm.counts import PageCounts
+from cdbdump.mm.levels import DumpLevel
+from cdbdump.mm.pageflags import HugetlbTest, OrderSource, PageDialect, flag_test_mask
+
+__all__ = ("DECISION_TABLE", "ChunkClassifier", "PageClass", "Row", "WindowResult")
+
+Bools = npt.NDArray[np.bool_]
+I64 = npt.NDArray[np.int64]
+
+# makedumpfile reads struct pages PGMM_CACHED at a time into a buffer indexed
+# by pfn % PGMM_CACHED and never reads the first tail of a head in the last
+# slot: "The last pfn of the mem_map cache must not be compound head page".
+PGMM_CACHED = 512
+_MAX_SHIFT = 62  # 1 << 62 pages is "to the end of memory" after clipping
+
+
+class PageClass(enum.IntEnum):
+    """Decision for one struct page (the row of DECISION_TABLE that matched)."""
+
+    KEEP = 0
+    FREE = 1
+    UNACCEPTED = 2
+    CACHE = 3
+    CACHE_PRIVATE = 4  # -d 4 row: counted private or not by PG_private
+    USER = 5
+    HWPOISON = 6
+    OFFLINE = 7
+
+
+@dataclass(frozen=True, slots=True)
+class Row:
+    """One row of makedumpfile's if/else chain."""
+
+    page_class: PageClass
+    level: DumpLevel | None  # the -d bit that enables the row; None: always
+    pages: str  # how many pages the decision covers
+    reference: str
+
+
+# reference: makedumpfile __exclude_unnecessary_pages; first match wins.
+# Row 0 (compound_head & 1: a tail page) is applied before the table: tails
+# are never classified themselves.
+DECISION_TABLE: tuple[Row, ...] = (
+    Row(PageClass.FREE, DumpLevel.FREE, "2^private",
+        "page_is_buddy_v3: !isSlab && _mapcount == PAGE_BUDDY_MAPCOUNT_VALUE; "
+        "private >= LENGTH(zone.free_area) keeps the page"),
+    Row(PageClass.UNACCEPTED, DumpLevel.FREE, "2^(LENGTH(zone.free_area) - 1)",
+        "_mapcount == PAGE_UNACCEPTED_MAPCOUNT_VALUE (makedumpfile c1a9301)"),
+    Row(PageClass.CACHE, DumpLevel.CACHE, "2^order",
+        "is_cache_page && !isPrivate && !isAnon"),
+    Row(PageClass.CACHE_PRIVATE, DumpLevel.CACHE_PRI, "2^order",
+        "is_cache_page && !isAnon (pfn_cache_private if isPrivate else pfn_cache)"),
+    Row(PageClass.USER, DumpLevel.USER, "2^order", "isAnon || isHugetlb(compound_dtor)"),
+    Row(PageClass.HWPOISON, None, "2^order", "isHWPOISON: test_bit(PG_hwpoison)"),
+    Row(PageClass.OFFLINE, None, "2^order",
+        "isOffline: !isSlab && _mapcount == PAGE_OFFLINE_MAPCOUNT_VALUE"),
+)
+
+# PageCounts field of each class; CACHE_PRIVATE is resolved per page.
+_COUNTER_NAMES = ("", "free", "free", "cache", "cache_private", "user", "hwpoison", "offline")
+_NR_COUNTERS = len(_COUNTER_NAMES)
+_CACHE_INDEX = int(PageClass.CACHE)
+
+
+@dataclass(slots=True)
+class WindowResult:
+    """What one window of struct pages decided."""
+
+    cleared: Bools  # pfns of the window to clear from the 2nd bitmap
+    beyond: list[tuple[int, int]]  # [start, end) pfns past the window to clear too
+
+
+@dataclass(slots=True)
+class _Problems:
+    invalid_free_order: int = 0
+    first_invalid_free_pfn: int = -1
+    messages: list[str] = field(default_factory=list)
+
+
+class ChunkClassifier:
+    """Applies DECISION_TABLE to consecutive windows of one dump's mem_map.
+
+    Windows must be fed in ascending pfn order. State carried between them:
+    the counters, and the skip-ahead of a range that runs past a window end.
+    """
+
+    def __init__(
+        self,
+        dialect: PageDialect,
+        level: DumpLevel,
+        *,
+        max_mapnr: int,
+        pages_per_section: int,
+    ) -> None:
+        self.dialect = dialect
+        self.level = level
+        self.max_mapnr = max_mapnr
+        self.pages_per_section = pages_per_section
+        self.counts = PageCounts()
+        self._problems = _Problems()
+        self._shadow_until = 0  # pfns below this (in the same section) are skipped
+        self._rows = self._enabled_rows()
+        self._dtype = dialect.layout.dtype()
+
+    # -- setup ----------------------------------------------------------------------
+
+    def _enabled_rows(self) -> tuple[PageClass, ...]:
+        d = self.dialect
+        rows = []
+        for row in DECISION_TABLE:
+            if row.level is not None and not self.level & row.level:
+                continue
+            if row.page_class is PageClass.FREE and not d.has_buddy_method:
+                continue  # the free-list walk (scan.py) handles free pages instead
+            if row.page_class is PageClass.UNACCEPTED:
+                if d.unaccepted_type is None:
+                    continue
+                if d.free_area_length is None:
+                    raise MissingVmcoreInfoKey("LENGTH(zone.free_area)",
+                                               "excluding unaccepted memory")
+            if row.page_class in (PageClass.CACHE, PageClass.CACHE_PRIVATE):
+                d.require_cache_flags()
+            if row.page_class is PageClass.HWPOISON and d.pg_hwpoison is None:
+                continue
+            if row.page_class is PageClass.OFFLINE and d.offline_type is None:
+                continue
+            rows.append(row.page_class)
+        return tuple(rows)
+
+    @property
+    def dtype(self) -> np.dtype[np.void]:
+        return self._dtype
+
+    @property
+    def problems(self) -> list[str]:
+        out = list(self._problems.messages)
+        if self._problems.invalid_free_order:
+            out.append(
+                f"{self._problems.invalid_free_order} buddy pages with an invalid free order "
+                f"(first at pfn {self._problems.first_invalid_free_pfn:#x}) were kept, "
+                "as makedumpfile does (\"WARNING: Invalid free page order\")"
+            )
+        return out
+
+    # -- one window ---------------------------------------------------------------------
+
+    def classify(
+        self,
+        start_pfn: int,
+        raw: npt.NDArray[np.uint8],
+        candidate: Bools,
+        readable: Bools,
+    ) -> WindowResult:
+        """Decide a window of struct pages for pfns [start_pfn, start_pfn + n).
+
+        ``raw`` holds the n struct pages (n * SIZE(page) bytes); ``candidate``
+        marks pfns makedumpfile would look at (page frame in the dump and
+        struct page readable); ``readable`` marks struct pages whose bytes are
+        valid (a head's first tail is only used when readable).
+        """
+        n = candidate.size
+        size = self.dialect.layout.size
+        rec = raw.view(self._dtype)
+        raw2d = raw.reshape(n, size)
+        code = self._decide(start_pfn, rec, raw2d, candidate, readable)
+        return self._apply(start_pfn, code)
+
+    def _decide(
+        self,
+        start_pfn: int,
+        rec: npt.NDArray[np.void],
+        raw2d: npt.NDArray[np.uint8],
+        candidate: Bools,
+        readable: Bools,
+    ) -> tuple[npt.NDArray[np.int8], I64, Bools]:
+        d = self.dialect
+        layout = d.layout
+        n = candidate.size
+        flags: npt.NDArray[np.uint64] = rec["flags"]
+        # Contiguous copies of the words the tests read: one strided pass each.
+        # test_bit only ever looks at the low 32 bits of flags.
+        low: npt.NDArray[np.uint32] = flags.astype(np.uint32)
+        mapcount: npt.NDArray[np.uint32] = (
+            rec["mapcount"].copy() if layout.mapcount is not None
+            else np.zeros(n, dtype=np.uint32)
+        )
+        odd_mapping: Bools = (rec["mapping"].astype(np.uint8) & np.uint8(1)).view(np.bool_)
+
+        # Row 0: tail pages are skipped; only the head's decision covers them.
+        cand = candidate
+        if layout.compound_head is not None:
+            tail = (rec["compound_head"].astype(np.uint8) & np.uint8(1)).view(np.bool_)
+            cand = cand & ~tail
+
+        def test_bit(nr: int) -> Bools:
+            mask = flag_test_mask(nr)
+            tested: Bools = ((flags & np.uint64(mask)) != 0 if mask >> 32
+                             else (low & np.uint32(mask)) != 0)
+            return tested
+
+        slab = np.zeros(n, dtype=np.bool_)
+        if d.slab_type is not None:
+            slab |= mapcount == np.uint32(d.slab_type)
+        if d.pg_slab is not None:
+            # isSlab uses a real shift: flags & (1UL << NUMBER(PG_slab))
+            slab |= (flags & np.uint64(1 << d.pg_slab)) != 0
+        not_slab = ~slab
+        anon = odd_mapping & not_slab  # isAnon: PAGE_MAPPING_ANON and not a slab page
+
+        order, hugetlb = self._compound(start_pfn, flags, low, mapcount, raw2d, cand, readable)
+
+        is_private: Bools | None = None
+        cache: Bools | None = None
+        conds: list[tuple[Bools, int]] = []
+        for page_class in self._rows:
+            if page_class is PageClass.FREE:
+                assert d.buddy_type is not None
+                cond = (mapcount == np.uint32(d.buddy_type)) & not_slab
+            elif page_class is PageClass.UNACCEPTED:
+                assert d.unaccepted_type is not None
+                cond = mapcount == np.uint32(d.unaccepted_type)
+            elif page_class in (PageClass.CACHE, PageClass.CACHE_PRIVATE):
+                if cache is None or is_private is None:
+                    lru, priv, swapcache = d.require_cache_flags()
+                    cache = test_bit(swapcache)
+                    if d.pg_swapbacked is not None:
+                        # PG_swapcache only counts with PG_swapbacked (kernels >= 4.10)
+                        cache &= test_bit(d.pg_swapbacked)
+                    cache |= test_bit(lru)
+                    cache &= ~anon
+                    is_private = test_bit(priv)
+                cond = cache & ~is_private if page_class is PageClass.CACHE else cache
+            elif page_class is PageClass.USER:
+                cond = anon | hugetlb
+            elif page_class is PageClass.HWPOISON:
+                assert d.pg_hwpoison is not None
+                cond = test_bit(d.pg_hwpoison)
+            else:
+                assert d.offline_type is not None
+                cond = (mapcount == np.uint32(d.offline_type)) & not_slab
+            conds.append((cond, int(page_class)))
+        code = np.zeros(n, dtype=np.int8)
+        for cond, value in reversed(conds):  # first match wins
+            code = np.where(cond, np.int8(value), code)
+        code = np.where(cand, code, np.int8(PageClass.KEEP))
+
+        # Pages covered by the decision: 2^exponent.
+        exponent = order
+        free = code == PageClass.FREE
+        if layout.private is not None and free.any():
+            private: npt.NDArray[np.uint64] = rec["private"]
+            exponent = exponent.copy()
+            where = np.flatnonzero(free)
+            orders = private[where]
+            if d.free_area_length is not None:
+                bad = orders >= np.uint64(d.free_area_length)
+                if bad.any():
+                    # "WARNING: Invalid free page order" → continue (page kept)
+                    code[where[bad]] = PageClass.KEEP
+                    self._note_invalid_free(start_pfn + int(where[bad][0]), int(bad.sum()))
+                    where, orders = where[~bad], orders[~bad]
+            exponent[where] = np.minimum(orders, np.uint64(_MAX_SHIFT)).astype(np.int64)
+        unaccepted = code == PageClass.UNACCEPTED
+        if unaccepted.any():
+            assert d.free_area_length is not None
+            if exponent is order:
+                exponent = exponent.copy()
+            exponent[unaccepted] = d.free_area_length - 1
+        if is_private is None:
+            is_private = np.zeros(n, dtype=np.bool_)
+        return code, exponent, is_private
+
+    def _compound(
+        self,
+        start_pfn: int,
+        flags: npt.NDArray[np.uint64],
+        low: npt.NDArray[np.uint32],
+        mapcount: npt.NDArray[np.uint32],
+        raw2d: npt.NDArray[np.uint8],
+        cand: Bools,
+        readable: Bools,
+    ) -> tuple[I64, Bools]:
+        """Folio order (0 unless a valid compound head) and the hugetlb marker."""
+        d = self.dialect
+        n = cand.size
+        order = np.zeros(n, dtype=np.int64)
+        hugetlb = np.zeros(n, dtype=np.bool_)
+        if d.hugetlb_test is HugetlbTest.DTOR and d.hugetlb_dtor == 0:
+            hugetlb[:] = True  # compound_dtor reads 0 for every non-head page
+        if d.pg_head_mask is None:
+            return order, hugetlb
+        if d.order_source is OrderSource.NONE and d.hugetlb_test is HugetlbTest.NONE:
+            return order, hugetlb
+        if d.pg_head_mask >> 32:
+            head = cand & ((flags & np.uint64(d.pg_head_mask)) != 0)
+        else:
+            head = cand & ((low & np.uint32(d.pg_head_mask)) != 0)
+        heads = np.flatnonzero(head)
+        if heads.size == 0:
+            return order, hugetlb
+        pfns = heads + start_pfn
+        keep = ((pfns % PGMM_CACHED) != PGMM_CACHED - 1) & (heads + 1 < n)
+        heads, pfns = heads[keep], pfns[keep]
+        keep = readable[heads + 1]
+        heads, pfns = heads[keep], pfns[keep]
+        if heads.size == 0:
+            return order, hugetlb
+        tails = heads + 1
+        layout = d.layout
+
+        def tail_field(offset: int) -> I64:
+            value: I64 = raw2d[tails, offset].astype(np.int64)
+            if layout.tail_field_width == 2:
+                value |= raw2d[tails, offset + 1].astype(np.int64) << 8
+            return value
+
+        if d.order_source is OrderSource.TAIL_FLAGS:
+            head_order = (flags[tails] & np.uint64(0xFF)).astype(np.int64)
+        elif d.order_source is OrderSource.TAIL_FIELD:
+            assert layout.tail_order is not None
+            head_order = tail_field(layout.tail_order)
+        else:
+            head_order = np.zeros(heads.size, dtype=np.int64)
+
+        if d.hugetlb_test is HugetlbTest.PAGE_TYPE:
+            assert d.hugetlb_type is not None
+            hugetlb[heads] = mapcount[heads] == np.uint32(d.hugetlb_type)
+        elif d.hugetlb_test is HugetlbTest.TAIL_FLAG:
+            assert d.pg_hugetlb is not None
+            hugetlb[heads] = (flags[tails] & np.uint64(1 << d.pg_hugetlb)) != 0
+        elif d.hugetlb_test is HugetlbTest.DTOR:
+            assert layout.tail_dtor is not None
+            hugetlb[heads] = tail_field(layout.tail_dtor) == d.hugetlb_dtor
+
+        # check_order: an order >= 64 or a head not aligned to 2^order is order 0
+        valid = head_order < 64
+        safe = np.where(valid, head_order, 0).astype(np.uint64)
+        misaligned = (pfns.astype(np.uint64) & ((np.uint64(1) << safe) - np.uint64(1))) != 0
+        head_order[~valid | misaligned] = 0
+        order[heads] = np.minimum(head_order, _MAX_SHIFT)
+        return order, hugetlb
+
+    def _note_invalid_free(self, pfn: int, count: int) -> None:
+        if self._problems.first_invalid_free_pfn < 0:
+            self._problems.first_invalid_free_pfn = pfn
+        self._problems.invalid_free_order += count
+
+    # -- skip-ahead, clearing and counting ------------------------------------------------
+
+    def _apply(
+        self, start_pfn: int, decided: tuple[npt.NDArray[np.int8], I64, Bools]
+    ) -> WindowResult:
+        code, exponent, is_private = decided
+        n = code.size
+        excluded = code != PageClass.KEEP
+        idx = np.flatnonzero(excluded)  # the (usually few) pages a row matched
+        counter = code[idx].astype(np.intp)
+        private_row = counter == PageClass.CACHE_PRIVATE
+        if private_row.any():
+            counter[private_row & ~is_private[idx]] = _CACHE_INDEX
+        multi = exponent[idx] > 0
+        carry = self._shadow_until - start_pfn
+
+        if carry <= 0 and not multi.any():
+            self._add_counts(np.bincount(counter, minlength=_NR_COUNTERS))
+            return WindowResult(cleared=excluded, beyond=[])
+
+        positions = np.flatnonzero(multi)
+        heads = idx[positions]
+        nr = np.left_shift(np.int64(1), exponent[heads])
+        section_end = ((heads + start_pfn) // self.pages_per_section + 1) * \
+            self.pages_per_section - start_pfn
+        reach = np.minimum(heads + nr, section_end)  # where the loop resumes
+        active = _active_ranges(heads, reach, max(carry, 0))
+        a_pos, a_heads, a_reach, a_nr = positions[active], heads[active], reach[active], nr[active]
+
+        # Pages skipped because an earlier range covers them (not the head itself).
+        skip = np.zeros(n + 1, dtype=np.int32)
+        if carry > 0:
+            skip[0] += 1
+            skip[min(carry, n)] -= 1
+        np.add.at(skip, np.minimum(a_heads + 1, n), 1)
+        np.add.at(skip, np.minimum(a_reach, n), -1)
+        shadowed = np.cumsum(skip[:n]) > 0
+        reached = ~shadowed[idx]
+
+        # Pages cleared: every reached decision, and the whole range of a reached head
+        # (clipped at max_mapnr, the end of makedumpfile's cycle).
+        ends = np.minimum(a_heads + a_nr, self.max_mapnr - start_pfn)
+        clear = np.zeros(n + 1, dtype=np.int32)
+        np.add.at(clear, a_heads, 1)
+        np.add.at(clear, np.minimum(ends, n), -1)
+        cleared: Bools = np.logical_or(np.cumsum(clear[:n]) > 0, excluded & ~shadowed)
+        beyond = [(start_pfn + n, start_pfn + int(e)) for e in ends[ends > n].tolist()]
+        if a_reach.size and int(a_reach.max()) > n:
+            self._shadow_until = max(self._shadow_until, start_pfn + int(a_reach.max()))
+
+        weights = np.ones(idx.size, dtype=np.int64)
+        weights[a_pos] = ends - a_heads
+        self._add_counts(np.bincount(counter[reached], weights=weights[reached],
+                                     minlength=_NR_COUNTERS))
+        return WindowResult(cleared=cleared, beyond=beyond)
+
+    def _add_counts(self, counts: npt.NDArray[np.int64] | npt.NDArray[np.float64]) -> None:
+        values = [int(v) for v in counts.tolist()]
+        c = self.counts
+        c.free += values[PageClass.FREE] + values[PageClass.UNACCEPTED]
+        c.cache += values[PageClass.CACHE]
+        c.cache_private += values[PageClass.CACHE_PRIVATE]
+        c.user += values[PageClass.USER]
+        c.hwpoison += values[PageClass.HWPOISON]
+        c.offline += values[PageClass.OFFLINE]
+
+
+def _active_ranges(heads: I64, reach: I64, carry: int) -> Bools:
+    """Which multi-page heads makedumpfile really reaches (not skipped over).
+
+    Sequentially, a head is skipped when an earlier *reached* range covers it,
+    and the loop then resumes at that range's ``reach``. Buddy blocks and
+    folios are naturally aligned, so ranges either nest or are disjoint and a
+    cumulative maximum over all ranges gives the answer; anything else (only
+    corrupt struct pages) falls back to the exact sequential walk.
+    """
+    if heads.size == 0:
+        return np.zeros(0, dtype=np.bool_)
+    running = np.maximum.accumulate(reach)
+    before = np.empty_like(running)
+    before[0] = carry
+    np.maximum(running[:-1], carry, out=before[1:])
+    skipped = before > heads
+    if not skipped.any() or bool(np.all(reach[skipped] <= before[skipped])):
+        return ~skipped
+    active = np.zeros(heads.size, dtype=np.bool_)
+    resume = carry
+    for k, (head, until) in enumerate(zip(heads.tolist(), reach.tolist(), strict=True)):
+        if head >= resume:
+            active[k] = True
+            resume = until
+    return active

@@ -1,0 +1,25 @@
+"""makedumpfile's dump levels (-d), from makedumpfile.h DL_EXCLUDE_*."""
+
+from __future__ import annotations
+
+import enum
+
+__all__ = ("MAX_DUMP_LEVEL", "DumpLevel")
+
+MAX_DUMP_LEVEL = 31
+
+
+class DumpLevel(enum.IntFlag):
+    """Bits of -d: each one excludes a class of pages."""
+
+    ZERO = 1  # DL_EXCLUDE_ZERO: pages whose content is all zero
+    CACHE = 2  # DL_EXCLUDE_CACHE: cache pages without PG_private, not anonymous
+    CACHE_PRI = 4  # DL_EXCLUDE_CACHE_PRI: all cache pages that are not anonymous
+    USER = 8  # DL_EXCLUDE_USER_DATA: anonymous pages and hugetlbfs folios
+    FREE = 16  # DL_EXCLUDE_FREE: buddy-free pages, unaccepted memory
+
+    @property
+    def needs_mem_map(self) -> bool:
+        """True when some requested class can only be found through struct page."""
+        mem_map_bits = DumpLevel.CACHE | DumpLevel.CACHE_PRI | DumpLevel.USER | DumpLevel.FREE
+        return bool(self & mem_map_bits)

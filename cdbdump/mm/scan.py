@@ -1,0 +1,494 @@
+"""The legacy mem_map scan: clear excluded page frames from the 2nd bitmap.
+
+reference: makedumpfile create_2nd_bitmap → exclude_unnecessary_pages →
+__exclude_unnecessary_pages, and exclude_free_page → _exclude_free_page →
+reset_bitmap_of_free_pages for kernels without the buddy page type. The
+mem_map is read in bounded windows (64 Ki struct pages = 4 MiB by default),
+zero-copy when a window is one file-backed physical run, and classified with
+numpy (mm.classify); memory use stays a few windows whatever the machine size.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import numpy.typing as npt
+
+from cdbdump.bitmap import Bitmap
+from cdbdump.errors import AddressError, CorruptDumpError, MissingVmcoreInfoKey
+from cdbdump.memory.kernel import KernelMemory
+from cdbdump.mm.classify import ChunkClassifier
+from cdbdump.mm.counts import PageCounts
+from cdbdump.mm.levels import DumpLevel
+from cdbdump.mm.memmodel import MemMap, locate_mem_map
+from cdbdump.mm.pageflags import PageDialect
+from cdbdump.vmcore.vmcoreinfo import VmcoreInfo
+
+__all__ = (
+    "DEFAULT_WINDOW",
+    "MemoryUsage",
+    "ProgressCallback",
+    "ScanResult",
+    "exclude_unnecessary_pages",
+    "mem_map_max_pfn",
+    "memory_usage",
+    "scan_needed",
+)
+
+# (step name, struct pages done, total), once per window; the same shape as
+# cdbdump.report.ProgressCallback
+ProgressCallback = Callable[[str, int, int], None]
+PROGRESS_STEP = "Excluding unnecessary pages"  # makedumpfile's step name
+DEFAULT_WINDOW = 1 << 16  # struct pages per window: 4 MiB of 64-byte struct page
+_MAX_PROBLEM_RANGES = 8
+
+
+@dataclass(slots=True)
+class ScanResult:
+    """Outcome of the mem_map scan."""
+
+    counts: PageCounts
+    problems: list[str]
+    ran: bool  # False when makedumpfile would not scan at all for this level
+    mem_map: MemMap | None = None
+    dialect: PageDialect | None = None
+    nr_struct_pages: int = 0  # struct pages covered by the scanned mem_map runs
+    nr_unreadable: int = 0  # struct pages of dumped frames that could not be read
+    free_pages_method: str = ""  # "buddy page type", "free lists" or ""
+
+
+@dataclass(frozen=True, slots=True)
+class MemoryUsage:
+    """makedumpfile --mem-usage table (print_mem_usage), in pages."""
+
+    total_pages: int  # max_mapnr
+    original_pages: int  # max_mapnr minus memory holes
+    zero: int
+    non_pri_cache: int
+    pri_cache: int
+    user: int
+    free: int
+    hwpoison: int
+    offline: int
+
+    @property
+    def kern_data(self) -> int:
+        return self.original_pages - (self.zero + self.non_pri_cache + self.pri_cache
+                                      + self.user + self.free + self.hwpoison + self.offline)
+
+    def rows(self) -> list[tuple[str, int, bool, str]]:
+        """(TYPE, PAGES, EXCLUDABLE, DESCRIPTION) rows in makedumpfile's order."""
+        return [
+            ("ZERO", self.zero, True, "Pages filled with zero"),
+            ("NON_PRI_CACHE", self.non_pri_cache, True, "Cache pages without private flag"),
+            ("PRI_CACHE", self.pri_cache, True, "Cache pages with private flag"),
+            ("USER", self.user, True, "User process pages"),
+            ("FREE", self.free, True, "Free pages"),
+            ("KERN_DATA", self.kern_data, False, "Dumpable kernel data"),
+        ]
+
+
+def mem_map_max_pfn(kernel: KernelMemory, info: VmcoreInfo, max_mapnr: int | None = None) -> int:
+    """makedumpfile's max_mapnr: the PT_LOAD end, lowered to the last section with a mem_map.
+
+    ``max_mapnr`` defaults to the end of the highest PT_LOAD (get_max_mapnr).
+    Size the bitmaps with the result.
+
+    Raises:
+        MissingVmcoreInfoKey / BadVmcoreInfoValue / UnsupportedError / CorruptDumpError:
+            as locate_mem_map.
+    """
+    if max_mapnr is None:
+        page_size = kernel.phys.page_size
+        max_mapnr = -(-kernel.phys.end_paddr // page_size)
+    return locate_mem_map(kernel, info, max_mapnr).max_mapnr
+
+
+def scan_needed(level: DumpLevel, dialect: PageDialect) -> bool:
+    """Whether makedumpfile runs the mem_map scan at all (create_2nd_bitmap).
+
+    The scan runs for -d 2, 4 or 8, whenever NUMBER(PG_hwpoison) is known
+    (then hwpoison and offline pages go even at -d 0), and for -d 16 when free
+    pages are recognised by the buddy page type.
+    """
+    return bool(
+        level & (DumpLevel.CACHE | DumpLevel.CACHE_PRI | DumpLevel.USER)
+        or dialect.pg_hwpoison is not None
+        or (level & DumpLevel.FREE and dialect.has_buddy_method)
+    )
+
+
+def exclude_unnecessary_pages(
+    kernel: KernelMemory,
+    info: VmcoreInfo,
+    level: DumpLevel,
+    bitmap2: Bitmap,
+    progress: ProgressCallback | None = None,
+    *,
+    mem_map: MemMap | None = None,
+    window: int = DEFAULT_WINDOW,
+) -> ScanResult:
+    """Clear from ``bitmap2`` every pfn makedumpfile excludes at ``level`` (not zero pages).
+
+    ``bitmap2`` covers [0, max_mapnr) and holds the pages still dumpable;
+    excluded pfns are cleared in place and counted as makedumpfile counts
+    them (every bit cleared, whether or not it was set). Pass the ``mem_map``
+    the pipeline located with locate_mem_map (whose max_mapnr sized the
+    bitmaps); without it, it is located here with bitmap2.nr_bits.
+
+    Degradations never raise: a window of struct pages that cannot be read
+    leaves its page frames dumpable and is reported in ``problems``.
+
+    Raises:
+        MissingVmcoreInfoKey / BadVmcoreInfoValue: VMCOREINFO cannot describe
+            struct page, mem_section or a page flag the level needs.
+        CorruptDumpError: no valid mem_section array; a broken free list.
+    """
+    dialect = PageDialect.from_vmcoreinfo(info)
+    result = ScanResult(counts=PageCounts(), problems=[], ran=False, dialect=dialect)
+    scan_mem_map = scan_needed(level, dialect)
+    walk_free_lists = bool(level & DumpLevel.FREE) and not dialect.has_buddy_method
+    if not scan_mem_map and not walk_free_lists:
+        return result
+    if mem_map is None:
+        mem_map = locate_mem_map(kernel, info, bitmap2.nr_bits)
+    result.mem_map = mem_map
+    result.problems.extend(mem_map.problems)
+    result.ran = True
+    max_mapnr = min(mem_map.max_mapnr, bitmap2.nr_bits)
+
+    if scan_mem_map:
+        _scan_mem_map(kernel, dialect, level, bitmap2, mem_map, max_mapnr, window,
+                      progress, result)
+    if walk_free_lists:
+        result.free_pages_method = "free lists"
+        nr_free = _exclude_free_lists(kernel, info, dialect, bitmap2, mem_map, max_mapnr)
+        result.counts.free += nr_free
+    elif level & DumpLevel.FREE:
+        result.free_pages_method = "buddy page type"
+    return result
+
+
+# -- the mem_map scan ---------------------------------------------------------------------
+
+
+def _scan_mem_map(
+    kernel: KernelMemory,
+    dialect: PageDialect,
+    level: DumpLevel,
+    bitmap2: Bitmap,
+    mem_map: MemMap,
+    max_mapnr: int,
+    window: int,
+    progress: ProgressCallback | None,
+    result: ScanResult,
+) -> None:
+    classifier = ChunkClassifier(
+        dialect, level, max_mapnr=max_mapnr, pages_per_section=mem_map.pages_per_section
+    )
+    size = dialect.layout.size
+    # windows stay aligned to makedumpfile's 512-entry struct page buffer
+    window = max(512, window - window % 512)
+    scratch = np.empty(window * size, dtype=np.uint8)
+    in_segs = _SegmentPfns(kernel)
+    runs = [r for r in mem_map.runs if r.start_pfn < max_mapnr]
+    total = sum(min(r.end_pfn, max_mapnr) - r.start_pfn for r in runs)
+    done = 0
+    unreadable_ranges: list[tuple[int, int]] = []
+    for run in runs:
+        end_pfn = min(run.end_pfn, max_mapnr)
+        start = run.start_pfn
+        while start < end_pfn:
+            stop = min(end_pfn, (start // window + 1) * window)
+            n = stop - start
+            vaddr = run.mem_map_vaddr + (start - run.start_pfn) * size
+            raw, missing = kernel.gather(vaddr, scratch[: n * size])
+            readable = _readable(n, size, missing)
+            candidate = in_segs.mask(start, stop)
+            if missing:
+                lost = candidate & ~readable
+                nr_lost = int(lost.sum())
+                if nr_lost:
+                    result.nr_unreadable += nr_lost
+                    if len(unreadable_ranges) < _MAX_PROBLEM_RANGES:
+                        first = start + int(np.argmax(lost))
+                        unreadable_ranges.append((first, start + n))
+                candidate &= readable
+            decided = classifier.classify(start, raw, candidate, readable)
+            _clear(bitmap2, start, decided.cleared)
+            for lo, hi in decided.beyond:
+                bitmap2.clear_range(lo, hi)
+            done += n
+            if progress is not None:
+                progress(PROGRESS_STEP, done, total)
+            start = stop
+    result.nr_struct_pages = total
+    result.counts.add(classifier.counts)
+    result.problems.extend(classifier.problems)
+    if result.nr_unreadable:
+        where = ", ".join(f"[{lo:#x}, {hi:#x})" for lo, hi in unreadable_ranges)
+        result.problems.append(
+            f"struct pages of {result.nr_unreadable} dumped page frames could not be read "
+            f"(mem_map not mapped or not in the dump; pfns in {where}"
+            f"{' ...' if len(unreadable_ranges) >= _MAX_PROBLEM_RANGES else ''}): "
+            "those pages are kept, not classified"
+        )
+
+
+def _readable(n: int, size: int, missing: list[tuple[int, int]]) -> npt.NDArray[np.bool_]:
+    readable = np.ones(n, dtype=np.bool_)
+    for offset, length in missing:
+        readable[offset // size : (offset + length - 1) // size + 1] = False
+    return readable
+
+
+def _clear(bitmap: Bitmap, start: int, cleared: npt.NDArray[np.bool_]) -> None:
+    """bitmap[start + i] = 0 where cleared[i]; start is a multiple of 8."""
+    if not cleared.any():
+        return
+    end = min(start + cleared.size, bitmap.nr_bits)
+    if start % 8:
+        bitmap.clear_where(start, cleared[: end - start])
+        return
+    packed = np.packbits(cleared[: end - start], bitorder="little")
+    b0 = start >> 3
+    bitmap.bits[b0 : b0 + packed.size] &= ~packed
+
+
+class _SegmentPfns:
+    """is_in_segs for pfns: the pfn's first byte lies in the file-backed part of a PT_LOAD.
+
+    reference: makedumpfile is_in_segs → paddr_to_offset (p_filesz only).
+    """
+
+    def __init__(self, kernel: KernelMemory) -> None:
+        page_size = kernel.phys.page_size
+        ranges: list[tuple[int, int]] = []
+        for piece in kernel.phys.pieces:
+            lo = -(-piece.paddr // page_size)
+            hi = -(-piece.file_end // page_size)
+            if lo >= hi:
+                continue
+            if ranges and ranges[-1][1] >= lo:
+                ranges[-1] = (ranges[-1][0], max(ranges[-1][1], hi))
+            else:
+                ranges.append((lo, hi))
+        self._starts = [lo for lo, _ in ranges]
+        self._ranges = ranges
+
+    def mask(self, start: int, stop: int) -> npt.NDArray[np.bool_]:
+        out = np.zeros(stop - start, dtype=np.bool_)
+        i = max(0, bisect.bisect_right(self._starts, start) - 1)
+        while i < len(self._ranges) and self._ranges[i][0] < stop:
+            lo, hi = self._ranges[i]
+            if hi > start:
+                out[max(lo, start) - start : min(hi, stop) - start] = True
+            i += 1
+        return out
+
+
+# -- free pages from the buddy free lists (§4.5) ---------------------------------------------
+
+
+@dataclass(slots=True)
+class _FreeListKeys:
+    node_zones: int
+    nr_zones: int
+    zone_size: int
+    spanned_pages: int
+    free_area: int
+    free_area_size: int
+    free_list: int
+    list_head_size: int
+    next: int
+    prev: int
+    lru: int
+    nr_orders: int
+    nr_types: int
+    pgdats: list[int] = field(default_factory=list)
+
+
+def _free_list_keys(kernel: KernelMemory, info: VmcoreInfo) -> _FreeListKeys:
+    def need(value: int | None, key: str) -> int:
+        if value is None:
+            raise MissingVmcoreInfoKey(key, "excluding free pages from the free lists")
+        return value
+
+    keys = _FreeListKeys(
+        node_zones=need(info.get_offset("pglist_data.node_zones"),
+                        "OFFSET(pglist_data.node_zones)"),
+        nr_zones=need(info.get_offset("pglist_data.nr_zones"), "OFFSET(pglist_data.nr_zones)"),
+        zone_size=need(info.get_size("zone"), "SIZE(zone)"),
+        spanned_pages=need(info.get_offset("zone.spanned_pages"), "OFFSET(zone.spanned_pages)"),
+        free_area=need(info.get_offset("zone.free_area"), "OFFSET(zone.free_area)"),
+        free_area_size=need(info.get_size("free_area"), "SIZE(free_area)"),
+        free_list=need(info.get_offset("free_area.free_list"), "OFFSET(free_area.free_list)"),
+        list_head_size=info.get_size("list_head") or 16,
+        next=need(info.get_offset("list_head.next"), "OFFSET(list_head.next)"),
+        prev=need(info.get_offset("list_head.prev"), "OFFSET(list_head.prev)"),
+        lru=need(info.get_offset("page.lru"), "OFFSET(page.lru)"),
+        nr_orders=need(info.get_length("zone.free_area"), "LENGTH(zone.free_area)"),
+        nr_types=info.get_length("free_area.free_list") or 1,
+    )
+    # reference: makedumpfile get_numnodes / next_online_node / next_online_pgdat
+    nodes = [0]
+    online = info.get_symbol("node_online_map")
+    nodemask_size = info.get_size("nodemask_t")
+    if online is not None and nodemask_size:
+        raw = np.frombuffer(kernel.read(online, nodemask_size), dtype=np.uint8)
+        nodes = np.flatnonzero(np.unpackbits(raw, bitorder="little")).tolist() or [0]
+    node_data = info.get_symbol("node_data")
+    contig = info.get_symbol("contig_page_data")
+    for node in nodes:
+        if node_data is not None:
+            length = info.get_length("node_data")
+            if length is not None and node >= length:
+                continue
+            keys.pgdats.append(kernel.read_u64(node_data + 8 * node))
+        elif contig is not None and node == 0:
+            keys.pgdats.append(contig)
+        else:
+            raise MissingVmcoreInfoKey("SYMBOL(node_data)", "excluding free pages")
+    return keys
+
+
+def _exclude_free_lists(
+    kernel: KernelMemory,
+    info: VmcoreInfo,
+    dialect: PageDialect,
+    bitmap2: Bitmap,
+    mem_map: MemMap,
+    max_mapnr: int,
+) -> int:
+    """Clear the pages of every buddy free list; return how many bits were cleared.
+
+    reference: makedumpfile _exclude_free_page / reset_bitmap_of_free_pages.
+    """
+    keys = _free_list_keys(kernel, info)
+    run_starts = [r.mem_map_vaddr for r in mem_map.runs]
+    size = dialect.layout.size
+    found = 0
+    budget = max_mapnr + 1  # a list can never hold more entries than pages exist
+    for pgdat in keys.pgdats:
+        nr_zones = int.from_bytes(kernel.read(pgdat + keys.nr_zones, 4), "little")
+        for zone_nr in range(min(nr_zones, 16)):
+            zone = pgdat + keys.node_zones + zone_nr * keys.zone_size
+            if kernel.read_u64(zone + keys.spanned_pages) == 0:
+                continue
+            for order in reversed(range(keys.nr_orders)):
+                for mtype in range(keys.nr_types):
+                    head = (zone + keys.free_area + keys.free_area_size * order
+                            + keys.free_list + keys.list_head_size * mtype)
+                    previous = head
+                    curr = kernel.read_u64(head + keys.next)
+                    while curr != head:
+                        budget -= 1
+                        if budget < 0:
+                            raise CorruptDumpError(
+                                f"free list at {head:#x} does not end (a loop)",
+                                field="zone.free_area",
+                            )
+                        page = curr - keys.lru
+                        pfn = _page_to_pfn(mem_map, run_starts, size, page)
+                        if kernel.read_u64(curr + keys.prev) != previous:
+                            raise CorruptDumpError(
+                                f"the free list is broken at {curr:#x} (list at {head:#x})",
+                                field="zone.free_area",
+                            )
+                        lo, hi = pfn, min(pfn + (1 << order), max_mapnr)
+                        if lo < hi:
+                            bitmap2.clear_range(lo, hi)
+                            found += hi - lo
+                        previous = curr
+                        curr = kernel.read_u64(curr + keys.next)
+    return found
+
+
+def _page_to_pfn(mem_map: MemMap, run_starts: list[int], size: int, page: int) -> int:
+    """pfn of a struct page address (reference: makedumpfile page_to_pfn)."""
+    i = bisect.bisect_right(run_starts, page) - 1
+    if i >= 0:
+        run = mem_map.runs[i]
+        index = (page - run.mem_map_vaddr) // size
+        if index < run.nr_pages:
+            return run.start_pfn + index
+    raise CorruptDumpError(f"free list entry {page:#x} is not a struct page in mem_map",
+                           field="zone.free_area")
+
+
+# -- --mem-usage ---------------------------------------------------------------------------
+
+
+def memory_usage(
+    kernel: KernelMemory,
+    info: VmcoreInfo,
+    bitmap1: Bitmap,
+    progress: ProgressCallback | None = None,
+    *,
+    mem_map: MemMap | None = None,
+) -> MemoryUsage:
+    """Per-class page counts as makedumpfile --mem-usage prints them.
+
+    reference: makedumpfile show_mem_usage / print_mem_usage: dump level 31;
+    after the mem_map scan the remaining dumpable pages are tested for zero
+    content (exclude_zero_pages_cyclic). ``bitmap1`` is the 1st bitmap
+    (pages present in the dump), sized by max_mapnr.
+    """
+    bitmap2 = bitmap1.copy()
+    _exclude_nodata(kernel, bitmap2)
+    scan = exclude_unnecessary_pages(kernel, info, DumpLevel(31), bitmap2, progress,
+                                     mem_map=mem_map)
+    zero = _exclude_zero_pages(kernel, bitmap2)
+    c = scan.counts
+    return MemoryUsage(
+        total_pages=bitmap1.nr_bits,
+        original_pages=bitmap1.count(),
+        zero=zero,
+        non_pri_cache=c.cache,
+        pri_cache=c.cache_private,
+        user=c.user,
+        free=c.free,
+        hwpoison=c.hwpoison,
+        offline=c.offline,
+    )
+
+
+def _exclude_nodata(kernel: KernelMemory, bitmap: Bitmap) -> None:
+    # reference: makedumpfile exclude_nodata_pages: pages wholly beyond p_filesz
+    keep = Bitmap(bitmap.nr_bits)
+    for lo, hi in kernel.phys.filebacked_pfn_ranges():
+        keep.set_range(lo, hi)
+    bitmap.bits &= keep.bits
+
+
+def _exclude_zero_pages(kernel: KernelMemory, bitmap: Bitmap, chunk: int = 4096) -> int:
+    """Clear and count dumpable pages whose content is all zero."""
+    phys = kernel.phys
+    page_size = phys.page_size
+    words = page_size // 8
+    nr_zero = 0
+    for pfns in bitmap.iter_set_pfns(chunk):
+        zero = np.zeros(pfns.size, dtype=np.bool_)
+        # group consecutive pfns into runs and read each run once
+        breaks = np.flatnonzero(np.diff(pfns) != 1) + 1
+        for group in np.split(np.arange(pfns.size), breaks):
+            first = int(pfns[group[0]])
+            count = group.size
+            paddr = first * page_size
+            view = phys.view_run(paddr, count * page_size)
+            try:
+                data = (np.frombuffer(view, dtype="<u8") if view is not None
+                        else np.frombuffer(phys.read(paddr, count * page_size), dtype="<u8"))
+            except AddressError:
+                continue  # not readable as a whole: leave these pages alone
+            zero[group] = ~data.reshape(count, words).any(axis=1)
+        if zero.any():
+            lo = int(pfns[0])
+            mask = np.zeros(int(pfns[-1]) - lo + 1, dtype=np.bool_)
+            mask[pfns[zero] - lo] = True
+            bitmap.clear_where(lo, mask)
+            nr_zero += int(zero.sum())
+    return nr_zero

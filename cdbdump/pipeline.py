@@ -1,0 +1,365 @@
+"""One dump, start to end: input → 1st bitmap → 2nd bitmap (kernel bitmap or
+mem_map scan) → kdump-compressed output → report.
+
+Stages are small functions over runs and bitmaps; this module only composes
+them and records what happened in a DumpReport. It never prints.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from cdbdump.bitmap import Bitmap
+from cdbdump.errors import (
+    AddressError,
+    CdbdumpError,
+    CorruptDumpError,
+    IncompleteDumpError,
+    UnknownFormatError,
+    UnsupportedError,
+    VmcoreInfoError,
+)
+from cdbdump.fileio import MappedFile
+from cdbdump.formats.kdump import UTS_FIELD_LEN, UTS_FIELDS
+from cdbdump.formats.x86_64 import PAGE_SIZE, START_KERNEL_MAP
+from cdbdump.memory.kernel import KernelMemory
+from cdbdump.memory.physical import PhysicalMemory
+from cdbdump.mm.crash_bitmap import (
+    KernelBitmap,
+    apply_kernel_bitmap,
+    probe_kernel_bitmap,
+)
+from cdbdump.mm.levels import DumpLevel
+from cdbdump.mm.memmodel import MemMap, locate_mem_map
+from cdbdump.mm.scan import MemoryUsage, exclude_unnecessary_pages, memory_usage
+from cdbdump.report import DumpReport, PathTaken, ProgressCallback
+from cdbdump.vmcore.detect import DumpFormat, sniff
+from cdbdump.vmcore.elfcore import ElfCore
+from cdbdump.vmcore.vmcoreinfo import VmcoreInfo
+from cdbdump.writers.compress import Codec
+from cdbdump.writers.kdump import KdumpMetadata, mark_incomplete, write_kdump
+from cdbdump.writers.sink import create_output
+
+__all__ = ("DumpOptions", "InputImage", "dump", "mem_usage", "open_input")
+
+# Errors after which the mem_map scan degrades instead of failing the run
+_SCAN_ERRORS = (VmcoreInfoError, AddressError, UnsupportedError, CorruptDumpError)
+
+
+@dataclass(frozen=True, slots=True)
+class DumpOptions:
+    """What the user asked for (the CLI builds one of these)."""
+
+    vmcore: Path
+    dumpfile: Path
+    dump_level: DumpLevel = DumpLevel.ZERO  # -d; the CLI default is makedumpfile's 0
+    codec: Codec = Codec.ZSTD
+    use_kernel_bitmap: bool = False  # -q
+    force: bool = False  # -f
+
+
+@dataclass(frozen=True, slots=True)
+class InputImage:
+    """An opened ELF vmcore with everything derived from its headers."""
+
+    core: ElfCore
+    phys: PhysicalMemory
+    vmcoreinfo: VmcoreInfo | None
+    page_size: int
+    phys_base: int | None
+    kernel: KernelMemory | None  # None without VMCOREINFO or page tables
+    kernel_error: str | None  # why kernel is None
+    mem_map: MemMap | None  # None when struct page cannot be located
+    mem_map_error: str | None  # why mem_map is None
+    max_mapnr: int
+
+
+@contextmanager
+def _timed(report: DumpReport, step: str) -> Iterator[None]:
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        report.timings[step] = report.timings.get(step, 0.0) + time.perf_counter() - start
+
+
+def open_input(file: MappedFile) -> InputImage:
+    """Parse an ELF vmcore's headers and derive the machine's geometry."""
+    fmt = sniff(file)
+    if fmt is DumpFormat.KDUMP:
+        raise UnsupportedError(
+            f"{file.path}: refiltering a kdump-compressed input (use the ELF vmcore)"
+        )
+    if fmt is DumpFormat.FLATTENED:
+        raise UnsupportedError(
+            f"{file.path}: flattened input (reassemble it first: makedumpfile -R out < in)"
+        )
+    if fmt is DumpFormat.UNKNOWN:
+        raise UnknownFormatError(file.path, bytes(file.view(0, min(16, file.size))))
+    core = ElfCore.parse(file)
+    info = core.vmcoreinfo
+    page_size = (info.page_size if info is not None else None) or PAGE_SIZE
+    phys = PhysicalMemory(file, core.loads, page_size)
+    phys_base = _phys_base(core, info)
+    kernel: KernelMemory | None = None
+    kernel_error: str | None = None
+    if info is None:
+        kernel_error = "the vmcore has no VMCOREINFO note"
+    else:
+        try:
+            kernel = KernelMemory.from_vmcoreinfo(phys, info)
+        except (VmcoreInfoError, AddressError) as exc:
+            kernel_error = str(exc)
+    max_mapnr = (phys.end_paddr + page_size - 1) // page_size
+    mem_map: MemMap | None = None
+    mem_map_error: str | None = kernel_error
+    if kernel is not None and info is not None:
+        # reference: makedumpfile get_max_mapnr — lowered to the end of the
+        # highest section with a mem_map ("mem=" kernels, QEMU's ROM above RAM)
+        try:
+            mem_map = locate_mem_map(kernel, info, max_mapnr)
+        except _SCAN_ERRORS as exc:
+            mem_map_error = str(exc)
+        else:
+            max_mapnr = mem_map.max_mapnr
+    return InputImage(core, phys, info, page_size, phys_base, kernel, kernel_error, mem_map,
+                      mem_map_error, max_mapnr)
+
+
+def _phys_base(core: ElfCore, info: VmcoreInfo | None) -> int | None:
+    # reference: makedumpfile get_phys_base_x86_64 — NUMBER(phys_base), else
+    # from the kernel-text PT_LOAD: p_paddr - (p_vaddr & ~__START_KERNEL_map)
+    if info is not None and info.phys_base is not None:
+        return info.phys_base
+    for seg in core.loads:
+        if seg.vaddr >= START_KERNEL_MAP:
+            return seg.paddr - (seg.vaddr - START_KERNEL_MAP)
+    return None
+
+
+def first_bitmap(image: InputImage) -> Bitmap:
+    """Frames present in the dump (reference: makedumpfile create_bitmap_from_memhole)."""
+    bitmap = Bitmap(image.max_mapnr)
+    for start, end in image.phys.present_pfn_ranges():
+        bitmap.set_range(start, end)
+    return bitmap
+
+
+def without_nodata(image: InputImage, bitmap1: Bitmap) -> Bitmap:
+    """bitmap1 minus frames wholly beyond p_filesz (makedumpfile exclude_nodata_pages)."""
+    filebacked = Bitmap(image.max_mapnr)
+    for start, end in image.phys.filebacked_pfn_ranges():
+        filebacked.set_range(start, end)
+    return bitmap1 & filebacked
+
+
+def memory_hole_pages(image: InputImage) -> int:
+    # makedumpfile counts PT_LOAD pages, overlapping segments twice (pitfall 15)
+    shift = image.page_size.bit_length() - 1
+    present = 0
+    for seg in image.core.loads:
+        start = min(seg.paddr >> shift, image.max_mapnr)
+        end = min((seg.paddr + seg.memsz + image.page_size - 1) >> shift, image.max_mapnr)
+        present += max(0, end - start)
+    return max(0, image.max_mapnr - present)
+
+
+def read_utsname(image: InputImage) -> tuple[bytes, str | None]:
+    """struct new_utsname from init_uts_ns, or a stand-in and the reason."""
+    info = image.vmcoreinfo
+    reason: str
+    if info is None:
+        reason = "no VMCOREINFO"
+    else:
+        sym = info.get_symbol("init_uts_ns")
+        # reference: makedumpfile check_release — kernels before 5.11 do not
+        # export OFFSET(uts_namespace.name); there name follows struct kref (an int)
+        off = info.get_offset("uts_namespace.name")
+        if off is None:
+            off = 4
+        if sym is None:
+            reason = "VMCOREINFO has no SYMBOL(init_uts_ns)"
+        elif image.kernel is None:
+            reason = image.kernel_error or "no page tables"
+        else:
+            try:
+                return image.kernel.read(sym + off, UTS_FIELD_LEN * len(UTS_FIELDS)), None
+            except AddressError as exc:
+                reason = str(exc)
+    # stand-in like QEMU's: machine (and the release when VMCOREINFO has it)
+    fields = dict.fromkeys(UTS_FIELDS, b"")
+    fields["machine"] = b"x86_64"
+    if info is not None and info.osrelease:
+        fields["release"] = info.osrelease.encode()[: UTS_FIELD_LEN - 1]
+    raw = b"".join(fields[name].ljust(UTS_FIELD_LEN, b"\0") for name in UTS_FIELDS)
+    return raw, f"utsname not read from init_uts_ns ({reason}); header holds a stand-in"
+
+
+def dump(options: DumpOptions, progress: ProgressCallback | None = None) -> DumpReport:
+    """Make one kdump-compressed dump; return what happened.
+
+    Raises:
+        CdbdumpError: the input cannot be used or the output cannot be written.
+    """
+    level = options.dump_level
+    report = DumpReport(
+        vmcore=str(options.vmcore),
+        dumpfile=str(options.dumpfile),
+        dump_level_requested=int(level),
+        codec=options.codec.label,
+    )
+    options.codec.check_available()
+    with MappedFile(options.vmcore) as file:
+        with _timed(report, "read headers"):
+            image = open_input(file)
+        report.warnings.extend(image.core.problems)
+        report.max_mapnr = image.max_mapnr
+        report.memory_hole_pages = memory_hole_pages(image)
+        report.bytes_in = sum(seg.filesz for seg in image.core.loads)
+        with _timed(report, "check memory holes"):
+            bitmap1 = first_bitmap(image)
+            bitmap2 = without_nodata(image, bitmap1)
+        with _timed(report, "exclude pages"):
+            applied = _exclude(image, options, bitmap2, report, progress)
+        report.dump_level_applied = int(applied)
+        utsname, uts_problem = read_utsname(image)
+        if uts_problem:
+            report.warnings.append(uts_problem)
+        report.dumpable_pages = bitmap2.count()
+        meta = KdumpMetadata(
+            utsname=utsname,
+            timestamp_sec=(image.vmcoreinfo.crashtime or 0) if image.vmcoreinfo else 0,
+            page_size=image.page_size,
+            max_mapnr=image.max_mapnr,
+            phys_base=image.phys_base or 0,
+            dump_level=int(applied),
+            notes_raw=image.core.notes_raw,
+            vmcoreinfo_desc_offset=image.core.vmcoreinfo_desc_offset,
+            vmcoreinfo_size=(
+                image.core.vmcoreinfo_note.desc_size if image.core.vmcoreinfo_note else 0
+            ),
+            nr_cpus=image.core.nr_cpus,
+        )
+        with _timed(report, "write pages"):
+            file.advise_sequential()
+            out = create_output(options.dumpfile, options.force, inputs=[options.vmcore])
+            writer_progress = (
+                None if progress is None
+                else lambda done, total: progress("Copying data", done, total)
+            )
+            try:
+                result = write_kdump(
+                    out,
+                    meta,
+                    bitmap1,
+                    bitmap2,
+                    image.phys,
+                    options.codec,
+                    exclude_zero=bool(applied & DumpLevel.ZERO),
+                    progress=writer_progress,
+                    allow_incomplete=True,
+                )
+            except CdbdumpError:
+                out.discard()  # nothing of the dump was kept: no half file left behind
+                raise
+            except BaseException:
+                out.discard()  # interrupted: a partial file must not pass for a dump
+                raise
+            report.counts.zero = result.nr_zero_pages
+            report.pages_written = result.nr_pages_written
+            report.bytes_out = result.bytes_written
+            if result.no_space is not None:
+                # reference: makedumpfile check_and_modify_kdump_headers — keep what
+                # was written, flag the header INCOMPLETE, exit 1
+                mark_incomplete(out, result)
+                out.close()
+                raise IncompleteDumpError(result.nr_pages_lost, result.no_space, report)
+            out.close()
+    return report
+
+
+def _exclude(
+    image: InputImage,
+    options: DumpOptions,
+    bitmap2: Bitmap,
+    report: DumpReport,
+    progress: ProgressCallback | None,
+) -> DumpLevel:
+    """Clear excluded frames from bitmap2; return the dump level really applied."""
+    level = options.dump_level
+    if options.use_kernel_bitmap:
+        probe = probe_kernel_bitmap(
+            image.phys, image.vmcoreinfo, image.phys_base, image.max_mapnr, level
+        )
+        if isinstance(probe, KernelBitmap):
+            apply_kernel_bitmap(image.phys, probe, bitmap2)
+            report.path_taken = PathTaken.BITMAP
+            report.counts.add(probe.counts)
+            report.kernel_bitmap = probe.info._asdict()
+            return level
+        report.fallback_reason = probe.reason
+        report.path_taken = PathTaken.FALLBACK
+    info = image.vmcoreinfo
+    mem_map_levels = level & ~DumpLevel.ZERO
+    if image.kernel is None or image.mem_map is None or info is None:
+        why = image.mem_map_error or "no VMCOREINFO"
+        if mem_map_levels:
+            return _degrade(level, report, why)
+        if info is not None and "NUMBER(PG_hwpoison)" in info:
+            report.warnings.append(f"hwpoison/offline pages not excluded: {why}")
+        return level
+    snapshot = bitmap2.copy()
+    try:
+        result = exclude_unnecessary_pages(
+            image.kernel, info, level, bitmap2, progress, mem_map=image.mem_map
+        )
+    except _SCAN_ERRORS as exc:
+        bitmap2.bits[:] = snapshot.bits  # nothing half-excluded: the report must match
+        if not mem_map_levels:
+            report.warnings.append(f"hwpoison/offline pages not excluded: {exc}")
+            return level
+        return _degrade(level, report, str(exc))
+    if result.ran and report.path_taken is not PathTaken.FALLBACK:
+        report.path_taken = PathTaken.LEGACY
+    report.counts.add(result.counts)
+    report.warnings.extend(result.problems)
+    return level
+
+
+def _degrade(level: DumpLevel, report: DumpReport, why: str) -> DumpLevel:
+    """Apply only what needs no mem_map (zero pages) and say what was dropped."""
+    dropped = level & ~DumpLevel.ZERO
+    if dropped:
+        report.levels_not_applied = (
+            f"cannot classify pages ({why}); dump level bits {int(dropped)} "
+            f"({_level_names(DumpLevel(dropped))}) not applied"
+        )
+    return level & DumpLevel.ZERO
+
+
+def _level_names(level: DumpLevel) -> str:
+    return ", ".join(flag.name.lower() for flag in DumpLevel if flag & level and flag.name)
+
+
+def mem_usage(
+    vmcore: Path, progress: ProgressCallback | None = None
+) -> tuple[MemoryUsage, int]:
+    """makedumpfile --mem-usage: page counts per class of a vmcore or /proc/kcore.
+
+    Raises:
+        CdbdumpError: the input cannot be used, or struct page cannot be found.
+    """
+    with MappedFile(vmcore) as file:
+        image = open_input(file)
+        if image.kernel is None or image.mem_map is None or image.vmcoreinfo is None:
+            raise VmcoreInfoError(
+                f"{vmcore}: cannot classify pages: {image.mem_map_error or 'no VMCOREINFO'}"
+            )
+        bitmap1 = first_bitmap(image)
+        usage = memory_usage(image.kernel, image.vmcoreinfo, bitmap1, progress,
+                             mem_map=image.mem_map)
+        return usage, image.page_size

@@ -1,0 +1,68 @@
+"""What a run did, as data: the CLI renders it, --report-json serialises it."""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from cdbdump.mm.counts import PageCounts
+
+__all__ = ("DumpReport", "PathTaken", "ProgressCallback")
+
+# (step name, units done, units total); called once per window, never per page
+ProgressCallback = Callable[[str, int, int], None]
+
+
+class PathTaken(enum.Enum):
+    """How the 2nd bitmap was made."""
+
+    BITMAP = "bitmap"  # -q: the kernel's crash dump bitmap
+    LEGACY = "legacy"  # the mem_map scan, as asked (no -q)
+    FALLBACK = "fallback"  # -q was asked, the kernel bitmap was refused, mem_map scan instead
+    NONE = "none"  # no page classification needed or possible (levels 0/1)
+
+
+@dataclass(slots=True)
+class DumpReport:
+    """Facts of one run; page numbers follow makedumpfile's print_report."""
+
+    vmcore: str
+    dumpfile: str
+    path_taken: PathTaken = PathTaken.NONE
+    fallback_reason: str | None = None
+    dump_level_requested: int = 0
+    dump_level_applied: int = 0
+    levels_not_applied: str | None = None  # why some -d bits could not be honoured
+    codec: str = "zstd"
+    max_mapnr: int = 0
+    memory_hole_pages: int = 0
+    counts: PageCounts = field(default_factory=PageCounts)
+    dumpable_pages: int = 0  # set bits of the 2nd bitmap (zero pages included)
+    pages_written: int = 0  # page data records written (zero pages share one)
+    bytes_in: int = 0  # file-backed bytes of the input PT_LOADs
+    bytes_out: int = 0
+    timings: dict[str, float] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+    kernel_bitmap: dict[str, int] | None = None  # the struct's fields when -q used it
+
+    @property
+    def original_pages(self) -> int:
+        return self.max_mapnr - self.memory_hole_pages
+
+    @property
+    def excluded_pages(self) -> int:
+        return self.counts.total
+
+    @property
+    def remaining_pages(self) -> int:
+        return self.original_pages - self.excluded_pages
+
+    def as_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["path_taken"] = self.path_taken.value
+        data["original_pages"] = self.original_pages
+        data["excluded_pages"] = self.excluded_pages
+        data["remaining_pages"] = self.remaining_pages
+        return data

@@ -1,0 +1,1 @@
+"""Input containers: ELF vmcores, kdump-compressed files, flattened streams."""

@@ -1,0 +1,515 @@
+"""The kdump-compressed ("diskdump") writer, byte-compatible with makedumpfile.
+
+File layout (reference: makedumpfile write_kdump_header,
+write_kdump_pages_and_bitmap_cyclic, write_kdump_page; diskdump_mod.h):
+
+====================================  ========================================
+disk_dump_header (464 bytes)          offset 0; rest of block 0 never written
+kdump_sub_header (104 bytes)          offset block_size
+copy of the input PT_NOTE bytes       offset block_size + 104
+1st bitmap (present), block padded    (1 + sub_hdr_size) * block_size
+2nd bitmap (dumpable), block padded   right after the 1st
+page_desc table, 24 bytes per set     (1 + sub_hdr_size + bitmap_blocks) *
+bit of the 2nd bitmap, pfn order      block_size
+page data, packed                     right after the page_desc table
+====================================  ========================================
+
+With dump level bit 1 (exclude zero pages) zero pages keep their bit in the
+2nd bitmap; one raw zero page is written first in the data area and every
+all-zero page's descriptor is a copy of that shared descriptor.
+
+Pages are streamed in windows of set pfns: each window is gathered (zero-copy
+when it is one run inside one PT_LOAD), zero-tested with numpy, compressed as a
+batch, and written as one data write followed by one descriptor write, so
+neither the descriptor table nor the data is ever held whole, and every
+descriptor on disk points at data already written (what makes an ENOSPC-cut
+dump readable, makedumpfile's "incomplete dumpfile").
+"""
+
+from __future__ import annotations
+
+import bisect
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+import numpy as np
+import numpy.typing as npt
+
+from cdbdump.bitmap import Bitmap
+from cdbdump.errors import NotInDumpError, OutputError, OutputNoSpaceError
+from cdbdump.formats.kdump import (
+    DISK_DUMP_HEADER,
+    DISK_DUMP_HEADER_STATUS_OFFSET,
+    DUMP_DH_COMPRESSED_INCOMPLETE,
+    HEADER_VERSION,
+    KDUMP_SIGNATURE,
+    KDUMP_SUB_HEADER,
+    PAGE_DESC_DTYPE,
+    UTS_FIELD_LEN,
+    UTS_FIELDS,
+    bitmap_bytes,
+)
+from cdbdump.memory.physical import PhysicalMemory
+from cdbdump.writers.compress import Codec, PageCompressor
+from cdbdump.writers.sink import Sink
+
+__all__ = (
+    "DEFAULT_WINDOW_PAGES",
+    "KdumpLayout",
+    "KdumpMetadata",
+    "KdumpWriteResult",
+    "mark_incomplete",
+    "write_kdump",
+)
+
+UTSNAME_SIZE = UTS_FIELD_LEN * len(UTS_FIELDS)  # struct new_utsname: 390 bytes
+MAX_MAPNR_32 = 0xFFFFFFFF  # disk_dump_header.max_mapnr is an unsigned int
+DEFAULT_WINDOW_PAGES = 2048  # 8 MiB of 4 KiB pages gathered and compressed at a time
+_SCAN_PFNS = 1 << 22  # pfns of the 2nd bitmap unpacked at a time (4 MiB of bools)
+
+ProgressCallback = Callable[[int, int], None]
+
+
+@dataclass(frozen=True, slots=True)
+class KdumpMetadata:
+    """Everything the headers need that is not a bitmap or page data."""
+
+    utsname: bytes  # struct new_utsname (390 bytes) of the crashed kernel
+    timestamp_sec: int  # VMCOREINFO CRASHTIME, 0 if absent; tv_usec is always 0
+    page_size: int  # = block_size
+    max_mapnr: int  # number of pfns the bitmaps cover
+    phys_base: int  # NUMBER(phys_base); may be negative (stored two's complement)
+    dump_level: int  # the -d level actually used
+    notes_raw: bytes  # the input PT_NOTE bytes, copied verbatim
+    vmcoreinfo_desc_offset: int | None  # VMCOREINFO text offset within notes_raw
+    vmcoreinfo_size: int  # n_descsz of the VMCOREINFO note
+    nr_cpus: int  # "CORE"/NT_PRSTATUS notes
+
+    def __post_init__(self) -> None:
+        if len(self.utsname) != UTSNAME_SIZE:
+            raise OutputError(f"utsname is {len(self.utsname)} bytes, must be {UTSNAME_SIZE}")
+        ps = self.page_size
+        if ps < 4096 // 8 or ps & (ps - 1):
+            raise OutputError(f"page size {ps:#x} is not a power of two >= 0x200")
+        if self.max_mapnr < 0:
+            raise OutputError(f"max_mapnr {self.max_mapnr} is negative")
+        if self.vmcoreinfo_desc_offset is not None and not (
+            0 <= self.vmcoreinfo_desc_offset
+            and self.vmcoreinfo_desc_offset + self.vmcoreinfo_size <= len(self.notes_raw)
+        ):
+            raise OutputError(
+                f"VMCOREINFO at {self.vmcoreinfo_desc_offset:#x}+{self.vmcoreinfo_size:#x} lies "
+                f"outside the {len(self.notes_raw):#x} note bytes"
+            )
+
+
+@dataclass(frozen=True, slots=True)
+class KdumpLayout:
+    """File offsets of every region (all derived from the metadata and nr_dumpable)."""
+
+    block_size: int
+    sub_hdr_size: int  # blocks
+    bitmap_size: int  # bytes of ONE bitmap, block padded
+    bitmap_blocks: int  # both bitmaps
+    offset_note: int
+    offset_vmcoreinfo: int  # 0 without a VMCOREINFO note
+    offset_bitmap1: int
+    offset_bitmap2: int
+    offset_page_desc: int
+    nr_dumpable: int
+    offset_data: int  # first byte after the page_desc table
+
+    @classmethod
+    def compute(cls, meta: KdumpMetadata, nr_dumpable: int) -> KdumpLayout:
+        bs = meta.page_size
+        # reference: makedumpfile write_kdump_header
+        offset_note = bs + KDUMP_SUB_HEADER.size
+        sub_hdr_size = -(-(KDUMP_SUB_HEADER.size + len(meta.notes_raw)) // bs)
+        bitmap_size = bitmap_bytes(meta.max_mapnr, bs)
+        bitmap_blocks = 2 * bitmap_size // bs
+        offset_bitmap1 = (1 + sub_hdr_size) * bs
+        offset_page_desc = (1 + sub_hdr_size + bitmap_blocks) * bs
+        offset_vmcoreinfo = (
+            0 if meta.vmcoreinfo_desc_offset is None else offset_note + meta.vmcoreinfo_desc_offset
+        )
+        return cls(
+            block_size=bs,
+            sub_hdr_size=sub_hdr_size,
+            bitmap_size=bitmap_size,
+            bitmap_blocks=bitmap_blocks,
+            offset_note=offset_note,
+            offset_vmcoreinfo=offset_vmcoreinfo,
+            offset_bitmap1=offset_bitmap1,
+            offset_bitmap2=offset_bitmap1 + bitmap_size,
+            offset_page_desc=offset_page_desc,
+            nr_dumpable=nr_dumpable,
+            offset_data=offset_page_desc + nr_dumpable * PAGE_DESC_DTYPE.itemsize,
+        )
+
+
+@dataclass(slots=True)
+class KdumpWriteResult:
+    """What was written. Zero pages are reported as excluded (makedumpfile's report
+    counts them so) although they keep their bit in the 2nd bitmap."""
+
+    layout: KdumpLayout
+    status: int  # the header status written
+    nr_pages_written: int = 0  # page descriptors written (zero pages included)
+    nr_zero_pages: int = 0  # pages that got the shared zero descriptor
+    nr_pages_by_flags: dict[int, int] = field(default_factory=dict)  # page_desc flags -> pages
+    bytes_written: int = 0  # the file size: end of the page data
+    nr_pages_lost: int = 0  # dumpable pages whose descriptor stayed 0 (ENOSPC)
+    no_space: OutputNoSpaceError | None = None  # set when the output filled up
+    timings: dict[str, float] = field(default_factory=dict)  # seconds per step
+
+    @property
+    def incomplete(self) -> bool:
+        return self.no_space is not None
+
+
+def write_kdump(
+    sink: Sink,
+    meta: KdumpMetadata,
+    bitmap1: Bitmap,
+    bitmap2: Bitmap,
+    memory: PhysicalMemory,
+    codec: Codec,
+    exclude_zero: bool,
+    progress: ProgressCallback | None = None,
+    *,
+    window_pages: int = DEFAULT_WINDOW_PAGES,
+    threads: int | None = None,
+    allow_incomplete: bool = False,
+) -> KdumpWriteResult:
+    """Write a complete kdump-compressed dump of ``memory`` to ``sink``.
+
+    ``bitmap1`` is the present-pages bitmap, ``bitmap2`` (a subset) the
+    dumpable one; both must cover ``meta.max_mapnr`` pfns. ``exclude_zero`` is
+    dump level bit 1. ``progress(done, total)`` is called after every window.
+
+    When the output fills up (ENOSPC or the sink's size limit) the descriptors
+    of pages whose data made it are kept and the rest stay zero ("lost"), like
+    makedumpfile; then OutputNoSpaceError is raised, or, with
+    ``allow_incomplete``, the result is returned with ``no_space`` set so the
+    caller can :func:`mark_incomplete` the header or retry at another level.
+    """
+    t_start = time.perf_counter()
+    _check_inputs(meta, bitmap1, bitmap2, memory)
+    nr_dumpable = bitmap2.count()
+    layout = KdumpLayout.compute(meta, nr_dumpable)
+    status = codec.flag
+    result = KdumpWriteResult(layout=layout, status=status)
+    with PageCompressor(codec, meta.page_size, threads=threads) as compressor:
+        _write_headers(sink, meta, layout, status)
+        _write_bitmap(sink, bitmap1, layout.offset_bitmap1, layout.bitmap_size)
+        _write_bitmap(sink, bitmap2, layout.offset_bitmap2, layout.bitmap_size)
+        result.timings["headers"] = time.perf_counter() - t_start
+        writer = _PageWriter(sink, meta, layout, memory, compressor, exclude_zero, result,
+                             window_pages)
+        writer.write_all(bitmap2, progress)
+    result.timings["total"] = time.perf_counter() - t_start
+    if result.no_space is not None and not allow_incomplete:
+        raise result.no_space
+    return result
+
+
+def mark_incomplete(sink: Sink, result: KdumpWriteResult) -> int:
+    """Set DUMP_DH_COMPRESSED_INCOMPLETE in the header; returns the new status.
+
+    reference: makedumpfile check_and_modify_kdump_headers (status |= 0x08).
+    The 4-byte rewrite lands in block 0, which is already allocated, so it
+    succeeds on a full file system.
+    """
+    status = result.status | DUMP_DH_COMPRESSED_INCOMPLETE
+    sink.pwrite(status.to_bytes(4, "little"), DISK_DUMP_HEADER_STATUS_OFFSET)
+    result.status = status
+    return status
+
+
+# -- headers and bitmaps ------------------------------------------------------------------
+
+
+def _check_inputs(
+    meta: KdumpMetadata, bitmap1: Bitmap, bitmap2: Bitmap, memory: PhysicalMemory
+) -> None:
+    for name, bm in (("1st", bitmap1), ("2nd", bitmap2)):
+        if bm.nr_bits != meta.max_mapnr:
+            raise OutputError(
+                f"{name} bitmap covers {bm.nr_bits} pfns, max_mapnr is {meta.max_mapnr}"
+            )
+    if memory.page_size != meta.page_size:
+        raise OutputError(
+            f"memory page size {memory.page_size:#x} differs from {meta.page_size:#x}"
+        )
+    stray = bitmap2.bits & ~bitmap1.bits
+    if stray.any():
+        byte = int(np.flatnonzero(stray)[0])
+        low_bit = int(stray[byte]) & -int(stray[byte])
+        pfn = byte * 8 + low_bit.bit_length() - 1
+        raise OutputError(f"pfn {pfn:#x} is dumpable (2nd bitmap) but not present (1st bitmap)")
+
+
+def _write_headers(sink: Sink, meta: KdumpMetadata, layout: KdumpLayout, status: int) -> None:
+    header = DISK_DUMP_HEADER.pack(
+        KDUMP_SIGNATURE,
+        HEADER_VERSION,
+        meta.utsname,
+        meta.timestamp_sec,
+        0,  # tv_usec
+        status,
+        meta.page_size,  # block_size
+        layout.sub_hdr_size,
+        layout.bitmap_blocks,
+        min(meta.max_mapnr, MAX_MAPNR_32),
+        0,  # total_ram_blocks
+        0,  # device_blocks
+        0,  # written_blocks
+        0,  # current_cpu
+        meta.nr_cpus,
+    )
+    sub_header = KDUMP_SUB_HEADER.pack(
+        meta.phys_base,
+        meta.dump_level,
+        0,  # split
+        0,  # start_pfn
+        0,  # end_pfn
+        layout.offset_vmcoreinfo,
+        meta.vmcoreinfo_size if meta.vmcoreinfo_desc_offset is not None else 0,
+        layout.offset_note,
+        len(meta.notes_raw),  # size_note
+        0,  # offset_eraseinfo
+        0,  # size_eraseinfo
+        0,  # start_pfn_64
+        0,  # end_pfn_64
+        meta.max_mapnr,  # max_mapnr_64
+    )
+    # makedumpfile's order: header, note copy, sub header
+    sink.pwrite(header, 0)
+    if meta.notes_raw:
+        sink.pwrite(meta.notes_raw, layout.offset_note)
+    sink.pwrite(sub_header, meta.page_size)
+
+
+def _write_bitmap(sink: Sink, bitmap: Bitmap, file_offset: int, padded_size: int) -> None:
+    # The block padding is written too: crash checks that the whole bitmap area
+    # lies inside the file (diskdump.c read_dump_header).
+    sink.pwrite(bitmap.bits, file_offset)
+    pad = padded_size - bitmap.bits.size
+    if pad:
+        sink.pwrite(bytes(pad), file_offset + bitmap.bits.size)
+
+
+# -- pages --------------------------------------------------------------------------------
+
+
+class _PageWriter:
+    """Streams the page_desc table and page data, one window of set pfns at a time."""
+
+    def __init__(
+        self,
+        sink: Sink,
+        meta: KdumpMetadata,
+        layout: KdumpLayout,
+        memory: PhysicalMemory,
+        compressor: PageCompressor,
+        exclude_zero: bool,
+        result: KdumpWriteResult,
+        window_pages: int,
+    ) -> None:
+        self.sink = sink
+        self.page_size = meta.page_size
+        self.shift = meta.page_size.bit_length() - 1
+        self.layout = layout
+        self.memory = memory
+        self.compressor = compressor
+        self.exclude_zero = exclude_zero
+        self.result = result
+        self.window_pages = max(1, window_pages)
+        self.gather = np.empty(self.window_pages * self.page_size, dtype=np.uint8)
+        self.piece_starts = [p.paddr for p in memory.pieces]
+        self.cursor = layout.offset_data  # where the next page data goes
+        self.nr_done = 0  # descriptors written so far
+        self.zero_offset = 0  # file offset of the shared zero page (exclude_zero only)
+        self.flag_counts: dict[int, int] = {}
+        self.timings = dict.fromkeys(("read", "zero_test", "compress", "write"), 0.0)
+
+    def write_all(self, bitmap2: Bitmap, progress: ProgressCallback | None) -> None:
+        result = self.result
+        try:
+            if self.exclude_zero:
+                # reference: makedumpfile write_kdump_pages_and_bitmap_cyclic: the
+                # shared zero page is written before any page data, even if unused
+                self.zero_offset = self.cursor
+                self._write_data(bytes(self.page_size))
+            for pfns in self._windows(bitmap2):
+                self._write_window(pfns)
+                if progress is not None:
+                    progress(self.nr_done, self.layout.nr_dumpable)
+        except OutputNoSpaceError as exc:
+            result.no_space = exc
+            result.nr_pages_lost = self.layout.nr_dumpable - self.nr_done
+        result.nr_pages_written = self.nr_done
+        result.nr_pages_by_flags = dict(sorted(self.flag_counts.items()))
+        result.bytes_written = self.sink.size
+        result.timings.update(self.timings)
+
+    def _windows(self, bitmap2: Bitmap) -> Iterator[npt.NDArray[np.int64]]:
+        w = self.window_pages
+        for pfns in bitmap2.iter_set_pfns(_SCAN_PFNS):
+            for lo in range(0, pfns.size, w):
+                yield pfns[lo : lo + w]
+
+    def _write_window(self, pfns: npt.NDArray[np.int64]) -> None:
+        ps = self.page_size
+        n = int(pfns.size)
+        t0 = time.perf_counter()
+        data = self._gather(pfns)
+        t1 = time.perf_counter()
+        if self.exclude_zero:
+            words = np.frombuffer(data, dtype=np.uint64).reshape(n, ps // 8)
+            # makedumpfile is_zero_page: every 8-byte word is 0
+            is_zero: npt.NDArray[np.bool_] = np.logical_not(words.any(axis=1))
+            keep: npt.NDArray[np.bool_] | None = np.logical_not(is_zero)
+        else:
+            is_zero = np.zeros(n, dtype=np.bool_)
+            keep = None
+        t2 = time.perf_counter()
+        packed = self.compressor.compress_pages(data, keep)
+        t3 = time.perf_counter()
+
+        descs = np.zeros(n, dtype=PAGE_DESC_DTYPE)
+        stored = np.flatnonzero(~is_zero)
+        ends = np.cumsum(packed.sizes, dtype=np.int64)
+        descs["offset"][stored] = self.cursor + ends - packed.sizes
+        descs["size"][stored] = packed.sizes
+        descs["flags"][stored] = packed.flags
+        if stored.size < n:  # all-zero pages share the zero page's descriptor
+            descs["offset"][is_zero] = self.zero_offset
+            descs["size"][is_zero] = ps
+        window_start = self.cursor
+        try:
+            self._write_data(packed.payload)
+        except OutputNoSpaceError as exc:
+            self._keep_complete_descs(descs, is_zero, window_start + exc.written)
+            raise
+        self._write_descs(descs, is_zero)
+        self.memory.file.drop_resident()  # keep RSS to one window, not the whole input
+        t4 = time.perf_counter()
+        tm = self.timings
+        tm["read"] += t1 - t0
+        tm["zero_test"] += t2 - t1
+        tm["compress"] += t3 - t2
+        tm["write"] += t4 - t3
+
+    # -- output ---------------------------------------------------------------------------
+
+    def _write_data(self, payload: bytes | memoryview) -> None:
+        size = len(payload)
+        if size:
+            self.sink.pwrite(payload, self.cursor)
+        self.cursor += size
+
+    def _write_descs(self, descs: npt.NDArray[np.void], is_zero: npt.NDArray[np.bool_]) -> None:
+        offset = self.layout.offset_page_desc + self.nr_done * PAGE_DESC_DTYPE.itemsize
+        try:
+            self.sink.pwrite(descs, offset)
+        except OutputNoSpaceError as exc:
+            kept, torn = divmod(exc.written, PAGE_DESC_DTYPE.itemsize)
+            if torn:  # a half-written descriptor must read as "lost" (offset 0)
+                try:
+                    self.sink.pwrite(bytes(torn), offset + kept * PAGE_DESC_DTYPE.itemsize)
+                except OutputError:
+                    pass  # the reader still bounds-checks every descriptor
+            self._count(descs[:kept], is_zero[:kept])
+            raise
+        self._count(descs, is_zero)
+
+    def _count(self, descs: npt.NDArray[np.void], is_zero: npt.NDArray[np.bool_]) -> None:
+        self.nr_done += int(descs.size)
+        nr_zero = int(np.count_nonzero(is_zero))
+        self.result.nr_zero_pages += nr_zero
+        flags = descs["flags"][~is_zero]
+        for flag, count in zip(*np.unique(flags, return_counts=True), strict=True):
+            self.flag_counts[int(flag)] = self.flag_counts.get(int(flag), 0) + int(count)
+
+    def _keep_complete_descs(
+        self, descs: npt.NDArray[np.void], is_zero: npt.NDArray[np.bool_], data_end: int
+    ) -> None:
+        """After a short data write keep the leading descriptors whose data is on disk.
+
+        reference: makedumpfile write_kdump_page (flag_nospace): descriptors
+        of pages not completely written stay zero, so readers see them as lost.
+        """
+        complete = (descs["offset"] + descs["size"].astype(np.int64)) <= data_end
+        bad = np.flatnonzero(~complete)
+        kept = int(bad[0]) if bad.size else int(descs.size)
+        if kept:
+            try:
+                self._write_descs(descs[:kept], is_zero[:kept])
+            except OutputNoSpaceError:
+                pass  # the prefix that fit is counted by _write_descs
+
+    # -- input ----------------------------------------------------------------------------
+
+    def _gather(self, pfns: npt.NDArray[np.int64]) -> memoryview | npt.NDArray[np.uint8]:
+        """The window's pages as N*page_size contiguous bytes, in pfn order."""
+        ps = self.page_size
+        shift = self.shift
+        n = int(pfns.size)
+        first = int(pfns[0])
+        span = int(pfns[-1]) - first + 1
+        # the whole window inside one file-backed piece: no per-run Python work
+        view = self.memory.view_run(first << shift, span * ps)
+        if view is not None:
+            if span == n:
+                return view  # one run: zero-copy straight from the input mapping
+            rows = np.frombuffer(view, dtype=np.uint8).reshape(span, ps)
+            out = self.gather[: n * ps].reshape(n, ps)
+            np.take(rows, pfns - first, axis=0, out=out)
+            return self.gather[: n * ps]
+        breaks = np.flatnonzero(np.diff(pfns) != 1) + 1
+        run_starts = np.concatenate(([0], breaks)).tolist()
+        run_ends = np.concatenate((breaks, [n])).tolist()
+        first_pfns = pfns[run_starts].tolist()
+        buf = self.gather
+        for lo, hi, pfn in zip(run_starts, run_ends, first_pfns, strict=True):
+            dest = buf[lo * ps : hi * ps]
+            run = self.memory.view_run(pfn << shift, (hi - lo) * ps)
+            if run is not None:
+                dest[:] = np.frombuffer(run, dtype=np.uint8)
+            else:
+                self._gather_slow(pfn << shift, dest)
+        return buf[: n * ps]
+
+    def _gather_slow(self, paddr: int, out: npt.NDArray[np.uint8]) -> None:
+        """Copy [paddr, paddr+len(out)) across pieces, zero-filling what no file holds.
+
+        Bytes beyond p_filesz, and the tail of a page whose PT_LOAD ends
+        mid-page, read as zero (makedumpfile >= 1.7.6 dumps such a page with the
+        missing tail zero-filled). A page that no PT_LOAD touches at all is an
+        error: the 2nd bitmap must not mark it dumpable.
+        """
+        ps = self.page_size
+        end = paddr + out.size
+        out[:] = 0
+        touched = np.zeros(out.size // ps, dtype=np.bool_)
+        pieces = self.memory.pieces
+        i = max(0, bisect.bisect_right(self.piece_starts, paddr) - 1)
+        while i < len(pieces) and pieces[i].paddr < end:
+            piece = pieces[i]
+            i += 1
+            lo = max(paddr, piece.paddr)
+            hi = min(end, piece.mem_end)
+            if lo >= hi:
+                continue
+            touched[(lo - paddr) // ps : (hi - paddr + ps - 1) // ps] = True
+            file_hi = min(hi, piece.file_end)
+            if lo < file_hi:
+                src = self.memory.file.view(
+                    piece.file_offset + (lo - piece.paddr), file_hi - lo, "PT_LOAD data"
+                )
+                out[lo - paddr : file_hi - paddr] = np.frombuffer(src, dtype=np.uint8)
+        if not touched.all():
+            missing = paddr + int(np.flatnonzero(~touched)[0]) * ps
+            raise NotInDumpError(missing, ps, "marked dumpable but in no PT_LOAD segment")

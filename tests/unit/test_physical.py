@@ -1,0 +1,71 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from cdbdump.errors import NotInDumpError
+from cdbdump.fileio import MappedFile
+from cdbdump.memory.physical import PhysicalMemory
+from cdbdump.vmcore.elfcore import LoadSegment
+
+PAGE = 4096
+
+
+def _seg(index: int, file_offset: int, paddr: int, filesz: int, memsz: int,
+         vaddr: int = 0) -> LoadSegment:
+    return LoadSegment(index, file_offset, vaddr, paddr, filesz, memsz, 0, 0)
+
+
+@pytest.fixture
+def image(tmp_path: Path) -> Path:
+    path = tmp_path / "core"
+    # file: [0x0, 0x3000) holds bytes 0..; every byte = (file offset // 0x100) & 0xff
+    path.write_bytes(bytes((i // 0x100) & 0xFF for i in range(0x3000)))
+    return path
+
+
+def test_reads_straddle_segments_and_zero_fill(image: Path) -> None:
+    loads = [
+        _seg(0, 0x0, 0x10000, 0x1000, 0x1000),
+        _seg(1, 0x1000, 0x11000, 0x800, 0x1000),  # p_filesz < p_memsz: zero tail
+        _seg(2, 0x2000, 0x20000, 0x1000, 0x1000),
+    ]
+    with MappedFile(image) as f:
+        phys = PhysicalMemory(f, loads, PAGE)
+        data = phys.read(0x10FF0, 0x20)  # across segments 0 and 1
+        assert data == bytes([0x0F] * 0x10 + [0x10] * 0x10)
+        tail = phys.read(0x117F0, 0x20)
+        assert tail == bytes([0x17] * 0x10 + [0] * 0x10)
+        with pytest.raises(NotInDumpError) as exc:
+            phys.read(0x11FF0, 0x20)  # runs into the hole at 0x12000
+        assert exc.value.address == 0x12000
+        assert phys.view_run(0x20000, 0x1000) is not None
+        assert phys.view_run(0x11000, 0x1000) is None  # not wholly file-backed
+        assert list(phys.present_pfn_ranges()) == [(0x10, 0x11), (0x11, 0x12), (0x20, 0x21)]
+        assert list(phys.filebacked_pfn_ranges()) == [(0x10, 0x11), (0x11, 0x12), (0x20, 0x21)]
+
+
+def test_overlapping_loads_become_disjoint(image: Path) -> None:
+    # kexec's kernel-text LOAD lies inside the direct-map LOAD (same memory twice)
+    loads = [
+        _seg(0, 0x1000, 0x1000, 0x1000, 0x1000, vaddr=0xFFFFFFFF81000000),
+        _seg(1, 0x0, 0x0, 0x3000, 0x3000),
+    ]
+    with MappedFile(image) as f:
+        phys = PhysicalMemory(f, loads, PAGE)
+        assert [(p.paddr, p.mem_end) for p in phys.pieces] == [(0, 0x3000)]
+        assert phys.read(0x2FFF, 1) == b"\x2f"
+
+
+def test_partial_last_page_counts_as_present(image: Path) -> None:
+    # an e820 range such as 0x1000-0x9fbff ends mid-page (makedumpfile >= 1.7.6 keeps it)
+    loads = [_seg(0, 0x0, 0x1000, 0x1C00, 0x1C00)]
+    with MappedFile(image) as f:
+        phys = PhysicalMemory(f, loads, PAGE)
+        assert list(phys.present_pfn_ranges()) == [(1, 3)]
+        frame = phys.read_frames(2, 1)
+        assert frame[:0xC00] == bytes(((0x1000 + i) // 0x100) & 0xFF for i in range(0xC00))
+        assert frame[0xC00:] == bytes(0x400)
+        with pytest.raises(NotInDumpError):
+            phys.read(0x2BFF, 2)  # strict reads do not invent bytes
