@@ -13,7 +13,7 @@ semantics exactly (including ranges that run into the next window).
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
@@ -95,7 +95,6 @@ class WindowResult:
 class _Problems:
     invalid_free_order: int = 0
     first_invalid_free_pfn: int = -1
-    messages: list[str] = field(default_factory=list)
 
 
 class ChunkClassifier:
@@ -154,7 +153,7 @@ class ChunkClassifier:
 
     @property
     def problems(self) -> list[str]:
-        out = list(self._problems.messages)
+        out = []
         if self._problems.invalid_free_order:
             out.append(
                 f"{self._problems.invalid_free_order} buddy pages with an invalid free order "
@@ -183,8 +182,8 @@ class ChunkClassifier:
         size = self.dialect.layout.size
         rec = raw.view(self._dtype)
         raw2d = raw.reshape(n, size)
-        code = self._decide(start_pfn, rec, raw2d, candidate, readable)
-        return self._apply(start_pfn, code)
+        decided = self._decide(start_pfn, rec, raw2d, candidate, readable)
+        return self._apply(start_pfn, decided)
 
     def _decide(
         self,
@@ -226,7 +225,9 @@ class ChunkClassifier:
             # isSlab uses a real shift: flags & (1UL << NUMBER(PG_slab))
             slab |= (flags & np.uint64(1 << d.pg_slab)) != 0
         not_slab = ~slab
-        anon = odd_mapping & not_slab  # isAnon: PAGE_MAPPING_ANON and not a slab page
+        # isAnon: PAGE_MAPPING_ANON and not a slab page; since v6.2 slab.slabs
+        # overlays page.mapping and may be odd (makedumpfile commit 5f17bdd, 1.7.3).
+        anon = odd_mapping & not_slab
 
         order, hugetlb = self._compound(start_pfn, flags, low, mapcount, raw2d, cand, readable)
 

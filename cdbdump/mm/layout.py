@@ -65,9 +65,15 @@ class StructPageLayout:
             return value
 
         flags = field("flags", 8, required=True)
-        refcount = field("_refcount", 4, required=True)
+        # Before Linux kernel commit 0139aa7b7fa1 ("mm: rename _count, field of the
+        # struct page, to _refcount") (in v4.7) the field was page._count.
+        refcount = (field("_refcount", 4, required=False)
+                    if "OFFSET(page._refcount)" in info or "OFFSET(page._count)" not in info
+                    else field("_count", 4, required=False))
+        if refcount is None:
+            raise MissingVmcoreInfoKey("OFFSET(page._refcount)", "classifying pages")
         mapping = field("mapping", 8, required=True)
-        assert flags is not None and refcount is not None and mapping is not None
+        assert flags is not None and mapping is not None
         mapcount = field("_mapcount", 4, required=False)
         private = field("private", 8, required=False)
 

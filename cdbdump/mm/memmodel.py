@@ -177,26 +177,15 @@ def locate_mem_map(kernel: KernelMemory, info: VmcoreInfo, max_mapnr: int) -> Me
             field="SYMBOL(mem_section)",
         )
 
-    runs: list[MemMapRun] = []
-    present = 0
-    highest_end = 0
-    for nr, mem_map in sorted(mem_maps.items()):
-        present += 1
-        start = nr * pps
-        end = min(start + pps, max_mapnr)
-        highest_end = max(highest_end, end)
-        if runs and runs[-1].end_pfn == start and (
-            runs[-1].mem_map_vaddr + runs[-1].nr_pages * geo.page_struct_size == mem_map
-        ):
-            prev = runs[-1]
-            runs[-1] = MemMapRun(prev.start_pfn, end, prev.mem_map_vaddr)
-        else:
-            runs.append(MemMapRun(start, end, mem_map))
-    if present:
+    runs, present = mem_maps
+    if runs:
+        highest_end = min(runs[-1].end_pfn, max_mapnr)
         max_mapnr = min(max_mapnr, highest_end)
+        last = runs[-1]
+        runs[-1] = MemMapRun(last.start_pfn, highest_end, last.mem_map_vaddr)
     return MemMap(
         model="SPARSEMEM_EX" if geo.extreme else "SPARSEMEM",
-        runs=tuple(runs),
+        runs=tuple(r for r in runs if r.start_pfn < max_mapnr),
         pages_per_section=pps,
         struct_page_size=geo.page_struct_size,
         max_mapnr=max_mapnr,
@@ -208,13 +197,16 @@ def locate_mem_map(kernel: KernelMemory, info: VmcoreInfo, max_mapnr: int) -> Me
 def _validate(
     kernel: KernelMemory, geo: _Geometry, root_array: int, nr_sections: int,
     problems: list[str],
-) -> dict[int, int] | None:
-    """mem_map vaddr of each section that has one, or None if the array is invalid.
+) -> tuple[list[MemMapRun], int] | None:
+    """Coalesced mem_map runs of the sections that have one, and how many sections
+    have one; None if the array is invalid.
 
     reference: makedumpfile validate_mem_section. A section whose pointer is
     not a kernel address, or whose struct mem_section cannot be read, has no
     mem_map; a present section whose decoded mem_map is not a kernel address
     invalidates the whole array; at least one present section is required.
+    Runs are built root by root, so memory stays proportional to the number
+    of discontiguities, not of sections.
     """
     if geo.extreme:
         try:
@@ -225,8 +217,10 @@ def _validate(
     else:
         roots = np.zeros(0, dtype="<u8")
 
-    out: dict[int, int] = {}
-    any_present = False
+    pps = geo.pages_per_section
+    section_bytes = pps * geo.page_struct_size
+    runs: list[MemMapRun] = []
+    present_total = 0
     unreadable = 0
     per_root = geo.sections_per_root
     for root_nr in range(-(-nr_sections // per_root)):
@@ -248,22 +242,36 @@ def _validate(
         if not present.any():
             continue  # no mem_map, or hot-removed
         coded = words[present] & np.uint64(~_SECTION_FLAG_BITS & _U64_MASK)
-        offsets = nrs[present] * np.uint64(geo.pages_per_section * geo.page_struct_size)
+        numbers = nrs[present]
         with np.errstate(over="ignore"):
-            mem_maps = coded + offsets  # wraps modulo 2^64 like the C code
+            # wraps modulo 2^64 like the C code
+            mem_maps = coded + numbers * np.uint64(section_bytes)
         if bool((mem_maps < np.uint64(kernel.page_offset)).any()):
             return None  # a present section whose mem_map is not a kernel address
-        for nr, mem_map in zip(nrs[present].tolist(), mem_maps.tolist(), strict=True):
-            out[nr] = mem_map
-        any_present = True
-    if not any_present:
+        present_total += int(numbers.size)
+        # a new run starts where the section numbers or the struct pages jump
+        with np.errstate(over="ignore"):
+            breaks = ((np.diff(numbers) != 1)
+                      | (np.diff(mem_maps) != np.uint64(section_bytes)))
+        starts = np.concatenate(([0], np.flatnonzero(breaks) + 1)).tolist()
+        ends = [*starts[1:], int(numbers.size)]
+        for lo, hi in zip(starts, ends, strict=True):
+            nr0, nr1 = int(numbers[lo]), int(numbers[hi - 1]) + 1
+            vaddr = int(mem_maps[lo])
+            prev = runs[-1] if runs else None
+            if (prev is not None and prev.end_pfn == nr0 * pps
+                    and prev.mem_map_vaddr + prev.nr_pages * geo.page_struct_size == vaddr):
+                runs[-1] = MemMapRun(prev.start_pfn, nr1 * pps, prev.mem_map_vaddr)
+            else:
+                runs.append(MemMapRun(nr0 * pps, nr1 * pps, vaddr))
+    if not present_total:
         return None
     if unreadable:
         problems.append(
             f"{unreadable} struct mem_section entries could not be read: their sections are "
             "treated as having no mem_map (pages kept, not classified)"
         )
-    return out
+    return runs, present_total
 
 
 def _read_section_words(

@@ -145,7 +145,7 @@ def exclude_unnecessary_pages(
     Raises:
         MissingVmcoreInfoKey / BadVmcoreInfoValue: VMCOREINFO cannot describe
             struct page, mem_section or a page flag the level needs.
-        CorruptDumpError: no valid mem_section array; a broken free list.
+        CorruptDumpError: no valid mem_section array.
     """
     dialect = PageDialect.from_vmcoreinfo(info)
     result = ScanResult(counts=PageCounts(), problems=[], ran=False, dialect=dialect)
@@ -165,7 +165,8 @@ def exclude_unnecessary_pages(
                       progress, result)
     if walk_free_lists:
         result.free_pages_method = "free lists"
-        nr_free = _exclude_free_lists(kernel, info, dialect, bitmap2, mem_map, max_mapnr)
+        nr_free = _exclude_free_lists(kernel, info, dialect, bitmap2, mem_map, max_mapnr,
+                                      result.problems)
         result.counts.free += nr_free
     elif level & DumpLevel.FREE:
         result.free_pages_method = "buddy page type"
@@ -362,49 +363,83 @@ def _exclude_free_lists(
     bitmap2: Bitmap,
     mem_map: MemMap,
     max_mapnr: int,
+    problems: list[str],
 ) -> int:
     """Clear the pages of every buddy free list; return how many bits were cleared.
 
     reference: makedumpfile _exclude_free_page / reset_bitmap_of_free_pages.
+    makedumpfile gives up on a broken list ("The free list is broken."); here
+    the entries validated so far stay excluded, the rest of that list is kept,
+    and the list is named in ``problems``.
     """
-    keys = _free_list_keys(kernel, info)
+    try:
+        keys = _free_list_keys(kernel, info)
+    except AddressError as exc:
+        problems.append(f"free pages not excluded: the node data cannot be read ({exc})")
+        return 0
     run_starts = [r.mem_map_vaddr for r in mem_map.runs]
     size = dialect.layout.size
-    found = 0
-    budget = max_mapnr + 1  # a list can never hold more entries than pages exist
+    # [pages cleared, entries left]: a list can never hold more entries than pages
+    # exist; kept in a list so that a walk that stops half way still counts
+    walk = [0, max_mapnr + 1]
     for pgdat in keys.pgdats:
-        nr_zones = int.from_bytes(kernel.read(pgdat + keys.nr_zones, 4), "little")
+        try:
+            nr_zones = int.from_bytes(kernel.read(pgdat + keys.nr_zones, 4), "little")
+        except AddressError as exc:
+            problems.append(f"free pages of node data {pgdat:#x} not excluded: {exc}")
+            continue
         for zone_nr in range(min(nr_zones, 16)):
             zone = pgdat + keys.node_zones + zone_nr * keys.zone_size
-            if kernel.read_u64(zone + keys.spanned_pages) == 0:
+            try:
+                if kernel.read_u64(zone + keys.spanned_pages) == 0:
+                    continue
+            except AddressError as exc:
+                problems.append(f"free pages of zone {zone:#x} not excluded: {exc}")
                 continue
             for order in reversed(range(keys.nr_orders)):
                 for mtype in range(keys.nr_types):
                     head = (zone + keys.free_area + keys.free_area_size * order
                             + keys.free_list + keys.list_head_size * mtype)
-                    previous = head
-                    curr = kernel.read_u64(head + keys.next)
-                    while curr != head:
-                        budget -= 1
-                        if budget < 0:
-                            raise CorruptDumpError(
-                                f"free list at {head:#x} does not end (a loop)",
-                                field="zone.free_area",
-                            )
-                        page = curr - keys.lru
-                        pfn = _page_to_pfn(mem_map, run_starts, size, page)
-                        if kernel.read_u64(curr + keys.prev) != previous:
-                            raise CorruptDumpError(
-                                f"the free list is broken at {curr:#x} (list at {head:#x})",
-                                field="zone.free_area",
-                            )
-                        lo, hi = pfn, min(pfn + (1 << order), max_mapnr)
-                        if lo < hi:
-                            bitmap2.clear_range(lo, hi)
-                            found += hi - lo
-                        previous = curr
-                        curr = kernel.read_u64(curr + keys.next)
-    return found
+                    try:
+                        _clear_free_list(kernel, keys, head, order, bitmap2, mem_map,
+                                         run_starts, size, max_mapnr, walk)
+                    except (AddressError, CorruptDumpError) as exc:
+                        problems.append(
+                            f"free list of zone {zone:#x} order {order} type {mtype} not "
+                            f"(fully) excluded: {exc}"
+                        )
+    return walk[0]
+
+
+def _clear_free_list(
+    kernel: KernelMemory,
+    keys: _FreeListKeys,
+    head: int,
+    order: int,
+    bitmap2: Bitmap,
+    mem_map: MemMap,
+    run_starts: list[int],
+    size: int,
+    max_mapnr: int,
+    walk: list[int],
+) -> None:
+    previous = head
+    curr = kernel.read_u64(head + keys.next)
+    while curr != head:
+        walk[1] -= 1
+        if walk[1] < 0:
+            raise CorruptDumpError(f"free list at {head:#x} does not end (a loop)",
+                                   field="zone.free_area")
+        pfn = _page_to_pfn(mem_map, run_starts, size, curr - keys.lru)
+        if kernel.read_u64(curr + keys.prev) != previous:
+            raise CorruptDumpError(f"the free list is broken at {curr:#x} (list at {head:#x})",
+                                   field="zone.free_area")
+        lo, hi = pfn, min(pfn + (1 << order), max_mapnr)
+        if lo < hi:
+            bitmap2.clear_range(lo, hi)
+            walk[0] += hi - lo
+        previous = curr
+        curr = kernel.read_u64(curr + keys.next)
 
 
 def _page_to_pfn(mem_map: MemMap, run_starts: list[int], size: int, page: int) -> int:

@@ -33,7 +33,9 @@ The machine (SyntheticKernel keyword arguments, all optional):
   gigantic_hugetlb=N adds 1 GiB hugetlb folios.
 * crash_dump_bitmap=LEVEL: the RFC kernel side (SYMBOL(crash_dump_bitmap_info) + bitmap
   filled at LEVEL); crash_dump_bitmap_info={"version": 2, "bitmap": 0, ...} overrides
-  fields to make broken inputs. k.expected_kernel_bitmap(), k.crash_dump_bitmap_info_values().
+  fields to make broken inputs. k.expected_kernel_bitmap(), k.crash_dump_bitmap_info_values(),
+  k.expected_dumpable_q() (1st bitmap AND kernel bitmap) and k.expected_counts_q(level)
+  (the struct's counters + zero pages at level & 1) for the -q path.
 * sme_mask=1 << 47 (C-bit in every page-table entry and NUMBER(sme_mask)),
   section_flag_bit5=True (§4.4 mask trap), mem_section_size=32, vmemmap_4k_sections=(0,),
   vmcoreinfo_overrides={"NUMBER(phys_base)": 5}, vmcoreinfo_drop=("NUMBER(PG_hwpoison)",),

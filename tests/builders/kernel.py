@@ -263,7 +263,7 @@ class SyntheticKernel:
 
     def _init_arrays(self) -> None:
         ram_pfn_ranges = [((s + PAGE_SIZE - 1) >> 12, e >> 12) for s, e in self.ram]
-        present = set()
+        present: set[int] = set()
         for a, b in ram_pfn_ranges:
             if b > a:
                 present.update(range(a // SECTION_PFNS, (b - 1) // SECTION_PFNS + 1))
@@ -284,8 +284,8 @@ class SyntheticKernel:
             self.kinds[sec * SECTION_PFNS : (sec + 1) * SECTION_PFNS] = PageKind.HOLE
         self.kinds[self.is_ram] = PageKind.KERNEL_ALLOC
         nr_chunks = span // CHUNK_PFNS
-        self.chunk_full_ram = self.is_ram.reshape(nr_chunks, CHUNK_PFNS).all(axis=1)
-        self.chunk_taken = ~self.chunk_full_ram.copy()
+        self.chunk_full_ram: np.ndarray = np.all(self.is_ram.reshape(nr_chunks, CHUNK_PFNS), axis=1)
+        self.chunk_taken: np.ndarray = np.logical_not(self.chunk_full_ram)
         if self.crashkernel:
             cs = self.crashkernel[0] >> 12
             ce = (self.crashkernel[0] + self.crashkernel[1] + PAGE_SIZE - 1) >> 12
@@ -332,9 +332,11 @@ class SyntheticKernel:
             self.memmap_chunk[sec] = self._alloc_chunks(1)
         # a pool for page tables and mem_section (reserved now, handed out later)
         self.max_physmem_bits = 52 if self.five_level else 46
-        root_bytes = (1 << (self.max_physmem_bits - SECTION_SHIFT)) // (
-            PAGE_SIZE // self.mem_section_size
-        ) * 8
+        root_bytes = (
+            (1 << (self.max_physmem_bits - SECTION_SHIFT))
+            // (PAGE_SIZE // self.mem_section_size)
+            * 8
+        )
         nr_pool = 2 + root_bytes // (CHUNK_PFNS * PAGE_SIZE) + len(self.present_sections) // 256
         self.pool_chunks = [self._alloc_chunks(1) for _ in range(nr_pool)]
         self._pool_next = 0  # index into the pool, in pages
@@ -473,6 +475,8 @@ class SyntheticKernel:
         chunk_type = np.full(nr_chunks, -1)
         chunk_type[typed] = choice
         idx = {n: i for i, n in enumerate(names)}
+        if catalog:
+            self._force_one_of_each(chunk_type, typed, idx)
 
         # pairs of 2 MiB chunks (4 MiB aligned) become one order-10 block
         for name in ("free", "unaccepted"):
@@ -539,6 +543,29 @@ class SyntheticKernel:
         self.kinds[low] = PageKind.KERNEL
         self.roles[low] = Role.SINGLE
         self.orders[low] = 0
+
+    def _force_one_of_each(
+        self, chunk_type: np.ndarray, typed: np.ndarray, idx: dict[str, int]
+    ) -> None:
+        """Make sure every chunk type (with weight > 0) occurs at least once."""
+        typable = set(typed.tolist())
+        used: set[int] = set()
+        for name in sorted(idx):
+            t = idx[name]
+            if name == "unaccepted":  # needs a 4 MiB aligned pair
+                pair = next(
+                    (c for c in sorted(typable - used) if c % 2 == 0 and c + 1 in typable - used),
+                    None,
+                )
+                if pair is not None:
+                    chunk_type[pair] = chunk_type[pair + 1] = t
+                    used.update((pair, pair + 1))
+                continue
+            free_chunks = sorted(typable - used)
+            if free_chunks:
+                c = free_chunks[-1]  # from the top, away from the catalog
+                chunk_type[c] = t
+                used.add(c)
 
     def _fill_singles(
         self,
@@ -828,7 +855,7 @@ class SyntheticKernel:
             crashtime=self.crashtime,
             five_level=self.five_level,
             crash_dump_bitmap=self.crash_dump_bitmap_level is not None,
-            **overrides,
+            **overrides,  # type: ignore[arg-type]
         )
 
     # ================================================================ the RFC kernel side
@@ -883,6 +910,35 @@ class SyntheticKernel:
         """
         cleared, _ = self._kernel_exclusion()
         return ~cleared
+
+    def expected_dumpable_q(self) -> np.ndarray:
+        """2nd bitmap of the -q path: 1st bitmap AND the kernel bitmap, minus no-data pages.
+
+        Pfns beyond the kernel's bitmap_size count as excluded (the RFC reads whole pages
+        from the bitmap address; the region is zero-padded). Zero pages stay set.
+        """
+        limit = self.max_mapnr
+        kernel = np.zeros(limit, dtype=bool)
+        bits = self.expected_kernel_bitmap()[:limit]
+        kernel[: len(bits)] = bits
+        return self.first_bitmap() & kernel & ~self._nodata(limit)
+
+    def expected_counts_q(self, level: int) -> PageCounts:
+        """Report counters of the -q path: the struct's counters (as stored, overrides
+        included), offline 0 (no field), zero pages counted at write time when level & 1."""
+        v = self.crash_dump_bitmap_info_values()
+        counts = PageCounts(
+            cache=v["cache_pages"],
+            cache_private=v["cache_private_pages"],
+            user=v["user_pages"],
+            free=v["free_pages"],
+            hwpoison=v["hwpoison_pages"],
+        )
+        if int(level) & DumpLevel.ZERO:
+            dumpable = self.expected_dumpable_q()
+            zero = self._zero_in_dump(len(dumpable))
+            counts.zero = int((dumpable & zero).sum())
+        return counts
 
     def _bitmap_region(self) -> bytes:
         if self._kernel_bitmap is None:
@@ -1017,8 +1073,14 @@ class SyntheticKernel:
     def expected_zero_pages(self, level: int) -> np.ndarray:
         """Dumpable pages (at this level) whose data in the dump is all zero."""
         dumpable = self.expected_dumpable(level)
-        zero = ~self._may_be_nonzero_in_dump(len(dumpable))
-        candidates = np.flatnonzero(dumpable & ~zero)
+        return dumpable & self._zero_in_dump(len(dumpable), among=dumpable)
+
+    def _zero_in_dump(self, limit: int, among: np.ndarray | None = None) -> np.ndarray:
+        """bool per pfn < limit: the page reads as all zero from the dump (only exact for
+        pfns in ``among``, which limits the few byte-level checks)."""
+        zero = ~self._may_be_nonzero_in_dump(limit)
+        wanted = np.ones(limit, dtype=bool) if among is None else among
+        candidates = np.flatnonzero(wanted & ~zero)
         # pages that might hold data: check the real bytes of the few special ones
         special = candidates[
             self.phys.content[np.minimum(candidates, self.nr_pfns - 1)] == CONTENT_PROVIDER
@@ -1027,7 +1089,7 @@ class SyntheticKernel:
         for pfn in special.tolist():
             if not any(self.page_bytes(pfn)):
                 zero[pfn] = True
-        return dumpable & zero
+        return zero
 
     def _never_zero(self, pfns: np.ndarray) -> np.ndarray:
         return self._chunk_section[np.minimum(pfns, self.nr_pfns - 1) // CHUNK_PFNS] >= 0

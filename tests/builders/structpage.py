@@ -15,7 +15,9 @@ tail on 6.6+, slab.slabs (odd) overlaying page.mapping on 6.2+.
 from __future__ import annotations
 
 import enum
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -190,7 +192,7 @@ KIND_PROPS: dict[PageKind, KindProps] = {
 NR_KINDS = max(PageKind) + 1
 
 
-def kind_table(values: dict[PageKind, object], default: object, dtype: npt.DTypeLike) -> np.ndarray:
+def kind_table(values: Mapping[PageKind, Any], default: object, dtype: npt.DTypeLike) -> np.ndarray:
     """A lookup table indexed by PageKind value."""
     table = np.full(NR_KINDS, default, dtype=dtype)
     for kind, value in values.items():

@@ -291,7 +291,9 @@ def test_machine_translates(dialect: str, tiny_kernel, dump_of) -> None:  # type
         root_ptr = dump.u64(dump.vtop(dump.symbol("mem_section") + (sec // per_root) * 8))
         entry = 0
         if root_ptr:
-            entry = dump.u64(dump.vtop(root_ptr + (sec % per_root) * int(info["SIZE(mem_section)"])))
+            entry = dump.u64(
+                dump.vtop(root_ptr + (sec % per_root) * int(info["SIZE(mem_section)"]))
+            )
         assert bool(entry & 1) == (sec in k.present_sections)
         if entry & 1:
             pfn = sec * 32768 + 5
@@ -325,7 +327,7 @@ def test_sme_mask_and_planted_entries(tiny_kernel) -> None:  # type: ignore[no-u
     assert k.vtop(va) == 0x200000  # the intent is unchanged
 
 
-# -- struct page encodings, decoded with the dialect's VMCOREINFO -----------------------------------
+# -- struct page encodings, decoded with the dialect's VMCOREINFO -----------------------------
 @pytest.mark.parametrize("dialect", sorted(DIALECTS))
 def test_struct_page_encoding(dialect: str, tiny_kernel) -> None:  # type: ignore[no-untyped-def]
     k = tiny_kernel(dialect, seed=11)
@@ -375,16 +377,20 @@ def test_struct_page_encoding(dialect: str, tiny_kernel) -> None:  # type: ignor
     if "NUMBER(PG_slab)" in info:
         assert field(slab, "flags") & (1 << num("NUMBER(PG_slab)"))
     else:
-        assert field(slab, "_mapcount", "<I") == num("NUMBER(PAGE_SLAB_MAPCOUNT_VALUE)") & 0xFFFFFFFF
+        assert (
+            field(slab, "_mapcount", "<I") == num("NUMBER(PAGE_SLAB_MAPCOUNT_VALUE)") & 0xFFFFFFFF
+        )
     assert bool(field(slab, "mapping") & 1) == DIALECTS[dialect].slab_mapping_may_be_odd
     offline = base + 15
-    assert field(offline, "_mapcount", "<I") == num("NUMBER(PAGE_OFFLINE_MAPCOUNT_VALUE)") & 0xFFFFFFFF
+    assert (
+        field(offline, "_mapcount", "<I") == num("NUMBER(PAGE_OFFLINE_MAPCOUNT_VALUE)") & 0xFFFFFFFF
+    )
     lru = base + 2
     assert field(lru, "flags") & (1 << num("NUMBER(PG_lru)"))
     assert field(base + 100 + 1, "flags") & 0xFF == 70 or dialect in ("5.10", "6.1", "6.3")
 
 
-# -- physical memory and the oracle -----------------------------------------------------------------
+# -- physical memory and the oracle ------------------------------------------------------------
 def test_pattern_pages_encode_pfn(tiny_kernel, dump_of) -> None:  # type: ignore[no-untyped-def]
     k = tiny_kernel("6.1", seed=11)
     dump = dump_of(k)
@@ -452,23 +458,38 @@ def test_crash_dump_bitmap(tiny_kernel, dump_of) -> None:  # type: ignore[no-unt
     assert CRASH_DUMP_BITMAP_INFO.size == 64
     dump = dump_of(k)
     raw = dump.read(dump.vtop(dump.symbol("crash_dump_bitmap_info")), 64)
-    version, bitmap, size, cache, cache_pri, user, free, hwpoison = CRASH_DUMP_BITMAP_INFO.unpack(raw)
+    version, bitmap, size, cache, cache_pri, user, free, hwpoison = CRASH_DUMP_BITMAP_INFO.unpack(
+        raw
+    )
     assert version == 1 and size == (k.bitmap_nbits + 7) // 8
     kernel_bits = k.expected_kernel_bitmap()
     assert dump.read(bitmap, size) == pack_bitmap(kernel_bits, size)
     expected = k.expected_counts(31)
-    assert (cache, cache_pri, user, free, hwpoison) == (
+    # the kernel counts what it clears (offline pages have no counter in the struct)
+    cleared = int((~kernel_bits).sum())
+    assert cache + cache_pri + user + free + hwpoison + expected.offline == cleared
+    assert (cache, cache_pri, free, hwpoison) == (
         expected.cache,
         expected.cache_private,
-        expected.user,
         expected.free,
         expected.hwpoison,
     )
-    # the kernel bitmap ANDed with the 1st bitmap is the mem_map scan's answer here
-    limit = k.max_mapnr
-    assert ((k.first_bitmap() & kernel_bits[:limit]) == k.expected_dumpable(31)).all()
+    # the kernel knows the true size of the three deliberately corrupted compound pages that
+    # makedumpfile reads as order 0 (catalog +100, +105, +257): 3 more tail pages each
+    assert user == expected.user + 9
+    base = k.catalog_chunk * 512
+    corrupt_tails = [base + i for start in (100, 105, 257) for i in range(start + 1, start + 4)]
+    anded = k.first_bitmap() & kernel_bits[: k.max_mapnr]
+    differ = np.flatnonzero(anded != k.expected_dumpable(31))
+    assert differ.tolist() == corrupt_tails
+    assert (k.expected_dumpable_q() == anded).all()
+    q = k.expected_counts_q(1)
+    assert (q.cache, q.user, q.offline) == (cache, user, 0)
+    assert q.zero == int((anded & k.expected_zero_pages(0)).sum())
     # every field can be broken
-    k2 = tiny_kernel("6.1", crash_dump_bitmap=31, seed=3, crash_dump_bitmap_info={"version": 2, "bitmap": 0})
+    k2 = tiny_kernel(
+        "6.1", crash_dump_bitmap=31, seed=3, crash_dump_bitmap_info={"version": 2, "bitmap": 0}
+    )
     d2 = dump_of(k2)
     raw2 = d2.read(d2.vtop(d2.symbol("crash_dump_bitmap_info")), 64)
     assert CRASH_DUMP_BITMAP_INFO.unpack(raw2)[:2] == (2, 0)
@@ -538,3 +559,29 @@ def test_oracle_matches_makedumpfile(dialect: str, tiny_vmcore, tmp_path: Path) 
     if mdf < (1, 7, 6):
         expected[0x9F] = False  # a PT_LOAD ending mid-page: 1.7.2-1.7.5 drop that page
     assert (_second_bitmap(out) == expected).all()
+
+
+def test_section_flag_bit5_trap(tiny_kernel, dump_of) -> None:  # type: ignore[no-untyped-def]
+    k = tiny_kernel("6.12", section_flag_bit5=True, data_fraction=0.0)
+    dump = dump_of(k)
+    root = dump.u64(dump.vtop(dump.symbol("mem_section")))
+    entry = dump.u64(dump.vtop(root))  # section 0
+    assert entry & 0x2F == 0x2F
+    assert (entry & ~0x3F) == k.vmemmap_base
+    assert (entry & ~0x1F) == k.vmemmap_base + 32  # makedumpfile's mask: 32 bytes off
+
+
+def test_qemu_machine_reads_back(tiny_kernel, dump_of) -> None:  # type: ignore[no-untyped-def]
+    k = tiny_kernel("6.9", layout="qemu", seed=4)
+    dump = dump_of(k)
+    with dump.path.open("rb") as f:
+        elf = ELFFile(f)
+        assert elf["e_phoff"] == 192 and elf["e_ehsize"] == 8
+    assert [name for name, _, _ in dump.notes] == ["CORE", "CORE", "QEMU", "QEMU", "VMCOREINFO"]
+    assert all(vaddr == 0 for *_, vaddr in dump.loads)
+    assert dump.loads[0][0] == 0  # QEMU dumps low RAM from 0, holes included
+    assert "CRASHTIME" not in dump.info
+    pfn = int(k.pfns_of(PageKind.ANON)[0])
+    assert dump.read(dump.vtop(k.struct_page_vaddr(pfn)), 64) == k.struct_page_bytes(pfn)
+    assert dump.read(0xA0000, PAGE) == k.page_bytes(0xA0)  # firmware data in the VGA hole
+    assert k.first_bitmap()[0] and k.kind(0xA0) == PageKind.HOLE

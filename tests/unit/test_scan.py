@@ -147,7 +147,7 @@ def test_mem_map_and_max_mapnr_from_the_pipeline(tmp_path: Path) -> None:
 
 def test_free_list_fallback(tmp_path: Path) -> None:
     # no PAGE_BUDDY_MAPCOUNT_VALUE: free pages come from zone free lists (§4.5)
-    k = TinyKernel(SECTION_BYTES, info={"NUMBER(PAGE_BUDDY_MAPCOUNT_VALUE)": None})
+    k = TinyKernel(SECTION_BYTES)
     del k.info["NUMBER(PAGE_BUDDY_MAPCOUNT_VALUE)"]
     pgdat = 0x60000
     zone = pgdat + 0x100
@@ -200,6 +200,16 @@ def test_free_list_fallback(tmp_path: Path) -> None:
     assert result.free_pages_method == "free lists"
     assert cleared(bm) == [*range(64, 72), *range(128, 136), 300]
     assert result.counts == PageCounts(free=17)
+
+    # break the second entry's prev pointer: the first entry stays excluded, the walk
+    # of that list stops there, and the problem is named
+    img.write_u64(kernel_paddr(VMEMMAP + 128 * 64 + lru) + 8, 0xDEAD000)
+    kernel, info = k.build(tmp_path / "mem2")
+    bm = full_bitmap(PAGES_PER_SECTION)
+    result = exclude_unnecessary_pages(kernel, info, DumpLevel(16), bm)
+    assert cleared(bm) == [*range(64, 72), 300]
+    assert result.counts == PageCounts(free=9)
+    assert any("free list" in p and "broken" in p for p in result.problems)
 
 
 def test_memory_usage(tmp_path: Path, tk: TinyKernel) -> None:
@@ -373,7 +383,7 @@ def _makedumpfile_2nd_bitmap(vmcore: Path, level: int, out: Path) -> tuple[np.nd
 def test_same_as_makedumpfile(tiny_vmcore: Any, tmp_path: Path, dialect: str,
                               kwargs: dict[str, Any]) -> None:
     # Debian's makedumpfile 1.7.2 is right for kernels up to 6.2 (makedumpfile.md §9)
-    sk, vmcore = tiny_vmcore(dialect, seed=5, **kwargs)
+    _, vmcore = tiny_vmcore(dialect, seed=5, **kwargs)
     kernel, info, mm = _open(vmcore)
     labels = {"cache": "Non-private cache pages", "cache_private": "Private cache pages",
               "user": "User process data pages", "free": "Free pages",

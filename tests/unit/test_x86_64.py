@@ -100,7 +100,8 @@ class PageTables:
         return paddr
 
     def entry(self, table: int, index: int) -> int:
-        return struct.unpack("<Q", self.image.read(table + 8 * index, 8))[0]
+        value: int = struct.unpack("<Q", self.image.read(table + 8 * index, 8))[0]
+        return value
 
     def map(self, vaddr: int, paddr: int, size: int, page_size: int = PAGE) -> None:
         assert vaddr % page_size == 0 and paddr % page_size == 0 and size % page_size == 0
@@ -280,8 +281,10 @@ def test_kernel_memory_root_from_phys_base(tmp_path: Path) -> None:
     pt.map(0xFFFF888000000000, 0, 16 * MIB, 2 * MIB)
     image.write(0x1234, b"hello kernel")
     phys = image.to_phys(tmp_path / "mem")
-    info = _vmcoreinfo(**{"SYMBOL(init_top_pgt)": f"{top:x}", "NUMBER(phys_base)": phys_base,
-                          "NUMBER(pgtable_l5_enabled)": 0, "NUMBER(sme_mask)": 0})
+    keys: dict[str, int | str] = {"SYMBOL(init_top_pgt)": f"{top:x}",
+                                  "NUMBER(phys_base)": phys_base,
+                                  "NUMBER(pgtable_l5_enabled)": 0, "NUMBER(sme_mask)": 0}
+    info = _vmcoreinfo(**keys)
     kernel = KernelMemory.from_vmcoreinfo(phys, info)
     assert kernel.walker.root_paddr == pt.root
     assert kernel.read(0xFFFF888000001234, 12) == b"hello kernel"
@@ -327,7 +330,8 @@ def test_kernel_memory_rejects_absurd_keys(tmp_path: Path, key: str, value: str,
                                            error: type[Exception]) -> None:
     image = PhysImage(4 * MIB)
     phys = image.to_phys(tmp_path / "mem")
-    base = {"SYMBOL(init_top_pgt)": "ffffffff82000000", "NUMBER(phys_base)": "0"}
+    base: dict[str, int | str] = {"SYMBOL(init_top_pgt)": "ffffffff82000000",
+                                  "NUMBER(phys_base)": "0"}
     base[key] = value
     with pytest.raises(error) as info:
         KernelMemory.from_vmcoreinfo(phys, _vmcoreinfo(**base))
