@@ -111,7 +111,7 @@ def open_input(file: MappedFile) -> InputImage:
         kernel_error = "the vmcore has no VMCOREINFO note"
     else:
         try:
-            kernel = KernelMemory.from_vmcoreinfo(phys, info)
+            kernel = KernelMemory.from_vmcoreinfo(phys, info, loads=core.loads)
         except (VmcoreInfoError, AddressError) as exc:
             kernel_error = str(exc)
     max_mapnr = (phys.end_paddr + page_size - 1) // page_size

@@ -6,6 +6,9 @@ Fixtures:
   tests must not mutate them; pass ``fresh=True`` for a private copy to corrupt).
 * ``tiny_vmcore(dialect="6.1", **kwargs) -> (SyntheticKernel, Path)``: the same, written
   sparse into a session temporary directory.
+* ``makedumpfile_new -> Path``: a makedumpfile >= 1.7.6 with zstd: $CDBDUMP_MAKEDUMPFILE when
+  it is one, else Debian 13's, fetched once into .cache/ (fixtures/makedumpfile_trixie.py).
+  Skips when it cannot be had, fails under CI=true.
 
 Hypothesis profiles: "ci" (derandomized, more examples; selected when $CI is set) and "dev"
 (few examples, the default). Choose explicitly with HYPOTHESIS_PROFILE=ci|dev.
@@ -26,6 +29,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # `tests.builders` importable however pytest is started
     sys.path.insert(0, str(ROOT))
 
+from fixtures import makedumpfile_trixie  # noqa: E402
 from tests.builders import SyntheticKernel  # noqa: E402
 
 settings.register_profile(
@@ -94,3 +98,18 @@ def tiny_vmcore(
         return kernel, written[key]
 
     yield make
+
+
+@pytest.fixture(scope="session")
+def makedumpfile_new() -> Path:
+    env = os.environ.get("CDBDUMP_MAKEDUMPFILE")
+    try:
+        if env:
+            version, codecs = makedumpfile_trixie.version_info(env)
+            if version >= makedumpfile_trixie.MIN_VERSION and "zstd" in codecs:
+                return Path(env)
+        return makedumpfile_trixie.ensure()
+    except makedumpfile_trixie.MakedumpfileUnavailable as exc:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"makedumpfile >= 1.7.6 unavailable under CI: {exc}", pytrace=False)
+        pytest.skip(f"makedumpfile >= 1.7.6 unavailable: {exc}")

@@ -31,6 +31,7 @@ from __future__ import annotations
 import bisect
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -65,7 +66,7 @@ __all__ = (
 
 UTSNAME_SIZE = UTS_FIELD_LEN * len(UTS_FIELDS)  # struct new_utsname: 390 bytes
 MAX_MAPNR_32 = 0xFFFFFFFF  # disk_dump_header.max_mapnr is an unsigned int
-DEFAULT_WINDOW_PAGES = 2048  # 8 MiB of 4 KiB pages gathered and compressed at a time
+DEFAULT_WINDOW_PAGES = 512  # 2 MiB of 4 KiB pages gathered and compressed at a time
 _SCAN_PFNS = 1 << 22  # pfns of the 2nd bitmap unpacked at a time (4 MiB of bools)
 
 ProgressCallback = Callable[[int, int], None]
@@ -326,7 +327,15 @@ class _PageWriter:
         self.exclude_zero = exclude_zero
         self.result = result
         self.window_pages = max(1, window_pages)
-        self.gather = np.empty(self.window_pages * self.page_size, dtype=np.uint8)
+        # two gather buffers: one window is written out while the next is read and
+        # compressed (its payload may be a view of its buffer)
+        self.gathers = [
+            np.empty(self.window_pages * self.page_size, dtype=np.uint8) for _ in range(2)
+        ]
+        self.gather = self.gathers[0]
+        self.nr_windows = 0
+        self.io = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cdbdump-write")
+        self.pending: Future[None] | None = None
         self.piece_starts = [p.paddr for p in memory.pieces]
         self.cursor = layout.offset_data  # where the next page data goes
         self.nr_done = 0  # descriptors written so far
@@ -342,13 +351,20 @@ class _PageWriter:
                 # shared zero page is written before any page data, even if unused
                 self.zero_offset = self.cursor
                 self._write_data(bytes(self.page_size))
+            nr_queued = 0
             for pfns in self._windows(bitmap2):
                 self._write_window(pfns)
+                nr_queued += int(pfns.size)
                 if progress is not None:
-                    progress(self.nr_done, self.layout.nr_dumpable)
+                    progress(nr_queued, self.layout.nr_dumpable)
+            self._wait_for_io()
         except OutputNoSpaceError as exc:
             result.no_space = exc
             result.nr_pages_lost = self.layout.nr_dumpable - self.nr_done
+        finally:
+            if self.pending is not None:
+                self.pending.cancel()
+            self.io.shutdown(wait=True)
         result.nr_pages_written = self.nr_done
         result.nr_pages_by_flags = dict(sorted(self.flag_counts.items()))
         result.bytes_written = self.sink.size
@@ -360,10 +376,20 @@ class _PageWriter:
             for lo in range(0, pfns.size, w):
                 yield pfns[lo : lo + w]
 
+    def _wait_for_io(self) -> None:
+        """Wait for the window being written; re-raises its OutputNoSpaceError."""
+        pending, self.pending = self.pending, None
+        if pending is not None:
+            pending.result()
+
     def _write_window(self, pfns: npt.NDArray[np.int64]) -> None:
         ps = self.page_size
         n = int(pfns.size)
         t0 = time.perf_counter()
+        # the buffer used two windows ago is free: that write finished before the
+        # previous window was handed to the I/O thread
+        self.gather = self.gathers[self.nr_windows & 1]
+        self.nr_windows += 1
         data = self._gather(pfns)
         t1 = time.perf_counter()
         if self.exclude_zero:
@@ -388,19 +414,32 @@ class _PageWriter:
             descs["offset"][is_zero] = self.zero_offset
             descs["size"][is_zero] = ps
         window_start = self.cursor
-        try:
-            self._write_data(packed.payload)
-        except OutputNoSpaceError as exc:
-            self._keep_complete_descs(descs, is_zero, window_start + exc.written)
-            raise
-        self._write_descs(descs, is_zero)
-        self.memory.file.drop_resident()  # keep RSS to one window, not the whole input
-        t4 = time.perf_counter()
+        self.cursor += len(packed.payload)
+        self._wait_for_io()  # one window in flight: bounded memory, ordered descriptors
+        self.pending = self.io.submit(self._store, packed.payload, window_start, descs, is_zero)
+        self.memory.file.drop_resident()  # keep RSS to a few windows, not the whole input
         tm = self.timings
         tm["read"] += t1 - t0
         tm["zero_test"] += t2 - t1
         tm["compress"] += t3 - t2
-        tm["write"] += t4 - t3
+
+    def _store(
+        self,
+        payload: bytes | memoryview,
+        data_offset: int,
+        descs: npt.NDArray[np.void],
+        is_zero: npt.NDArray[np.bool_],
+    ) -> None:
+        """On the I/O thread: the window's page data, then its descriptors."""
+        t0 = time.perf_counter()
+        try:
+            if len(payload):
+                self.sink.pwrite(payload, data_offset)
+        except OutputNoSpaceError as exc:
+            self._keep_complete_descs(descs, is_zero, data_offset + exc.written)
+            raise
+        self._write_descs(descs, is_zero)
+        self.timings["write"] += time.perf_counter() - t0
 
     # -- output ---------------------------------------------------------------------------
 
