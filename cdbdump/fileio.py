@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import errno
 import mmap
 import os
 import stat
 from types import TracebackType
+
+import numpy as np
+import numpy.typing as npt
 
 from cdbdump.errors import InputError, TruncatedDumpError
 
@@ -34,6 +38,8 @@ class MappedFile:
         self._map: mmap.mmap | None = None
         self._view: memoryview | None = None
         self._can_drop = True
+        self._extents: tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]] | None = None
+        self._extents_known = False
         if self.size > 0:
             try:
                 self._map = mmap.mmap(self._fd, 0, prot=mmap.PROT_READ)
@@ -61,6 +67,38 @@ class MappedFile:
                 available=file_offset + len(data),
             )
         return memoryview(data)
+
+    def data_extents(self) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]] | None:
+        """(starts, ends) of the file's data extents, or None when it has no holes.
+
+        Saved vmcores are often sparse (cp --sparse, QEMU, fabricated machines):
+        bytes in a hole are zero and need not be read at all. Files that do not
+        support SEEK_DATA (/proc/vmcore) report no holes.
+        """
+        if self._extents_known:
+            return self._extents
+        self._extents_known = True
+        starts: list[int] = []
+        ends: list[int] = []
+        offset = 0
+        try:
+            while offset < self.size:
+                try:
+                    start = os.lseek(self._fd, offset, os.SEEK_DATA)
+                except OSError as exc:
+                    if exc.errno == errno.ENXIO:
+                        break  # only a hole is left
+                    raise
+                end = min(os.lseek(self._fd, start, os.SEEK_HOLE), self.size)
+                starts.append(start)
+                ends.append(end)
+                offset = end
+        except OSError:
+            return None  # SEEK_DATA unsupported here: treat the file as all data
+        if len(starts) == 1 and starts[0] == 0 and ends[0] >= self.size:
+            return None
+        self._extents = (np.array(starts, dtype=np.int64), np.array(ends, dtype=np.int64))
+        return self._extents
 
     def drop_resident(self) -> None:
         """Unmap the pages views have touched; they stay in the page cache.

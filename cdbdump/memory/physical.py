@@ -12,6 +12,9 @@ import bisect
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
+import numpy as np
+import numpy.typing as npt
+
 from cdbdump.errors import NotInDumpError
 from cdbdump.fileio import MappedFile
 from cdbdump.vmcore.elfcore import LoadSegment
@@ -37,6 +40,9 @@ class PhysicalMemory:
         self.page_size = page_size
         self.pieces = _disjoint_pieces(loads)
         self._starts = [p.paddr for p in self.pieces]
+        self._piece_paddr = np.array(self._starts, dtype=np.int64)
+        self._piece_file_end = np.array([p.file_end for p in self.pieces], dtype=np.int64)
+        self._piece_file_offset = np.array([p.file_offset for p in self.pieces], dtype=np.int64)
 
     # -- lookups ------------------------------------------------------------------
 
@@ -96,6 +102,31 @@ class PhysicalMemory:
                 out[lo - paddr : hi - paddr] = self.file.view(off, hi - lo, "PT_LOAD data")
             i += 1
         return bytes(out)
+
+    def in_file_holes(self, pfns: npt.NDArray[np.int64]) -> npt.NDArray[np.bool_] | None:
+        """True for frames whose bytes all lie in holes of a sparse input file.
+
+        Such frames read as zero without touching the file. None when the input
+        has no holes (the common /proc/vmcore case), so callers skip the test.
+        """
+        extents = self.file.data_extents()
+        if extents is None or pfns.size == 0:
+            return None
+        data_starts, data_ends = extents
+        paddr = pfns.astype(np.int64) * self.page_size
+        piece = np.searchsorted(self._piece_paddr, paddr, side="right") - 1
+        piece = np.maximum(piece, 0)
+        whole = (paddr >= self._piece_paddr[piece]) & (
+            paddr + self.page_size <= self._piece_file_end[piece]
+        )
+        offset = self._piece_file_offset[piece] + (paddr - self._piece_paddr[piece])
+        # the first data extent ending after the page start must begin after its end
+        nxt = np.searchsorted(data_ends, offset, side="right")
+        clear_of_data = np.ones(pfns.size, dtype=np.bool_)
+        inside = nxt < data_starts.size
+        clear_of_data[inside] = data_starts[nxt[inside]] >= offset[inside] + self.page_size
+        result: npt.NDArray[np.bool_] = whole & clear_of_data
+        return result
 
     def read_u64(self, paddr: int) -> int:
         return int.from_bytes(self.read(paddr, 8), "little")

@@ -390,13 +390,22 @@ class _PageWriter:
         # previous window was handed to the I/O thread
         self.gather = self.gathers[self.nr_windows & 1]
         self.nr_windows += 1
-        data = self._gather(pfns)
+        # zero pages need no reading where a sparse input file has a hole
+        in_hole = self.memory.in_file_holes(pfns) if self.exclude_zero else None
+        read_pfns = pfns if in_hole is None else pfns[~in_hole]
+        nr_read = int(read_pfns.size)
+        data = self._gather(read_pfns) if nr_read else self.gather[:0]
         t1 = time.perf_counter()
         if self.exclude_zero:
-            words = np.frombuffer(data, dtype=np.uint64).reshape(n, ps // 8)
+            words = np.frombuffer(data, dtype=np.uint64).reshape(nr_read, ps // 8)
             # makedumpfile is_zero_page: every 8-byte word is 0
-            is_zero: npt.NDArray[np.bool_] = np.logical_not(words.any(axis=1))
-            keep: npt.NDArray[np.bool_] | None = np.logical_not(is_zero)
+            read_zero: npt.NDArray[np.bool_] = np.logical_not(words.any(axis=1))
+            keep: npt.NDArray[np.bool_] | None = np.logical_not(read_zero)
+            if in_hole is None:
+                is_zero = read_zero
+            else:
+                is_zero = np.ones(n, dtype=np.bool_)
+                is_zero[~in_hole] = read_zero
         else:
             is_zero = np.zeros(n, dtype=np.bool_)
             keep = None

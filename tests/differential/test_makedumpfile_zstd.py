@@ -40,14 +40,24 @@ TIMEOUT_S = 300
 
 
 def _cdbdump(*args: str | Path) -> None:
-    proc = subprocess.run([sys.executable, "-m", "cdbdump", *map(str, args)],
-                          capture_output=True, text=True, timeout=TIMEOUT_S, check=False)
+    proc = subprocess.run(
+        [sys.executable, "-m", "cdbdump", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT_S,
+        check=False,
+    )
     assert proc.returncode == 0, f"cdbdump {args}: {proc.stderr[-2000:]}"
 
 
 def _makedumpfile(binary: Path, *args: str | Path) -> None:
-    proc = subprocess.run([str(binary), *map(str, args)], capture_output=True, text=True,
-                          timeout=TIMEOUT_S, check=False)
+    proc = subprocess.run(
+        [str(binary), *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT_S,
+        check=False,
+    )
     assert proc.returncode == 0, f"makedumpfile {args}: {(proc.stdout + proc.stderr)[-2000:]}"
 
 
@@ -89,14 +99,17 @@ def _assert_same_dump(ours: Path, ref: Path, kernel: SyntheticKernel) -> None:
     raw_ours, raw_ref = ours.read_bytes(), ref.read_bytes()
     if raw_ours != raw_ref:
         at = _first_difference(raw_ours, raw_ref)
-        pytest.fail(f"{ours.name} and {ref.name} differ first at {at:#x} (sizes "
-                    f"{len(raw_ours)}, {len(raw_ref)}; page_desc sizes equal: {sizes_equal}); "
-                    f"{_libzstd_versions()}")
+        pytest.fail(
+            f"{ours.name} and {ref.name} differ first at {at:#x} (sizes "
+            f"{len(raw_ours)}, {len(raw_ref)}; page_desc sizes equal: {sizes_equal}); "
+            f"{_libzstd_versions()}"
+        )
 
 
 @pytest.mark.parametrize(("dialect", "seed"), MACHINES)
-def test_zstd_dump_is_makedumpfiles(dialect: str, seed: int, tiny_vmcore: MakeVmcore,
-                                    makedumpfile_new: Path, tmp_path: Path) -> None:
+def test_zstd_dump_is_makedumpfiles(
+    dialect: str, seed: int, tiny_vmcore: MakeVmcore, makedumpfile_new: Path, tmp_path: Path
+) -> None:
     kernel, vmcore = tiny_vmcore(dialect, seed=seed, layout="proc_vmcore")
     ours, ref = tmp_path / "cdbdump.kdump", tmp_path / "makedumpfile.kdump"
     _cdbdump("-z", "-d", "31", "--message-level", "0", vmcore, ours)
@@ -105,8 +118,9 @@ def test_zstd_dump_is_makedumpfiles(dialect: str, seed: int, tiny_vmcore: MakeVm
 
 
 @pytest.mark.parametrize(("dialect", "seed"), MACHINES[::2])
-def test_makedumpfile_refilters_our_zstd_dump(dialect: str, seed: int, tiny_vmcore: MakeVmcore,
-                                              makedumpfile_new: Path, tmp_path: Path) -> None:
+def test_makedumpfile_refilters_our_zstd_dump(
+    dialect: str, seed: int, tiny_vmcore: MakeVmcore, makedumpfile_new: Path, tmp_path: Path
+) -> None:
     kernel, vmcore = tiny_vmcore(dialect, seed=seed, layout="proc_vmcore")
     ours_d1 = tmp_path / "cdbdump-d1.kdump"
     refiltered, direct = tmp_path / "refiltered.kdump", tmp_path / "direct.kdump"

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from cdbdump.errors import NotInDumpError
@@ -69,3 +70,33 @@ def test_partial_last_page_counts_as_present(image: Path) -> None:
         assert frame[0xC00:] == bytes(0x400)
         with pytest.raises(NotInDumpError):
             phys.read(0x2BFF, 2)  # strict reads do not invent bytes
+
+
+def test_frames_in_file_holes(tmp_path: Path) -> None:
+    path = tmp_path / "sparse"
+    with path.open("wb") as f:
+        f.truncate(16 * PAGE)
+        f.seek(3 * PAGE + 100)  # frame 3 holds one data byte
+        f.write(b"x")
+        f.seek(9 * PAGE)
+        f.write(b"y" * PAGE)  # frame 9 is all data
+    # paddr 0x100000 maps file offset 0; the last frame is only half file-backed
+    loads = [_seg(0, 0, 0x100000, 15 * PAGE + PAGE // 2, 16 * PAGE)]
+    with MappedFile(path) as f:
+        phys = PhysicalMemory(f, loads, PAGE)
+        pfns = np.arange(0x100, 0x110, dtype=np.int64)
+        holes = phys.in_file_holes(pfns)
+        if holes is None:
+            pytest.skip("this file system reports no holes (no SEEK_DATA)")
+        expect = np.ones(16, dtype=bool)
+        expect[[3, 9, 15]] = False  # data, data, and a frame not wholly in the file
+        assert holes.tolist() == expect.tolist()
+        # what the hole test says is zero really reads as zero
+        for pfn in pfns[holes]:
+            assert phys.read_frames(int(pfn), 1) == bytes(PAGE)
+
+
+def test_dense_file_reports_no_holes(image: Path) -> None:
+    with MappedFile(image) as f:
+        phys = PhysicalMemory(f, [_seg(0, 0, 0, 0x3000, 0x3000)], PAGE)
+        assert phys.in_file_holes(np.arange(3, dtype=np.int64)) is None
