@@ -15,6 +15,8 @@ from cdbdump.errors import InputError, TruncatedDumpError
 
 __all__ = ("MappedFile",)
 
+_DROP_AFTER_BYTES = 16 << 20  # mapped input pages kept resident before they are unmapped
+
 
 class MappedFile:
     """A read-only view of a file by offset.
@@ -38,6 +40,7 @@ class MappedFile:
         self._map: mmap.mmap | None = None
         self._view: memoryview | None = None
         self._can_drop = True
+        self._touched = 0
         self._extents: tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]] | None = None
         self._extents_known = False
         if self.size > 0:
@@ -100,24 +103,35 @@ class MappedFile:
         self._extents = (np.array(starts, dtype=np.int64), np.array(ends, dtype=np.int64))
         return self._extents
 
-    def drop_resident(self) -> None:
-        """Unmap the pages views have touched; they stay in the page cache.
+    def drop_resident(self, nbytes_read: int) -> None:
+        """Account for ``nbytes_read`` bytes touched; past 16 MiB, unmap them again.
 
         Streaming through a big vmcore would otherwise grow RSS by every page
-        read. Called once per window by the scanner and the writers. Mappings
-        that refuse MADV_DONTNEED (the VM_PFNMAP of /proc/vmcore, which does
-        not count in RSS anyway) are left alone from then on.
+        read (the pages stay in the page cache). Called once per window by the
+        scanner and the writers. Mappings that refuse MADV_DONTNEED (the
+        VM_PFNMAP of /proc/vmcore, which does not count in RSS anyway) are left
+        alone from then on.
         """
-        if self._map is None or not self._can_drop:
+        self._touched += nbytes_read
+        if self._touched < _DROP_AFTER_BYTES or self._map is None or not self._can_drop:
             return
+        self._touched = 0
         try:
             self._map.madvise(mmap.MADV_DONTNEED)
         except OSError:
             self._can_drop = False
 
-    def advise_sequential(self) -> None:
+    def advise_streaming(self) -> None:
+        """Tune read-ahead for one pass over the page data.
+
+        A dense file is read front to back: MADV_SEQUENTIAL. In a sparse file the
+        reads skip the holes, and read-around on each fault would pull the holes
+        around every data page into the page cache as zero pages (tens of GiB
+        on a mostly empty machine): MADV_RANDOM.
+        """
         if self._map is not None:
-            self._map.madvise(mmap.MADV_SEQUENTIAL)
+            sparse = self.data_extents() is not None
+            self._map.madvise(mmap.MADV_RANDOM if sparse else mmap.MADV_SEQUENTIAL)
 
     def fileno(self) -> int:
         return self._fd

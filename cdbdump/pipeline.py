@@ -245,7 +245,7 @@ def dump(options: DumpOptions, progress: ProgressCallback | None = None) -> Dump
             nr_cpus=image.core.nr_cpus,
         )
         with _timed(report, "write pages"):
-            file.advise_sequential()
+            file.advise_streaming()
             out = create_output(options.dumpfile, options.force, inputs=[options.vmcore])
             writer_progress = (
                 None if progress is None

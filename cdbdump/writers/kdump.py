@@ -426,7 +426,7 @@ class _PageWriter:
         self.cursor += len(packed.payload)
         self._wait_for_io()  # one window in flight: bounded memory, ordered descriptors
         self.pending = self.io.submit(self._store, packed.payload, window_start, descs, is_zero)
-        self.memory.file.drop_resident()  # keep RSS to a few windows, not the whole input
+        self.memory.file.drop_resident(nr_read * ps)  # RSS: a few windows, not the input
         tm = self.timings
         tm["read"] += t1 - t0
         tm["zero_test"] += t2 - t1
