@@ -268,8 +268,7 @@ def print_report(report: DumpReport, out: Callable[[str], None]) -> None:
     out(f"Memory Hole     : 0x{report.memory_hole_pages:016x}")
     out("-" * 50)
     out(f"Total pages     : 0x{report.max_mapnr:016x}")
-    out("")
-    out(f"Write bytes     : {report.bytes_out}")
+    out(f"Write bytes     : {report.bytes_written}")
     out("")
 
 

@@ -101,6 +101,13 @@ def open_input(file: MappedFile) -> InputImage:
     if fmt is DumpFormat.UNKNOWN:
         raise UnknownFormatError(file.path, bytes(file.view(0, min(16, file.size))))
     core = ElfCore.parse(file)
+    if not core.loads:
+        # reference: makedumpfile get_elf_info ("Can't get the number of PT_LOAD")
+        raise CorruptDumpError(
+            f"{file.path}: no PT_LOAD program header, so no memory to dump",
+            file_offset=core.e_phoff,
+            field="program header table",
+        )
     info = core.vmcoreinfo
     page_size = (info.page_size if info is not None else None) or PAGE_SIZE
     phys = PhysicalMemory(file, core.loads, page_size)
@@ -221,8 +228,14 @@ def dump(options: DumpOptions, progress: ProgressCallback | None = None) -> Dump
         report.memory_hole_pages = memory_hole_pages(image)
         report.bytes_in = sum(seg.filesz for seg in image.core.loads)
         with _timed(report, "check memory holes"):
-            bitmap1 = first_bitmap(image)
-            bitmap2 = without_nodata(image, bitmap1)
+            try:
+                bitmap1 = first_bitmap(image)
+                bitmap2 = without_nodata(image, bitmap1)
+            except MemoryError:
+                raise UnsupportedError(
+                    f"bitmaps for max_mapnr {image.max_mapnr} ({image.max_mapnr // 4} "
+                    "bytes for the two of them) do not fit in memory"
+                ) from None
         with _timed(report, "exclude pages"):
             applied = _exclude(image, options, bitmap2, report, progress)
         report.dump_level_applied = int(applied)
@@ -272,6 +285,7 @@ def dump(options: DumpOptions, progress: ProgressCallback | None = None) -> Dump
             report.counts.zero = result.nr_zero_pages
             report.pages_written = result.nr_pages_written
             report.bytes_out = result.bytes_written
+            report.bytes_written = out.bytes_written
             if result.no_space is not None:
                 # reference: makedumpfile check_and_modify_kdump_headers — keep what
                 # was written, flag the header INCOMPLETE, exit 1

@@ -42,7 +42,8 @@ class DumpReport:
     dumpable_pages: int = 0  # set bits of the 2nd bitmap (zero pages included)
     pages_written: int = 0  # page data records written (zero pages share one)
     bytes_in: int = 0  # file-backed bytes of the input PT_LOADs
-    bytes_out: int = 0
+    bytes_out: int = 0  # size of the dump file
+    bytes_written: int = 0  # bytes really written (makedumpfile's "Write bytes"; holes excluded)
     timings: dict[str, float] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
     kernel_bitmap: dict[str, int] | None = None  # the struct's fields when -q used it

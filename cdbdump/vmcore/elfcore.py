@@ -34,6 +34,8 @@ __all__ = ("ElfCore", "LoadSegment")
 
 # fs/proc/kcore.c sets p_paddr to (elf_addr_t)-1 for segments that are not RAM or text
 NO_PADDR = 0xFFFF_FFFF_FFFF_FFFF
+# x86_64 MAX_PHYSMEM_BITS is 52 with 5-level paging (46 with 4-level)
+MAX_PHYS_ADDR = 1 << 52
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,6 +103,13 @@ class ElfCore:
             elif p_type == PT_LOAD:
                 if p_paddr == NO_PADDR:
                     continue  # /proc/kcore: vmalloc, modules, vmemmap have no physical address
+                if p_paddr + p_memsz > MAX_PHYS_ADDR:
+                    raise CorruptDumpError(
+                        f"PT_LOAD {index} covers paddr {p_paddr:#x}+{p_memsz:#x}, beyond the "
+                        f"{MAX_PHYS_ADDR.bit_length() - 1}-bit physical address space",
+                        file_offset=phdr_offset,
+                        field="program header",
+                    )
                 if p_filesz > p_memsz:
                     raise CorruptDumpError(
                         f"PT_LOAD {index} has p_filesz {p_filesz:#x} > p_memsz {p_memsz:#x}",
@@ -115,6 +124,8 @@ class ElfCore:
                         "not in the dump"
                     )
                     p_filesz = kept
+                if p_filesz == 0:
+                    p_offset = 0  # nothing is read through it; keep it a sane number
                 loads.append(
                     LoadSegment(index, p_offset, p_vaddr, p_paddr, p_filesz, p_memsz, p_flags,
                                 p_align)
