@@ -109,9 +109,10 @@ class Bitmap:
         """Yield the set pfns in ascending order, a bounded window at a time."""
         for start in range(0, self.nr_bits, window):
             bools = self.get_bools(start, start + window)
-            idx = np.flatnonzero(bools)
+            idx = np.flatnonzero(bools).astype(np.int64, copy=False)
             if idx.size:
-                yield idx.astype(np.int64) + start
+                idx += start
+                yield idx
 
     def __and__(self, other: Bitmap) -> Bitmap:
         if other.nr_bits != self.nr_bits:

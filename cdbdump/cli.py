@@ -113,7 +113,7 @@ def command(
         force=force,
     )
     try:
-        with _progress_bar(ui) as progress:
+        with _ProgressBar(ui) as progress:
             report = dump(options, progress)
     except IncompleteDumpError as exc:
         if isinstance(exc.report, DumpReport):
@@ -143,7 +143,7 @@ def command(
 
 def _run_mem_usage(vmcore: Path, ui: _Messages, debug: bool) -> None:
     try:
-        with _progress_bar(ui) as progress:
+        with _ProgressBar(ui) as progress:
             usage, page_size = mem_usage(vmcore, progress)
     except CdbdumpError as exc:
         if debug:
@@ -199,7 +199,7 @@ class _Messages:
         return bool(self.level & ML_PROGRESS) and sys.stderr.isatty()
 
 
-class _progress_bar:  # lower case: reads like a function in `with`
+class _ProgressBar:
     """tqdm on stderr when it is a terminal; nothing at all otherwise."""
 
     def __init__(self, ui: _Messages) -> None:

@@ -15,8 +15,6 @@ from cdbdump.errors import InputError, TruncatedDumpError
 
 __all__ = ("MappedFile",)
 
-_DROP_AFTER_BYTES = 16 << 20  # mapped input pages kept resident before they are unmapped
-
 
 class MappedFile:
     """A read-only view of a file by offset.
@@ -40,7 +38,6 @@ class MappedFile:
         self._map: mmap.mmap | None = None
         self._view: memoryview | None = None
         self._can_drop = True
-        self._touched = 0
         self._extents: tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]] | None = None
         self._extents_known = False
         if self.size > 0:
@@ -103,21 +100,36 @@ class MappedFile:
         self._extents = (np.array(starts, dtype=np.int64), np.array(ends, dtype=np.int64))
         return self._extents
 
-    def drop_resident(self, nbytes_read: int) -> None:
-        """Account for ``nbytes_read`` bytes touched; past 16 MiB, unmap them again.
+    def drop_all(self) -> None:
+        """Unmap every page of the mapping (they stay in the page cache).
 
-        Streaming through a big vmcore would otherwise grow RSS by every page
-        read (the pages stay in the page cache). Called once per window by the
-        scanner and the writers. Mappings that refuse MADV_DONTNEED (the
-        VM_PFNMAP of /proc/vmcore, which does not count in RSS anyway) are left
-        alone from then on.
+        For readers whose windows map pages all over the file (the mem_map scan
+        follows the vmemmap); the writers drop just their window's range.
+        Mappings that refuse MADV_DONTNEED (the VM_PFNMAP of /proc/vmcore, which
+        does not count in RSS anyway) are left alone from then on.
         """
-        self._touched += nbytes_read
-        if self._touched < _DROP_AFTER_BYTES or self._map is None or not self._can_drop:
+        if self._map is None or not self._can_drop:
             return
-        self._touched = 0
         try:
             self._map.madvise(mmap.MADV_DONTNEED)
+        except OSError:
+            self._can_drop = False
+
+    def drop_range(self, file_offset: int, size: int) -> None:
+        """Unmap the mapped pages of [file_offset, file_offset+size) (page cache kept).
+
+        The writers call it for each window they read, so RSS stays a few windows
+        however the reads are spread (fault-around maps neighbours too).
+        """
+        if self._map is None or not self._can_drop or size <= 0:
+            return
+        file_offset = max(0, file_offset)
+        start = file_offset - file_offset % mmap.PAGESIZE
+        end = min(self.size, file_offset + size)
+        if start >= end:
+            return
+        try:
+            self._map.madvise(mmap.MADV_DONTNEED, start, end - start)
         except OSError:
             self._can_drop = False
 

@@ -25,8 +25,8 @@ from cdbdump.errors import (
 )
 from cdbdump.fileio import MappedFile
 from cdbdump.formats.kdump import UTS_FIELD_LEN, UTS_FIELDS
-from cdbdump.formats.x86_64 import PAGE_SIZE, START_KERNEL_MAP
-from cdbdump.memory.kernel import KernelMemory
+from cdbdump.formats.x86_64 import PAGE_SIZE
+from cdbdump.memory.kernel import KernelMemory, phys_base_from_loads
 from cdbdump.memory.physical import PhysicalMemory
 from cdbdump.mm.crash_bitmap import (
     KernelBitmap,
@@ -111,7 +111,9 @@ def open_input(file: MappedFile) -> InputImage:
     info = core.vmcoreinfo
     page_size = (info.page_size if info is not None else None) or PAGE_SIZE
     phys = PhysicalMemory(file, core.loads, page_size)
-    phys_base = _phys_base(core, info)
+    phys_base = info.phys_base if info is not None else None
+    if phys_base is None:
+        phys_base = phys_base_from_loads(core.loads)
     kernel: KernelMemory | None = None
     kernel_error: str | None = None
     if info is None:
@@ -135,17 +137,6 @@ def open_input(file: MappedFile) -> InputImage:
             max_mapnr = mem_map.max_mapnr
     return InputImage(core, phys, info, page_size, phys_base, kernel, kernel_error, mem_map,
                       mem_map_error, max_mapnr)
-
-
-def _phys_base(core: ElfCore, info: VmcoreInfo | None) -> int | None:
-    # reference: makedumpfile get_phys_base_x86_64 — NUMBER(phys_base), else
-    # from the kernel-text PT_LOAD: p_paddr - (p_vaddr & ~__START_KERNEL_map)
-    if info is not None and info.phys_base is not None:
-        return info.phys_base
-    for seg in core.loads:
-        if seg.vaddr >= START_KERNEL_MAP:
-            return seg.paddr - (seg.vaddr - START_KERNEL_MAP)
-    return None
 
 
 def first_bitmap(image: InputImage) -> Bitmap:

@@ -80,7 +80,7 @@ class KernelMemory:
 
         phys_base = info.phys_base
         if phys_base is None:
-            phys_base = _phys_base_from_loads(loads)
+            phys_base = phys_base_from_loads(loads) or 0  # makedumpfile's default
         l5 = info.get_number("pgtable_l5_enabled")
         if l5 not in (None, 0, 1):
             raise BadVmcoreInfoValue("NUMBER(pgtable_l5_enabled)", str(l5), "expected 0 or 1")
@@ -228,13 +228,16 @@ class KernelMemory:
         return missing
 
 
-def _phys_base_from_loads(loads: tuple[LoadSegment, ...]) -> int:
-    # reference: makedumpfile get_phys_base_x86_64: the PT_LOAD of the kernel
-    # text mapping gives phys_base = p_paddr - (p_vaddr - __START_KERNEL_map).
+def phys_base_from_loads(loads: Iterable[LoadSegment]) -> int | None:
+    """phys_base from the kernel-text PT_LOAD, when VMCOREINFO lacks NUMBER(phys_base).
+
+    reference: makedumpfile get_phys_base_x86_64: that segment gives
+    phys_base = p_paddr - (p_vaddr - __START_KERNEL_map).
+    """
     for seg in loads:
         if seg.vaddr >= START_KERNEL_MAP:
             return seg.paddr - (seg.vaddr - START_KERNEL_MAP)
-    return 0
+    return None
 
 
 def _page_offset(loads: tuple[LoadSegment, ...], levels: int) -> int:

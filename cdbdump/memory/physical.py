@@ -128,6 +128,25 @@ class PhysicalMemory:
         result: npt.NDArray[np.bool_] = whole & clear_of_data
         return result
 
+    def file_span(self, first_pfn: int, last_pfn: int) -> tuple[int, int]:
+        """[lo, hi) of the file offsets that frames first_pfn..last_pfn can occupy."""
+        paddr_lo = first_pfn * self.page_size
+        paddr_hi = (last_pfn + 1) * self.page_size
+        lo = hi = -1
+        i = max(0, bisect.bisect_right(self._starts, paddr_lo) - 1)
+        while i < len(self.pieces) and self.pieces[i].paddr < paddr_hi:
+            piece = self.pieces[i]
+            i += 1
+            start = max(paddr_lo, piece.paddr)
+            end = min(paddr_hi, piece.file_end)
+            if start >= end:
+                continue
+            off_lo = piece.file_offset + (start - piece.paddr)
+            off_hi = piece.file_offset + (end - piece.paddr)
+            lo = off_lo if lo < 0 else min(lo, off_lo)
+            hi = max(hi, off_hi)
+        return (lo, hi) if lo >= 0 else (0, 0)
+
     def read_u64(self, paddr: int) -> int:
         return int.from_bytes(self.read(paddr, 8), "little")
 

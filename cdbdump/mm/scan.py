@@ -222,7 +222,7 @@ def _scan_mem_map(
             _clear(bitmap2, start, decided.cleared)
             for lo, hi in decided.beyond:
                 bitmap2.clear_range(lo, hi)
-            kernel.phys.file.drop_resident(n * size)  # RSS: a few windows, not mem_map
+            kernel.phys.file.drop_all()  # RSS: one window, not the whole mem_map
             done += n
             if progress is not None:
                 progress(PROGRESS_STEP, done, total)

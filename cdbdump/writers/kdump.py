@@ -67,7 +67,8 @@ __all__ = (
 UTSNAME_SIZE = UTS_FIELD_LEN * len(UTS_FIELDS)  # struct new_utsname: 390 bytes
 MAX_MAPNR_32 = 0xFFFFFFFF  # disk_dump_header.max_mapnr is an unsigned int
 DEFAULT_WINDOW_PAGES = 512  # 2 MiB of 4 KiB pages gathered and compressed at a time
-_SCAN_PFNS = 1 << 22  # pfns of the 2nd bitmap unpacked at a time (4 MiB of bools)
+_FAULT_AROUND = 64 << 10  # Linux fault_around_bytes default
+_SCAN_PFNS = 1 << 20  # pfns of the 2nd bitmap unpacked at a time (1 MiB of bools)
 
 ProgressCallback = Callable[[int, int], None]
 
@@ -426,7 +427,10 @@ class _PageWriter:
         self.cursor += len(packed.payload)
         self._wait_for_io()  # one window in flight: bounded memory, ordered descriptors
         self.pending = self.io.submit(self._store, packed.payload, window_start, descs, is_zero)
-        self.memory.file.drop_resident(nr_read * ps)  # RSS: a few windows, not the input
+        if nr_read:  # RSS: a few windows, not the whole input
+            lo, hi = self.memory.file_span(int(read_pfns[0]), int(read_pfns[-1]))
+            # fault-around maps up to 64 KiB of cached neighbours beyond the reads
+            self.memory.file.drop_range(lo - _FAULT_AROUND, hi - lo + 2 * _FAULT_AROUND)
         tm = self.timings
         tm["read"] += t1 - t0
         tm["zero_test"] += t2 - t1
