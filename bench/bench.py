@@ -139,6 +139,8 @@ def part_plan(work: Path, ram_gib: int) -> None:
     vmcore = synthetic_machine(work, ram_gib)
     out, js = work / "plan.kdump", work / "plan.json"
     out.unlink(missing_ok=True)
+    run(cdbdump_cmd("-q", "-d", "31", "--message-level", "0", str(vmcore), str(out)))  # warm up
+    out.unlink(missing_ok=True)
     r = run(cdbdump_cmd("-q", "-d", "31", "--message-level", "0", "--report-json", str(js),
                         str(vmcore), str(out)))
     rep = _report(js)
