@@ -52,9 +52,6 @@ class PhysicalMemory:
             return self.pieces[i]
         return None
 
-    def is_present(self, paddr: int) -> bool:
-        return self._piece_at(paddr) is not None
-
     def read(self, paddr: int, size: int) -> bytes:
         """Read ``size`` bytes at ``paddr``, across segments if needed."""
         piece = self._piece_at(paddr)

@@ -17,9 +17,3 @@ class DumpLevel(enum.IntFlag):
     CACHE_PRI = 4  # DL_EXCLUDE_CACHE_PRI: all cache pages that are not anonymous
     USER = 8  # DL_EXCLUDE_USER_DATA: anonymous pages and hugetlbfs folios
     FREE = 16  # DL_EXCLUDE_FREE: buddy-free pages, unaccepted memory
-
-    @property
-    def needs_mem_map(self) -> bool:
-        """True when some requested class can only be found through struct page."""
-        mem_map_bits = DumpLevel.CACHE | DumpLevel.CACHE_PRI | DumpLevel.USER | DumpLevel.FREE
-        return bool(self & mem_map_bits)

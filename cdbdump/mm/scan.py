@@ -33,7 +33,6 @@ __all__ = (
     "ProgressCallback",
     "ScanResult",
     "exclude_unnecessary_pages",
-    "mem_map_max_pfn",
     "memory_usage",
     "scan_needed",
 )
@@ -89,22 +88,6 @@ class MemoryUsage:
             ("FREE", self.free, True, "Free pages"),
             ("KERN_DATA", self.kern_data, False, "Dumpable kernel data"),
         ]
-
-
-def mem_map_max_pfn(kernel: KernelMemory, info: VmcoreInfo, max_mapnr: int | None = None) -> int:
-    """makedumpfile's max_mapnr: the PT_LOAD end, lowered to the last section with a mem_map.
-
-    ``max_mapnr`` defaults to the end of the highest PT_LOAD (get_max_mapnr).
-    Size the bitmaps with the result.
-
-    Raises:
-        MissingVmcoreInfoKey / BadVmcoreInfoValue / UnsupportedError / CorruptDumpError:
-            as locate_mem_map.
-    """
-    if max_mapnr is None:
-        page_size = kernel.phys.page_size
-        max_mapnr = -(-kernel.phys.end_paddr // page_size)
-    return locate_mem_map(kernel, info, max_mapnr).max_mapnr
 
 
 def scan_needed(level: DumpLevel, dialect: PageDialect) -> bool:

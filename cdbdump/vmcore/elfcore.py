@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from elftools.common.exceptions import ELFError
 from elftools.elf.elffile import ELFFile
 
-from cdbdump.errors import CorruptDumpError, UnsupportedError, VmcoreInfoError
+from cdbdump.errors import CorruptDumpError, UnsupportedError
 from cdbdump.fileio import MappedFile
 from cdbdump.formats.elf import (
     CORE_NOTE_NAME,
@@ -150,11 +150,6 @@ class ElfCore:
             vmcoreinfo_desc_offset=vmcoreinfo_desc_offset,
             problems=tuple(problems),
         )
-
-    def require_vmcoreinfo(self, purpose: str) -> VmcoreInfo:
-        if self.vmcoreinfo is None:
-            raise VmcoreInfoError(f"{self.file.path}: no VMCOREINFO note (needed for {purpose})")
-        return self.vmcoreinfo
 
     @property
     def vmcoreinfo_note(self) -> Note | None:
