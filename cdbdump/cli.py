@@ -17,12 +17,12 @@ from typing import Any
 import click
 
 from cdbdump import __version__
+from cdbdump.codecs import Codec
 from cdbdump.errors import CdbdumpError, IncompleteDumpError
 from cdbdump.mm.levels import MAX_DUMP_LEVEL, DumpLevel
 from cdbdump.mm.scan import MemoryUsage
 from cdbdump.pipeline import DumpOptions, dump, mem_usage
 from cdbdump.report import DumpReport, PathTaken
-from cdbdump.writers.compress import Codec
 
 __all__ = ("main",)
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cdbdump.bitmap import Bitmap
+from cdbdump.codecs import Codec
 from cdbdump.errors import (
     AddressError,
     CdbdumpError,
@@ -27,7 +28,7 @@ from cdbdump.fileio import MappedFile
 from cdbdump.formats.kdump import UTS_FIELD_LEN, UTS_FIELDS
 from cdbdump.formats.x86_64 import PAGE_SIZE
 from cdbdump.memory.kernel import KernelMemory, phys_base_from_loads
-from cdbdump.memory.physical import PhysicalMemory
+from cdbdump.memory.physical import ElfMemory, PhysicalMemory, data_pfn_ranges
 from cdbdump.mm.crash_bitmap import (
     KernelBitmap,
     apply_kernel_bitmap,
@@ -40,7 +41,6 @@ from cdbdump.report import DumpReport, PathTaken, ProgressCallback
 from cdbdump.vmcore.detect import DumpFormat, sniff
 from cdbdump.vmcore.elfcore import ElfCore
 from cdbdump.vmcore.vmcoreinfo import VmcoreInfo
-from cdbdump.writers.compress import Codec
 from cdbdump.writers.kdump import KdumpMetadata, mark_incomplete, write_kdump
 from cdbdump.writers.sink import create_output
 
@@ -110,7 +110,7 @@ def open_input(file: MappedFile) -> InputImage:
         )
     info = core.vmcoreinfo
     page_size = (info.page_size if info is not None else None) or PAGE_SIZE
-    phys = PhysicalMemory(file, core.loads, page_size)
+    phys = ElfMemory(file, core.loads, page_size)
     phys_base = info.phys_base if info is not None else None
     if phys_base is None:
         phys_base = phys_base_from_loads(core.loads)
@@ -150,7 +150,7 @@ def first_bitmap(image: InputImage) -> Bitmap:
 def without_nodata(image: InputImage, bitmap1: Bitmap) -> Bitmap:
     """bitmap1 minus frames wholly beyond p_filesz (makedumpfile exclude_nodata_pages)."""
     filebacked = Bitmap(image.max_mapnr)
-    for start, end in image.phys.filebacked_pfn_ranges():
+    for start, end in data_pfn_ranges(image.phys, first_byte=False):
         filebacked.set_range(start, end)
     return bitmap1 & filebacked
 

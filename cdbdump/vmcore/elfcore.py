@@ -26,6 +26,7 @@ from cdbdump.formats.elf import (
     PT_LOAD,
     PT_NOTE,
     VMCOREINFO_NOTE_NAME,
+    LoadSegment,
 )
 from cdbdump.vmcore.notes import Note, iter_notes
 from cdbdump.vmcore.vmcoreinfo import VmcoreInfo
@@ -36,20 +37,6 @@ __all__ = ("ElfCore", "LoadSegment")
 NO_PADDR = 0xFFFF_FFFF_FFFF_FFFF
 # x86_64 MAX_PHYSMEM_BITS is 52 with 5-level paging (46 with 4-level)
 MAX_PHYS_ADDR = 1 << 52
-
-
-@dataclass(frozen=True, slots=True)
-class LoadSegment:
-    """One PT_LOAD program header (the fields cdbdump uses)."""
-
-    index: int
-    file_offset: int
-    vaddr: int
-    paddr: int
-    filesz: int
-    memsz: int
-    flags: int
-    align: int
 
 
 @dataclass(frozen=True, slots=True)

@@ -18,6 +18,7 @@ import numpy as np
 import numpy.typing as npt
 
 from cdbdump.bitmap import Bitmap
+from cdbdump.codecs import Codec, codec_for_flags, decompress_page
 from cdbdump.errors import (
     CorruptDumpError,
     NotInDumpError,
@@ -41,7 +42,6 @@ from cdbdump.formats.kdump import (
     split_utsname,
 )
 from cdbdump.vmcore.vmcoreinfo import VmcoreInfo
-from cdbdump.writers.compress import Codec, codec_for_flags, decompress_page
 
 __all__ = ("KdumpFile", "PageDesc")
 

@@ -28,7 +28,6 @@ dump readable, makedumpfile's "incomplete dumpfile").
 
 from __future__ import annotations
 
-import bisect
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -38,6 +37,7 @@ import numpy as np
 import numpy.typing as npt
 
 from cdbdump.bitmap import Bitmap
+from cdbdump.codecs import Codec
 from cdbdump.errors import NotInDumpError, OutputError, OutputNoSpaceError
 from cdbdump.formats.kdump import (
     DISK_DUMP_HEADER,
@@ -51,8 +51,8 @@ from cdbdump.formats.kdump import (
     UTS_FIELDS,
     bitmap_bytes,
 )
-from cdbdump.memory.physical import PhysicalMemory
-from cdbdump.writers.compress import Codec, PageCompressor
+from cdbdump.memory.physical import ExtentKind, PhysicalMemory, fill, view_run
+from cdbdump.writers.compress import PageCompressor
 from cdbdump.writers.sink import Sink
 
 __all__ = (
@@ -67,7 +67,6 @@ __all__ = (
 UTSNAME_SIZE = UTS_FIELD_LEN * len(UTS_FIELDS)  # struct new_utsname: 390 bytes
 MAX_MAPNR_32 = 0xFFFFFFFF  # disk_dump_header.max_mapnr is an unsigned int
 DEFAULT_WINDOW_PAGES = 512  # 2 MiB of 4 KiB pages gathered and compressed at a time
-_FAULT_AROUND = 64 << 10  # Linux fault_around_bytes default
 _SCAN_PFNS = 1 << 20  # pfns of the 2nd bitmap unpacked at a time (1 MiB of bools)
 
 ProgressCallback = Callable[[int, int], None]
@@ -337,7 +336,6 @@ class _PageWriter:
         self.nr_windows = 0
         self.io = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cdbdump-write")
         self.pending: Future[None] | None = None
-        self.piece_starts = [p.paddr for p in memory.pieces]
         self.cursor = layout.offset_data  # where the next page data goes
         self.nr_done = 0  # descriptors written so far
         self.zero_offset = 0  # file offset of the shared zero page (exclude_zero only)
@@ -392,7 +390,7 @@ class _PageWriter:
         self.gather = self.gathers[self.nr_windows & 1]
         self.nr_windows += 1
         # zero pages need no reading where a sparse input file has a hole
-        in_hole = self.memory.in_file_holes(pfns) if self.exclude_zero else None
+        in_hole = self.memory.known_zero_frames(pfns) if self.exclude_zero else None
         read_pfns = pfns if in_hole is None else pfns[~in_hole]
         nr_read = int(read_pfns.size)
         data = self._gather(read_pfns) if nr_read else self.gather[:0]
@@ -428,9 +426,8 @@ class _PageWriter:
         self._wait_for_io()  # one window in flight: bounded memory, ordered descriptors
         self.pending = self.io.submit(self._store, packed.payload, window_start, descs, is_zero)
         if nr_read:  # RSS: a few windows, not the whole input
-            lo, hi = self.memory.file_span(int(read_pfns[0]), int(read_pfns[-1]))
-            # fault-around maps up to 64 KiB of cached neighbours beyond the reads
-            self.memory.file.drop_range(lo - _FAULT_AROUND, hi - lo + 2 * _FAULT_AROUND)
+            first = int(read_pfns[0])
+            self.memory.release(first << self.shift, (int(read_pfns[-1]) + 1 - first) << self.shift)
         tm = self.timings
         tm["read"] += t1 - t0
         tm["zero_test"] += t2 - t1
@@ -512,7 +509,7 @@ class _PageWriter:
         first = int(pfns[0])
         span = int(pfns[-1]) - first + 1
         # the whole window inside one file-backed piece: no per-run Python work
-        view = self.memory.view_run(first << shift, span * ps)
+        view = view_run(self.memory, first << shift, span * ps)
         if view is not None:
             if span == n:
                 return view  # one run: zero-copy straight from the input mapping
@@ -527,7 +524,7 @@ class _PageWriter:
         buf = self.gather
         for lo, hi, pfn in zip(run_starts, run_ends, first_pfns, strict=True):
             dest = buf[lo * ps : hi * ps]
-            run = self.memory.view_run(pfn << shift, (hi - lo) * ps)
+            run = view_run(self.memory, pfn << shift, (hi - lo) * ps)
             if run is not None:
                 dest[:] = np.frombuffer(run, dtype=np.uint8)
             else:
@@ -535,33 +532,15 @@ class _PageWriter:
         return buf[: n * ps]
 
     def _gather_slow(self, paddr: int, out: npt.NDArray[np.uint8]) -> None:
-        """Copy [paddr, paddr+len(out)) across pieces, zero-filling what no file holds.
+        """Copy [paddr, paddr+len(out)), zero-filling what the dump does not store.
 
         Bytes beyond p_filesz, and the tail of a page whose PT_LOAD ends
         mid-page, read as zero (makedumpfile >= 1.7.6 dumps such a page with the
-        missing tail zero-filled). A page that no PT_LOAD touches at all is an
-        error: the 2nd bitmap must not mark it dumpable.
+        missing tail zero-filled). A page wholly absent is an error: the 2nd
+        bitmap must not mark it dumpable.
         """
         ps = self.page_size
-        end = paddr + out.size
-        out[:] = 0
-        touched = np.zeros(out.size // ps, dtype=np.bool_)
-        pieces = self.memory.pieces
-        i = max(0, bisect.bisect_right(self.piece_starts, paddr) - 1)
-        while i < len(pieces) and pieces[i].paddr < end:
-            piece = pieces[i]
-            i += 1
-            lo = max(paddr, piece.paddr)
-            hi = min(end, piece.mem_end)
-            if lo >= hi:
-                continue
-            touched[(lo - paddr) // ps : (hi - paddr + ps - 1) // ps] = True
-            file_hi = min(hi, piece.file_end)
-            if lo < file_hi:
-                src = self.memory.file.view(
-                    piece.file_offset + (lo - piece.paddr), file_hi - lo, "PT_LOAD data"
-                )
-                out[lo - paddr : file_hi - paddr] = np.frombuffer(src, dtype=np.uint8)
-        if not touched.all():
-            missing = paddr + int(np.flatnonzero(~touched)[0]) * ps
-            raise NotInDumpError(missing, ps, "marked dumpable but in no PT_LOAD segment")
+        for ext in fill(self.memory, paddr, out):
+            first = -(-(ext.paddr - paddr) // ps)  # pages wholly inside the extent
+            if ext.kind is ExtentKind.ABSENT and (first + 1) * ps <= ext.end - paddr:
+                raise NotInDumpError(paddr + first * ps, ps, "marked dumpable but not in the dump")

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from cdbdump.bitmap import Bitmap
+from cdbdump.codecs import Codec
 from cdbdump.errors import (
     CorruptDumpError,
     NotInDumpError,
@@ -19,7 +20,6 @@ from cdbdump.errors import (
 )
 from cdbdump.fileio import MappedFile
 from cdbdump.vmcore.kdumpfile import KdumpFile
-from cdbdump.writers.compress import Codec
 from cdbdump.writers.kdump import write_kdump
 from cdbdump.writers.sink import create_output
 from tests.oracles import (

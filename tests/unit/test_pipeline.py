@@ -8,13 +8,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from cdbdump.codecs import Codec
 from cdbdump.errors import UnknownFormatError, UnsupportedError
 from cdbdump.fileio import MappedFile
 from cdbdump.mm.levels import DumpLevel
 from cdbdump.pipeline import DumpOptions, dump
 from cdbdump.report import PathTaken
 from cdbdump.vmcore.kdumpfile import KdumpFile
-from cdbdump.writers.compress import Codec
 from tests.builders import SyntheticKernel
 
 MakeVmcore = Callable[..., tuple[SyntheticKernel, Path]]
