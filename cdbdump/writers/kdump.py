@@ -86,6 +86,8 @@ class KdumpMetadata:
     vmcoreinfo_desc_offset: int | None  # VMCOREINFO text offset within notes_raw
     vmcoreinfo_size: int  # n_descsz of the VMCOREINFO note
     nr_cpus: int  # "CORE"/NT_PRSTATUS notes
+    timestamp_usec: int = 0  # a refiltered dump keeps its input's tv_usec
+    status_extra: int = 0  # header status bits carried over (INCOMPLETE of a refiltered input)
 
     def __post_init__(self) -> None:
         if len(self.utsname) != UTSNAME_SIZE:
@@ -199,7 +201,7 @@ def write_kdump(
     _check_inputs(meta, bitmap1, bitmap2, memory)
     nr_dumpable = bitmap2.count()
     layout = KdumpLayout.compute(meta, nr_dumpable)
-    status = codec.flag
+    status = codec.flag | meta.status_extra
     result = KdumpWriteResult(layout=layout, status=status)
     with PageCompressor(codec, meta.page_size, threads=threads) as compressor:
         _write_headers(sink, meta, layout, status)
@@ -257,7 +259,7 @@ def _write_headers(sink: Sink, meta: KdumpMetadata, layout: KdumpLayout, status:
         HEADER_VERSION,
         meta.utsname,
         meta.timestamp_sec,
-        0,  # tv_usec
+        meta.timestamp_usec,
         status,
         meta.page_size,  # block_size
         layout.sub_hdr_size,
