@@ -16,7 +16,6 @@ from cdbdump.errors import (
     NotInDumpError,
     TruncatedDumpError,
     UnknownFormatError,
-    UnsupportedError,
 )
 from cdbdump.fileio import MappedFile
 from cdbdump.memory.kdump import KdumpMemory
