@@ -74,6 +74,9 @@ def _version(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
               help="Also write the report as JSON to this file.")
 @click.option("--mem-usage", is_flag=True,
               help="Print the pages per class of VMCORE (a vmcore or /proc/kcore) and exit.")
+@click.option("--split-part", "split_parts", multiple=True,
+              type=click.Path(path_type=Path, dir_okay=False),
+              help="Another file of a split (makedumpfile --split) input; VMCORE is the first.")
 @click.option("-D", "debug", is_flag=True, help="Debug messages, tracebacks on errors.")
 @click.option("-v", "--version", is_flag=True, expose_value=False, is_eager=True,
               callback=_version, help="Print the version and the codecs available.")
@@ -89,6 +92,7 @@ def command(
     show_stats: bool,
     report_json: Path | None,
     mem_usage: bool,
+    split_parts: tuple[Path, ...],
     debug: bool,
 ) -> None:
     """Filter and compress the crash dump VMCORE into the kdump-compressed DUMPFILE."""
@@ -111,6 +115,7 @@ def command(
         codec=Codec(codec),
         use_kernel_bitmap=use_kernel_bitmap,
         force=force,
+        split_parts=split_parts,
     )
     try:
         with _ProgressBar(ui) as progress:
@@ -273,5 +278,12 @@ def print_report(report: DumpReport, out: Callable[[str], None]) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Entry point of the cdbdump command."""
+    """Entry point of the cdbdump command (``cdbdump verify|info ...`` dispatch first)."""
+    args = sys.argv[1:] if argv is None else argv
+    if args and args[0] in ("verify", "info"):
+        from cdbdump.subcommands import SUBCOMMANDS
+
+        SUBCOMMANDS[args[0]].main(args=args[1:], prog_name=f"cdbdump {args[0]}",
+                                  standalone_mode=True)
+        return
     command.main(args=argv, prog_name="cdbdump", standalone_mode=True)

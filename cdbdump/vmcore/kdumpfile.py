@@ -279,9 +279,10 @@ class KdumpFile:
 
     def read_page(self, pfn: int) -> bytes:
         """The page's content; NotInDumpError for excluded or lost pages."""
-        return self._load(pfn, self.page_desc(pfn))
+        return self.load_page(pfn, self.page_desc(pfn))
 
-    def _load(self, pfn: int, desc: PageDesc) -> bytes:
+    def load_page(self, pfn: int, desc: PageDesc) -> bytes:
+        """The page ``desc`` describes, decompressed; typed errors for bad or lost pages."""
         ps = self.page_size
         if desc.offset == 0:
             raise NotInDumpError(pfn << self._shift, ps, "lost: the dump is incomplete")
@@ -301,6 +302,15 @@ class KdumpFile:
         data = self.file.view(desc.offset, desc.size, f"data of pfn {pfn:#x}")
         return decompress_page(desc.flags, data, ps, file_offset=desc.offset)
 
+    def nr_zero_descs(self) -> int:
+        """Dumpable pages sharing the one zero page (dump level bit 1), from the descriptors."""
+        first = self.offset_data  # makedumpfile writes the shared zero page first
+        count = 0
+        for pfns in self.iter_dumpable_pfns():
+            descs = self.page_descs(pfns)
+            count += int(np.count_nonzero((descs["offset"] == first) & (descs["flags"] == 0)))
+        return count if self.dump_level is not None and self.dump_level & 1 else 0
+
     def iter_dumpable_pfns(self, window: int = 1 << 20) -> Iterator[npt.NDArray[np.int64]]:
         """Ascending dumpable pfns (set bits of the 2nd bitmap), a window at a time."""
         for pfns in self.bitmap2.iter_set_pfns(window):
@@ -317,7 +327,7 @@ class KdumpFile:
                     continue
                 desc = PageDesc(int(d["offset"]), int(d["size"]), int(d["flags"]),
                                 int(d["page_flags"]))
-                yield pfn, self._load(pfn, desc)
+                yield pfn, self.load_page(pfn, desc)
 
 
 # -- helpers ------------------------------------------------------------------------------
