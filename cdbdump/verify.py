@@ -18,7 +18,7 @@ import numpy as np
 import numpy.typing as npt
 
 from cdbdump.dumpfile import open_dump
-from cdbdump.errors import AddressError, CdbdumpError
+from cdbdump.errors import AddressError, CdbdumpError, TruncatedDumpError
 from cdbdump.formats.kdump import PAGE_DESC_DTYPE
 from cdbdump.memory.kdump import KdumpMemory
 from cdbdump.memory.physical import PhysicalMemory, fill
@@ -124,6 +124,9 @@ def _check(memory: KdumpMemory, result: VerifyResult, source: PhysicalMemory | N
                     continue
                 try:
                     page = part.load_page(pfn, desc)
+                except TruncatedDumpError as exc:
+                    result.problem(f"truncated: pfn {pfn:#x}: {exc}")
+                    continue
                 except (CdbdumpError, AddressError) as exc:
                     result.problem(f"pfn {pfn:#x}: {exc}")
                     continue
