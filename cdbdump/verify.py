@@ -22,7 +22,7 @@ from cdbdump.errors import AddressError, CdbdumpError, TruncatedDumpError
 from cdbdump.formats.kdump import PAGE_DESC_DTYPE
 from cdbdump.memory.kdump import KdumpMemory
 from cdbdump.memory.physical import PhysicalMemory, fill
-from cdbdump.vmcore.kdumpfile import PageDesc
+from cdbdump.vmcore.kdumpfile import KdumpFile, PageDesc
 
 __all__ = ("VerifyResult", "verify")
 
@@ -107,6 +107,7 @@ def _check(memory: KdumpMemory, result: VerifyResult, source: PhysicalMemory | N
         if table_end > part.file.size and not part.is_incomplete:
             result.problem(f"{part.file.path}: truncated: the page_desc table ends at "
                            f"{table_end:#x}, the file at {part.file.size:#x}")
+        _check_end(part, result)
         result.nr_dumpable += part.nr_descs
         for pfns in part.iter_dumpable_pfns(_WINDOW):
             descs = part.page_descs(pfns)
@@ -134,6 +135,20 @@ def _check(memory: KdumpMemory, result: VerifyResult, source: PhysicalMemory | N
                 if compare is not None and page != compare[i * ps : (i + 1) * ps].tobytes():
                     result.nr_differing += 1
                     result.problem(f"pfn {pfn:#x} differs from the source")
+
+
+def _check_end(part: KdumpFile, result: VerifyResult) -> None:
+    """The last page's data must end inside the file (makedumpfile writes data in pfn order)."""
+    last = -1
+    for pfns in part.iter_dumpable_pfns():
+        last = int(pfns[-1])
+    if last < 0:
+        return
+    desc = part.page_descs(np.array([last], dtype=np.int64))[0]
+    end = int(desc["offset"]) + int(desc["size"])
+    if end > part.file.size or (desc["offset"] == 0 and not part.is_incomplete):
+        result.problem(f"truncated: {part.file.path} ends at {part.file.size:#x}, the data of "
+                       f"its last page (pfn {last:#x}) needs {max(end, part.offset_data):#x}")
 
 
 def _source_pages(
