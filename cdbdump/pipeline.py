@@ -313,7 +313,7 @@ def _dump(
     report.bytes_in = sum(f.size for f in files)
     if image.loads:
         report.bytes_in = sum(seg.filesz for seg in image.loads)
-    meta_extra: dict[str, int] = {}
+    meta_extra: dict[str, Any] = {}
     if image.kdump is not None:
         options, meta_extra = _refiltering(options, image.kdump, report)
     with _timed(report, "check memory holes"):
@@ -390,10 +390,11 @@ def _dump(
 
 def _refiltering(
     options: DumpOptions, kdump: KdumpMemory, report: DumpReport
-) -> tuple[DumpOptions, dict[str, int]]:
+) -> tuple[DumpOptions, dict[str, Any]]:
     """makedumpfile's rules for a kdump-compressed input: the level only rises
-    (update_dump_level), the timestamp carries over (get_kdump_compressed_header_info),
-    and so does an incomplete input's flag."""
+    (update_dump_level), the timestamp and erase information carry over
+    (get_kdump_compressed_header_info, write_kdump_eraseinfo), and so does an
+    incomplete input's flag."""
     head = kdump.header_file
     input_level = head.dump_level or 0
     level = options.dump_level | input_level
@@ -402,8 +403,9 @@ def _refiltering(
             f"dump_level is changed to {int(level)}, because {head.file.path} was created "
             f"by dump_level({input_level})."
         )
-    extra = {"timestamp_sec": head.header.timestamp_sec,
-             "timestamp_usec": head.header.timestamp_usec}
+    extra: dict[str, Any] = {"timestamp_sec": head.header.timestamp_sec,
+                             "timestamp_usec": head.header.timestamp_usec,
+                             "eraseinfo": head.eraseinfo_raw}
     if any(part.is_incomplete for part in kdump.parts):
         extra["status_extra"] = DUMP_DH_COMPRESSED_INCOMPLETE
         report.warnings.append(

@@ -28,6 +28,7 @@ dump readable, makedumpfile's "incomplete dumpfile").
 
 from __future__ import annotations
 
+import struct
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -70,6 +71,8 @@ DEFAULT_WINDOW_PAGES = 512  # 2 MiB of 4 KiB pages gathered and compressed at a 
 _SCAN_PFNS = 1 << 20  # pfns of the 2nd bitmap unpacked at a time (1 MiB of bools)
 
 ProgressCallback = Callable[[int, int], None]
+_SUB_HEADER_ERASEINFO_OFFSET = 64  # kdump_sub_header.offset_eraseinfo, then size_eraseinfo
+_ERASEINFO_FIELDS = struct.Struct("<qQ")
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,6 +91,7 @@ class KdumpMetadata:
     nr_cpus: int  # "CORE"/NT_PRSTATUS notes
     timestamp_usec: int = 0  # a refiltered dump keeps its input's tv_usec
     status_extra: int = 0  # header status bits carried over (INCOMPLETE of a refiltered input)
+    eraseinfo: bytes = b""  # a refiltered input's erase information, copied after the data
 
     def __post_init__(self) -> None:
         if len(self.utsname) != UTSNAME_SIZE:
@@ -211,6 +215,8 @@ def write_kdump(
         writer = _PageWriter(sink, meta, layout, memory, compressor, exclude_zero, result,
                              window_pages)
         writer.write_all(bitmap2, progress)
+        if meta.eraseinfo and result.no_space is None:
+            _write_eraseinfo(sink, meta, writer.cursor, result)
     result.timings["total"] = time.perf_counter() - t_start
     if result.no_space is not None and not allow_incomplete:
         raise result.no_space
@@ -292,6 +298,19 @@ def _write_headers(sink: Sink, meta: KdumpMetadata, layout: KdumpLayout, status:
     if meta.notes_raw:
         sink.pwrite(meta.notes_raw, layout.offset_note)
     sink.pwrite(sub_header, meta.page_size)
+
+
+def _write_eraseinfo(sink: Sink, meta: KdumpMetadata, offset: int,
+                     result: KdumpWriteResult) -> None:
+    """reference: makedumpfile write_kdump_eraseinfo (copy_eraseinfo after the page
+    data) and update_eraseinfo_of_sub_header."""
+    try:
+        sink.pwrite(meta.eraseinfo, offset)
+        sink.pwrite(_ERASEINFO_FIELDS.pack(offset, len(meta.eraseinfo)),
+                    meta.page_size + _SUB_HEADER_ERASEINFO_OFFSET)
+    except OutputNoSpaceError as exc:
+        result.no_space = exc
+    result.bytes_written = sink.size
 
 
 def _write_bitmap(sink: Sink, bitmap: Bitmap, file_offset: int, padded_size: int) -> None:

@@ -118,3 +118,26 @@ def test_incomplete_input_stays_flagged(dumped: tuple[SyntheticKernel, Path, Pat
     with cdbdump.open_dump(again) as d:
         assert d.facts.incomplete
     assert verify(again).verdict().startswith("OK:") and "INCOMPLETE" in verify(again).verdict()
+
+
+def test_eraseinfo_carries_over(dumped: tuple[SyntheticKernel, Path, Path],
+                                tmp_path: Path) -> None:
+    # makedumpfile --config records what it erased after the page data; a
+    # refiltered dump copies it after its own data (write_kdump_eraseinfo)
+    _kernel, _vmcore, out = dumped
+    erase = b"erase modules_symbol.secret size 16\n"
+    data = bytearray(out.read_bytes())
+    at = 4096 + 64  # kdump_sub_header.offset_eraseinfo, size_eraseinfo
+    data[at : at + 16] = len(data).to_bytes(8, "little") + len(erase).to_bytes(8, "little")
+    with_erase = tmp_path / "erase.kdump"
+    with_erase.write_bytes(bytes(data) + erase)
+    again = tmp_path / "again.kdump"
+    dump(DumpOptions(vmcore=with_erase, dumpfile=again, dump_level=DumpLevel(31),
+                     codec=Codec.ZLIB))
+    with MappedFile(again) as f:
+        k = KdumpFile.open(f)
+        assert k.eraseinfo_raw == erase
+        assert k.sub_header is not None and k.sub_header.offset_eraseinfo + len(erase) == f.size
+    # the rest of the file is the input's own bytes
+    assert again.read_bytes()[:at] == out.read_bytes()[:at]
+    assert again.read_bytes()[at + 16 : len(data)] == out.read_bytes()[at + 16 :]
