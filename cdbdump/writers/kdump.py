@@ -529,9 +529,12 @@ class _PageWriter:
         n = int(pfns.size)
         first = int(pfns[0])
         span = int(pfns[-1]) - first + 1
-        # the whole window inside one file-backed piece: no per-run Python work
-        view = view_run(self.memory, first << shift, span * ps)
-        if view is not None:
+        # the whole window one stored extent: no per-run Python work (only where that
+        # costs no decoding of the pages between the window's pfns)
+        ext = next(self.memory.extents(first << shift, span * ps))
+        whole = ext.kind is ExtentKind.DATA and ext.size == span * ps
+        if whole and (span == n or ext.file_offset >= 0):
+            view = self.memory.data(ext)
             if span == n:
                 return view  # one run: zero-copy straight from the input mapping
             rows = np.frombuffer(view, dtype=np.uint8).reshape(span, ps)
