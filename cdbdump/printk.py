@@ -23,7 +23,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -58,6 +58,8 @@ _MAX_LOG_BUF_LEN = 1 << 32
 
 _NS_PER_S = 1_000_000_000
 _CALLER_CPU = 0x80000000  # caller_id bit 31: a CPU number rather than a task id
+
+_Int = TypeVar("_Int", np.uint16, np.uint32, np.uint64)
 
 
 class KernelReader(Protocol):
@@ -156,11 +158,12 @@ def _u64(data: bytes, offset: int) -> int:
 
 
 def _column(
-    buf: npt.NDArray[np.uint8], count: int, stride: int, offset: int, dtype: str
-) -> npt.NDArray[np.generic]:
-    """Field ``offset`` of each of ``count`` structs of ``stride`` bytes in ``buf``."""
-    view: npt.NDArray[np.generic] = np.ndarray(
-        (count,), dtype=np.dtype(dtype), buffer=buf, offset=offset, strides=(stride,)
+    buf: npt.NDArray[np.uint8], count: int, stride: int, offset: int, dtype: type[_Int]
+) -> npt.NDArray[_Int]:
+    """Little-endian field ``offset`` of each of ``count`` structs of ``stride`` bytes."""
+    view: npt.NDArray[_Int] = np.ndarray(
+        (count,), dtype=np.dtype(dtype).newbyteorder("<"), buffer=buf, offset=offset,
+        strides=(stride,),
     )
     return view
 
@@ -323,7 +326,7 @@ def _read_ringbuffer(kernel: KernelReader, info: VmcoreInfo) -> KernelLog:
     ids = (np.uint64(tail_id) + np.arange(span, dtype=np.uint64)) & np.uint64(_ID_MASK)
     idx = (ids & np.uint64(count - 1)).astype(np.intp)
 
-    state_var = _column(descs, count, lay.size_desc, lay.state_var, "<u8")[idx]
+    state_var = _column(descs, count, lay.size_desc, lay.state_var, np.uint64)[idx]
     state = state_var >> np.uint64(_SV_STATE_SHIFT)
     live = ((state_var & np.uint64(_ID_MASK)) == ids) & (
         (state == _DESC_COMMITTED) | (state == _DESC_FINALIZED))
@@ -333,8 +336,8 @@ def _read_ringbuffer(kernel: KernelReader, info: VmcoreInfo) -> KernelLog:
     live &= ~no_info
 
     lpos = lay.text_blk_lpos
-    begin = _column(descs, count, lay.size_desc, lpos + lay.lpos_begin, "<u8")[idx]
-    nxt = _column(descs, count, lay.size_desc, lpos + lay.lpos_next, "<u8")[idx]
+    begin = _column(descs, count, lay.size_desc, lpos + lay.lpos_begin, np.uint64)[idx]
+    nxt = _column(descs, count, lay.size_desc, lpos + lay.lpos_next, np.uint64)[idx]
     # data-less records (empty lines, failed allocations: both lpos odd) are not printed
     # (makedumpfile dump_record skips begin == next)
     live &= ~((begin & np.uint64(1)).astype(bool) & (nxt & np.uint64(1)).astype(bool))
@@ -364,7 +367,7 @@ def _read_ringbuffer(kernel: KernelReader, info: VmcoreInfo) -> KernelLog:
     # the block must start with the id of its descriptor (prb_data_block.id)
     sel = np.flatnonzero(live)
     at = start[sel][:, None] + np.arange(_BLOCK_ID_BYTES)[None, :]
-    block_ids = np.ascontiguousarray(text[at]).view("<u8").reshape(-1) & np.uint64(_ID_MASK)
+    block_ids = np.ascontiguousarray(text[at]).view(np.uint64).reshape(-1) & np.uint64(_ID_MASK)
     foreign = np.zeros(span, dtype=bool)
     foreign[sel] = block_ids != ids[sel]
     corrupt |= foreign
@@ -372,17 +375,17 @@ def _read_ringbuffer(kernel: KernelReader, info: VmcoreInfo) -> KernelLog:
 
     sel = np.flatnonzero(live)
     rec_idx = idx[sel]
-    ts = _column(infos, count, lay.size_info, lay.ts_nsec, "<u8")[rec_idx].tolist()
-    text_len = _column(infos, count, lay.size_info, lay.text_len, "<u2")[rec_idx]
+    ts = _column(infos, count, lay.size_info, lay.ts_nsec, np.uint64)[rec_idx].tolist()
+    text_len = _column(infos, count, lay.size_info, lay.text_len, np.uint16)[rec_idx]
     text_start = start[sel] + _BLOCK_ID_BYTES
     # a text_len beyond the block is cut to it (makedumpfile dump_record)
     text_end = (text_start + np.minimum(text_len, blk_len[sel] - _BLOCK_ID_BYTES)).tolist()
     callers: list[int | None] = (
         [None] * len(sel) if lay.caller_id is None else
-        _column(infos, count, lay.size_info, lay.caller_id, "<u4")[rec_idx].tolist())
+        _column(infos, count, lay.size_info, lay.caller_id, np.uint32)[rec_idx].tolist())
     seqs: list[int | None] = (
         [None] * len(sel) if lay.seq is None else
-        _column(infos, count, lay.size_info, lay.seq, "<u8")[rec_idx].tolist())
+        _column(infos, count, lay.size_info, lay.seq, np.uint64)[rec_idx].tolist())
     raw = text.tobytes()
     log.records = [
         LogRecord(ts_nsec=t, text=raw[a:b], caller_id=c, seq=s)
