@@ -21,6 +21,7 @@ VMCOREINFO (the struct offsets are those of a Debian x86_64 kernel).
 from __future__ import annotations
 
 import struct
+from collections import deque
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -91,7 +92,7 @@ class RingBuilder:
         self.head_id = self.tail_id = desc0
         self.head_lpos = self.tail_lpos = (-self.size) & U64
         self.data = bytearray(self.size)
-        self.blocks: list[tuple[int, int]] = []  # (id, next lpos) of live blocks, oldest first
+        self.blocks: deque[tuple[int, int]] = deque()  # (id, next lpos) of live blocks
         self.next_seq = 0
 
     def _wraps(self, lpos: int) -> int:
@@ -101,7 +102,7 @@ class RingBuilder:
         return self.descs[desc_id % self.count]
 
     def _drop_oldest_block(self) -> None:
-        desc_id, nxt = self.blocks.pop(0)
+        desc_id, nxt = self.blocks.popleft()
         desc = self._desc(desc_id)
         if desc.id == desc_id:
             desc.state = REUSABLE  # data_make_reusable
@@ -113,7 +114,7 @@ class RingBuilder:
         # desc_reserve: the slot of new_id still belongs to the tail descriptor
         if ((new_id - self.tail_id) & ID_MASK) >= self.count:
             old = self._desc(self.tail_id)
-            while any(i == self.tail_id for i, _ in self.blocks):
+            if self.blocks and self.blocks[0][0] == self.tail_id:  # its block is the oldest
                 self._drop_oldest_block()
             old.state = REUSABLE
             self.tail_id = (self.tail_id + 1) & ID_MASK
