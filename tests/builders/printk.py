@@ -272,3 +272,4 @@ class PrintkLogBuilder:
         if self.caller_id:
             entries[f"OFFSET({name}.caller_id)"] = 16
         kernel.set_vmcoreinfo(entries)
+

@@ -1,6 +1,6 @@
 """cdbdump.printk: the log readers on damaged buffers, and the line format.
 
-The buffers come from tests/builders/printk.py. They are read through FlatMemory,
+The buffers come from tests/builders/printk.py and are read through tests/flatmem.py,
 a small kernel-memory object with holes (the library's KernelReader protocol), so
 that any part of a buffer can be left out of the "dump" or corrupted in place.
 Agreement with makedumpfile on whole vmcores is tests/differential/
@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import struct
 
-import numpy as np
-import numpy.typing as npt
 import pytest
 
 from cdbdump.errors import CorruptDumpError, MissingVmcoreInfoKey, NotInDumpError, UnsupportedError
@@ -27,85 +25,18 @@ from cdbdump.printk import (
 from cdbdump.vmcore.vmcoreinfo import VmcoreInfo
 from tests.builders import make_vmcoreinfo
 from tests.builders.printk import PRB_RING_KEYS, PrintkLogBuilder, Record, RingBuilder
-
-BASE = 0xFFFFFFFF82000000
-
-
-class FlatMemory:
-    """Kernel memory made of placed byte strings; everything else is not in the dump."""
-
-    def __init__(self) -> None:
-        self.mem: dict[int, int] = {}  # vaddr -> byte, small buffers only
-        self.cursor = BASE
-
-    def place(self, data: bytes) -> int:
-        at = self.cursor
-        for i, b in enumerate(data):
-            self.mem[at + i] = b
-        self.cursor = (at + len(data) + 0x1000) & ~0xFFF
-        return at
-
-    def drop(self, vaddr: int, size: int) -> None:
-        for a in range(vaddr, vaddr + size):
-            self.mem.pop(a, None)
-
-    def poke(self, vaddr: int, data: bytes) -> None:
-        for i, b in enumerate(data):
-            self.mem[vaddr + i] = b
-
-    def read(self, vaddr: int, size: int) -> bytes:
-        missing = [a for a in range(vaddr, vaddr + size) if a not in self.mem]
-        if missing:
-            raise NotInDumpError(missing[0], len(missing))
-        return bytes(self.mem[a] for a in range(vaddr, vaddr + size))
-
-    def read_into(self, vaddr: int, out: npt.NDArray[np.uint8]) -> list[tuple[int, int]]:
-        holes: list[tuple[int, int]] = []
-        for i in range(out.size):
-            b = self.mem.get(vaddr + i)
-            if b is None:
-                out[i] = 0
-                if holes and holes[-1][0] + holes[-1][1] == i:
-                    holes[-1] = (holes[-1][0], holes[-1][1] + 1)
-                else:
-                    holes.append((i, 1))
-            else:
-                out[i] = b
-        return holes
-
-
-class Placed:
-    """A RingBuilder laid out in FlatMemory (set_vmcoreinfo like SyntheticKernel's)."""
-
-    def __init__(self) -> None:
-        self.memory = FlatMemory()
-        self.entries: dict[str, int | str | None] = {}
-        self.placed: list[int] = []  # in the order install() placed them
-
-    # the two methods RingBuilder.install / PrintkLogBuilder.install use
-    def place(self, data: bytes) -> int:
-        self.placed.append(self.memory.place(data))
-        return self.placed[-1]
-
-    def set_vmcoreinfo(self, entries: dict[str, int | None]) -> None:
-        self.entries.update(entries)
-
-    def info(self, dialect: str = "6.1") -> VmcoreInfo:
-        return VmcoreInfo.parse(make_vmcoreinfo(dialect, **self.entries))
-
-    def read(self) -> KernelLog:
-        return read_kernel_log(self.memory, self.info())
+from tests.flatmem import BASE, FlatKernel, FlatMemory
 
 
 def _records(log: KernelLog) -> list[Record]:
     return [Record(r.ts_nsec, r.text, r.caller_id or 0) for r in log.records]
 
 
-def _ring(n: int = 40, **kwargs: int | bool) -> tuple[RingBuilder, Placed, dict[str, int]]:
+def _ring(n: int = 40, **kwargs: int | bool) -> tuple[RingBuilder, FlatKernel, dict[str, int]]:
     ring = RingBuilder(**kwargs)  # type: ignore[arg-type]
     for i in range(n):
         ring.add(b"record %d" % i + b"." * (i % 13), 1_000_000 * i, i)
-    placed = Placed()
+    placed = FlatKernel()
     ring.install(placed)  # type: ignore[arg-type]
     return ring, placed, dict(zip(("descs", "infos", "data", "prb", "ptr"), placed.placed,
                                   strict=True))
@@ -205,11 +136,11 @@ def test_no_log_in_vmcoreinfo() -> None:
 # -- struct printk_log ------------------------------------------------------------------------
 
 
-def _printk_log(n: int = 60, buf_len: int = 1024) -> tuple[PrintkLogBuilder, Placed, int]:
+def _printk_log(n: int = 60, buf_len: int = 1024) -> tuple[PrintkLogBuilder, FlatKernel, int]:
     log = PrintkLogBuilder(buf_len, caller_id=True)
     for i in range(n):
         log.add(b"line %d" % i + b"-" * (i % 11), 1000 * i, i)
-    placed = Placed()
+    placed = FlatKernel()
     log.install(placed)  # type: ignore[arg-type]
     buf = struct.unpack("<Q", placed.memory.read(int(placed.entries["SYMBOL(log_buf)"] or 0),
                                                   8))[0]
