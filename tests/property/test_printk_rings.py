@@ -8,7 +8,7 @@ through tests/flatmem.py.
 
 from __future__ import annotations
 
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from cdbdump.errors import CdbdumpError
@@ -23,7 +23,13 @@ from tests.builders.printk import (
 )
 from tests.flatmem import FlatKernel
 
-texts = st.lists(st.binary(max_size=40), min_size=0, max_size=120)
+# any lengths, or lengths whose blocks (text + 8-byte id, 8-aligned) divide the ring, so
+# that blocks end exactly at its end (where the exact-fit rule matters)
+texts = st.one_of(
+    st.lists(st.binary(max_size=40), max_size=120),
+    st.lists(st.one_of(st.binary(min_size=8, max_size=8), st.binary(min_size=24, max_size=24)),
+             max_size=120),
+)
 
 
 def _records(log: KernelLog) -> list[Record]:
@@ -43,6 +49,8 @@ def _ring(texts: list[bytes], count_bits: int, size_bits: int, exact_fit: bool,
 
 @given(texts, st.integers(2, 5), st.integers(7, 10), st.booleans(),
        st.sampled_from([FINALIZED, COMMITTED, RESERVED]))
+@example([b"x" * 24] * 20, 3, 7, True, FINALIZED)  # 32-byte blocks end at the ring's end
+@example([b"x" * 24] * 20, 3, 7, False, COMMITTED)  # the same blocks wrap to index 0
 def test_ring_reader_finds_what_the_writer_left(texts: list[bytes], count_bits: int,
                                                 size_bits: int, exact_fit: bool,
                                                 last_state: int) -> None:
