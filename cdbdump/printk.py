@@ -334,6 +334,10 @@ def _read_ringbuffer(kernel: KernelReader, info: VmcoreInfo) -> KernelLog:
     live &= ~unread
     no_info = live & info_bad[idx]
     live &= ~no_info
+    # the oldest record the ring still describes: those before it were overwritten
+    oldest = np.flatnonzero(live)[:1]
+    first_seq = (0 if lay.seq is None or not oldest.size else
+                 int(_column(infos, count, lay.size_info, lay.seq, np.uint64)[idx[oldest[0]]]))
 
     lpos = lay.text_blk_lpos
     begin = _column(descs, count, lay.size_desc, lpos + lay.lpos_begin, np.uint64)[idx]
@@ -401,11 +405,9 @@ def _read_ringbuffer(kernel: KernelReader, info: VmcoreInfo) -> KernelLog:
     for why, n in lost.items():
         if n:
             log.warnings.append(f"printk ringbuffer: {_plural(n, 'record')} skipped: {why}")
-    first_seq = log.records[0].seq if log.records else None
     if first_seq:
-        log.warnings.append(
-            f"printk ringbuffer: the log starts at record {first_seq}; the older "
-            f"{_plural(first_seq, 'record')} were overwritten before the dump")
+        log.warnings.append(f"printk ringbuffer: the log starts at record {first_seq}: older "
+                            "records were overwritten before the dump")
     return log
 
 
@@ -490,6 +492,6 @@ def _read_printk_log(kernel: KernelReader, info: VmcoreInfo) -> KernelLog:
         log.warnings.append(f"printk log_buf is corrupt: {problem}; the log stops after "
                             f"{_plural(len(log.records), 'record')}")
     if first_idx:
-        log.warnings.append(f"printk log_buf: the log starts at index {first_idx:#x}; older "
+        log.warnings.append(f"printk log_buf: the log starts at index {first_idx:#x}: older "
                             "records were overwritten before the dump")
     return log

@@ -53,10 +53,8 @@ def test_ring_records_and_overwritten_warning() -> None:
     first = ring.first_seq()
     assert first > 0  # 40 records do not fit 16 descriptors
     assert log.records[0].seq == first
-    assert log.warnings == [
-        f"printk ringbuffer: the log starts at record {first}; the older {first} records "
-        "were overwritten before the dump"
-    ]
+    assert log.warnings == [f"printk ringbuffer: the log starts at record {first}: older "
+                            "records were overwritten before the dump"]
 
 
 def test_ring_without_wrap_has_no_warning() -> None:
@@ -153,7 +151,7 @@ def test_printk_log_wrapped() -> None:
     assert log.layout == LAYOUT_PRINTK_LOG
     assert _records(log) == builder.expected()
     assert builder.first_idx != 0
-    assert log.warnings == [f"printk log_buf: the log starts at index {builder.first_idx:#x}; "
+    assert log.warnings == [f"printk log_buf: the log starts at index {builder.first_idx:#x}: "
                             "older records were overwritten before the dump"]
 
 
