@@ -23,7 +23,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Protocol, TypeVar
+from typing import NamedTuple, Protocol, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -74,9 +74,8 @@ class KernelReader(Protocol):
         ...
 
 
-@dataclass(frozen=True, slots=True)
-class LogRecord:
-    """One printk record."""
+class LogRecord(NamedTuple):
+    """One printk record (a NamedTuple: a full ring holds a million of them)."""
 
     ts_nsec: int
     text: bytes
@@ -392,7 +391,7 @@ def _read_ringbuffer(kernel: KernelReader, info: VmcoreInfo) -> KernelLog:
         _column(infos, count, lay.size_info, lay.seq, np.uint64)[rec_idx].tolist())
     raw = text.tobytes()
     log.records = [
-        LogRecord(ts_nsec=t, text=raw[a:b], caller_id=c, seq=s)
+        LogRecord(t, raw[a:b], c, s)
         for t, a, b, c, s in zip(ts, text_start.tolist(), text_end, callers, seqs, strict=True)
     ]
 

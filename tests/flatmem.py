@@ -25,43 +25,56 @@ class FlatMemory:
     """Kernel memory made of placed byte strings; everything else is not in the dump."""
 
     def __init__(self) -> None:
-        self.mem: dict[int, int] = {}  # vaddr -> byte, small buffers only
-        self.cursor = BASE
+        self.data = np.zeros(0, dtype=np.uint8)  # bytes from BASE on
+        self.present = np.zeros(0, dtype=bool)
+        self.cursor = 0
+
+    def _grow(self, end: int) -> None:
+        if end > self.data.size:
+            size = max(end, 2 * self.data.size)
+            self.data = np.concatenate([self.data, np.zeros(size - self.data.size, np.uint8)])
+            self.present = np.concatenate([self.present, np.zeros(size - self.present.size,
+                                                                  bool)])
 
     def place(self, data: bytes) -> int:
+        """Put ``data`` at the next free page; return its vaddr."""
         at = self.cursor
-        for i, b in enumerate(data):
-            self.mem[at + i] = b
-        self.cursor = (at + len(data) + 0x1000) & ~0xFFF
-        return at
+        self.poke(BASE + at, data)
+        self.cursor = (at + len(data) + 0x1FFF) & ~0xFFF  # a page of hole after each
+        return BASE + at
 
     def drop(self, vaddr: int, size: int) -> None:
-        for a in range(vaddr, vaddr + size):
-            self.mem.pop(a, None)
+        self.present[vaddr - BASE : vaddr - BASE + size] = False
 
     def poke(self, vaddr: int, data: bytes) -> None:
-        for i, b in enumerate(data):
-            self.mem[vaddr + i] = b
+        at = vaddr - BASE
+        self._grow(at + len(data))
+        self.data[at : at + len(data)] = np.frombuffer(data, dtype=np.uint8)
+        self.present[at : at + len(data)] = True
+
+    def _window(self, vaddr: int, size: int) -> tuple[int, int, int]:
+        """(offset in the caller's buffer, offset in data, length) of what lies in data."""
+        lo = max(vaddr - BASE, 0)
+        hi = min(vaddr - BASE + size, self.data.size)
+        return (lo - (vaddr - BASE), lo, max(hi - lo, 0))
 
     def read(self, vaddr: int, size: int) -> bytes:
-        missing = [a for a in range(vaddr, vaddr + size) if a not in self.mem]
-        if missing:
-            raise NotInDumpError(missing[0], len(missing))
-        return bytes(self.mem[a] for a in range(vaddr, vaddr + size))
+        _, src, n = self._window(vaddr, size)
+        if n != size or not self.present[src : src + n].all():
+            raise NotInDumpError(vaddr, size)
+        return self.data[src : src + n].tobytes()
 
     def read_into(self, vaddr: int, out: npt.NDArray[np.uint8]) -> list[tuple[int, int]]:
-        holes: list[tuple[int, int]] = []
-        for i in range(out.size):
-            b = self.mem.get(vaddr + i)
-            if b is None:
-                out[i] = 0
-                if holes and holes[-1][0] + holes[-1][1] == i:
-                    holes[-1] = (holes[-1][0], holes[-1][1] + 1)
-                else:
-                    holes.append((i, 1))
-            else:
-                out[i] = b
-        return holes
+        out[:] = 0
+        have = np.zeros(out.size, dtype=bool)
+        dst, src, n = self._window(vaddr, out.size)
+        if n:
+            have[dst : dst + n] = self.present[src : src + n]
+            out[dst : dst + n] = np.where(have[dst : dst + n], self.data[src : src + n], 0)
+        if have.all():
+            return []
+        edges = np.flatnonzero(np.diff(np.concatenate([[1], have.astype(np.int8), [1]])))
+        return [(int(a), int(b - a)) for a, b in zip(edges[::2], edges[1::2], strict=True)]
 
 
 class FlatKernel:
