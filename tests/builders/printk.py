@@ -160,13 +160,12 @@ class RingBuilder:
                 out.append(Record(d.ts_nsec, text, d.caller_id))
         return out
 
-    def first_seq(self) -> int:
-        """printk_info.seq of the first record expected() returns."""
+    def oldest_seq(self) -> int:
+        """printk_info.seq of the oldest committed or finalized record (text or not)."""
         n = ((self.head_id - self.tail_id) & ID_MASK) + 1
         for k in range(n):
             d = self._desc((self.tail_id + k) & ID_MASK)
-            if d.id == (self.tail_id + k) & ID_MASK and d.state in (COMMITTED, FINALIZED) \
-                    and d.text_len:
+            if d.id == (self.tail_id + k) & ID_MASK and d.state in (COMMITTED, FINALIZED):
                 return d.seq
         return 0
 

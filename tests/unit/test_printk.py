@@ -50,7 +50,7 @@ def test_ring_records_and_overwritten_warning() -> None:
     log = placed.read()
     assert log.layout == LAYOUT_RINGBUFFER
     assert _records(log) == ring.expected()
-    first = ring.first_seq()
+    first = ring.oldest_seq()
     assert first > 0  # 40 records do not fit 16 descriptors
     assert log.records[0].seq == first
     assert log.warnings == [f"printk ringbuffer: the log starts at record {first}: older "
