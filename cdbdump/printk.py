@@ -52,9 +52,11 @@ _DESC_COMMITTED = 1
 _DESC_FINALIZED = 2
 _U64 = (1 << 64) - 1
 _BLOCK_ID_BYTES = 8  # struct prb_data_block: unsigned long id, then the text
-# Sanity bounds (CONFIG_LOG_BUF_SHIFT is at most 25; log_buf_len= is capped far below 2^32)
-_MAX_DATA_BITS = 32
-_MAX_LOG_BUF_LEN = 1 << 32
+# Sanity bounds: log_buf_len= is at most LOG_BUF_LEN_MAX (1 << 31) in kernel/printk/printk.c;
+# more than _MAX_READ_BYTES of buffers (a 1 GiB log) is refused rather than allocated.
+_MAX_DATA_BITS = 31
+_MAX_LOG_BUF_LEN = 1 << 31
+_MAX_READ_BYTES = 4 << 30
 
 _NS_PER_S = 1_000_000_000
 _CALLER_CPU = 0x80000000  # caller_id bit 31: a CPU number rather than a task id
@@ -302,6 +304,10 @@ def _read_ringbuffer(kernel: KernelReader, info: VmcoreInfo) -> KernelLog:
         )
     count = 1 << count_bits
     size = 1 << size_bits
+    need = count * (lay.size_desc + lay.size_info) + size
+    if need > _MAX_READ_BYTES:
+        raise UnsupportedError(f"a printk ringbuffer of {need:#x} bytes (count_bits "
+                               f"{count_bits}, size_bits {size_bits})")
     head_id = _u64(prb, ring + lay.head_id + lay.counter) & _ID_MASK
     tail_id = _u64(prb, ring + lay.tail_id + lay.counter) & _ID_MASK
 

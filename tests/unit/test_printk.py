@@ -115,6 +115,11 @@ def test_ring_unusable_structures_raise() -> None:
     placed.memory.poke(addrs["prb"] + 48, struct.pack("<I", 60))  # size_bits
     with pytest.raises(CorruptDumpError, match="size_bits 60"):
         placed.read()
+    _, placed, addrs = _ring(n=3)
+    placed.memory.poke(addrs["prb"], struct.pack("<I", 28))  # count_bits
+    placed.memory.poke(addrs["prb"] + 48, struct.pack("<I", 31))  # size_bits
+    with pytest.raises(UnsupportedError, match="printk ringbuffer of 0x"):
+        placed.read()  # 33 GiB of buffers: refused, not allocated
     _, placed, _ = _ring(n=3)
     placed.entries["SIZE(prb_desc)"] = 8
     with pytest.raises(CorruptDumpError, match=r"SIZE\(prb_desc\)=8"):
