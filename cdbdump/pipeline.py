@@ -20,6 +20,7 @@ from cdbdump.errors import (
     CdbdumpError,
     CorruptDumpError,
     IncompleteDumpError,
+    InputError,
     OutputError,
     UnknownFormatError,
     UnsupportedError,
@@ -413,7 +414,10 @@ def dump_dmesg(options: DmesgOptions, stream: BinaryIO | None = None) -> DmesgRe
         if image.vmcoreinfo is None or image.kernel is None:
             raise VmcoreInfoError(
                 f"{options.vmcore}: cannot read the kernel log: {image.kernel_error}")
-        log = read_kernel_log(image.kernel, image.vmcoreinfo)
+        try:
+            log = read_kernel_log(image.kernel, image.vmcoreinfo)
+        except CdbdumpError as exc:
+            raise InputError(f"{options.vmcore}: cannot read the kernel log: {exc}") from exc
     log.warnings[:0] = image.core.problems
     data = b"".join(format_records(log.records, caller_id=options.caller_id))
     if options.logfile is None:

@@ -88,7 +88,8 @@ def test_no_log_is_one_line(tiny_vmcore: MakeVmcore, tmp_path: Path) -> None:
     proc = _run("--dump-dmesg", str(vmcore), str(log))
     assert proc.returncode == 1
     errors = [line for line in proc.stderr.decode().splitlines() if "error" in line]
-    assert len(errors) == 1 and errors[0].startswith("cdbdump: error: ")
+    assert len(errors) == 1
+    assert errors[0].startswith(f"cdbdump: error: {vmcore}: cannot read the kernel log: ")
     assert b"Traceback" not in proc.stderr
     assert not log.exists() and not os.path.lexists(log)
 
