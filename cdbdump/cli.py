@@ -21,7 +21,7 @@ from cdbdump.codecs import Codec
 from cdbdump.errors import CdbdumpError, IncompleteDumpError
 from cdbdump.mm.levels import MAX_DUMP_LEVEL, DumpLevel
 from cdbdump.mm.scan import MemoryUsage
-from cdbdump.pipeline import DumpOptions, dump, mem_usage
+from cdbdump.pipeline import DmesgOptions, DumpOptions, dump, dump_dmesg, mem_usage
 from cdbdump.report import DumpReport, PathTaken
 
 __all__ = ("main",)
@@ -77,6 +77,11 @@ def _version(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
 @click.option("--split-part", "split_parts", multiple=True,
               type=click.Path(path_type=Path, dir_okay=False),
               help="Another file of a split (makedumpfile --split) input; VMCORE is the first.")
+@click.option("--dump-dmesg", "dump_dmesg_mode", is_flag=True,
+              help="Write the kernel log of VMCORE to DUMPFILE (a text file), as "
+              "makedumpfile --dump-dmesg does.")
+@click.option("-F", "flatten", is_flag=True,
+              help="Write to standard output, messages to stderr (with --dump-dmesg).")
 @click.option("-D", "debug", is_flag=True, help="Debug messages, tracebacks on errors.")
 @click.option("-v", "--version", is_flag=True, expose_value=False, is_eager=True,
               callback=_version, help="Print the version and the codecs available.")
@@ -93,6 +98,8 @@ def command(
     report_json: Path | None,
     mem_usage: bool,
     split_parts: tuple[Path, ...],
+    dump_dmesg_mode: bool,
+    flatten: bool,
     debug: bool,
 ) -> None:
     """Filter and compress the crash dump VMCORE into the kdump-compressed DUMPFILE."""
@@ -100,7 +107,16 @@ def command(
         message_level |= ML_REPORT
     if debug:
         message_level |= ML_DEBUG
-    ui = _Messages(message_level)
+    ui = _Messages(message_level, stderr=flatten)
+    if dump_dmesg_mode:
+        if mem_usage:
+            raise click.UsageError("--dump-dmesg and --mem-usage exclude each other")
+        if flatten == (dumpfile is not None):
+            raise click.UsageError("--dump-dmesg takes VMCORE LOGFILE, or -F and VMCORE only")
+        _run_dump_dmesg(DmesgOptions(vmcore, dumpfile, force=force), ui, debug)
+        return
+    if flatten:
+        raise click.UsageError("-F is only supported with --dump-dmesg")
     if mem_usage:
         if dumpfile is not None:
             raise click.UsageError("--mem-usage takes only VMCORE")
@@ -158,6 +174,21 @@ def _run_mem_usage(vmcore: Path, ui: _Messages, debug: bool) -> None:
     print_mem_usage(usage, page_size, click.echo)
 
 
+def _run_dump_dmesg(options: DmesgOptions, ui: _Messages, debug: bool) -> None:
+    try:
+        result = dump_dmesg(options, sys.stdout.buffer)
+    except CdbdumpError as exc:
+        if debug:
+            traceback.print_exc()
+        ui.error(str(exc))
+        ui.common("cdbdump Failed.")
+        sys.exit(EXIT_FAILED)
+    for warning in result.log.warnings:
+        ui.warning(warning)
+    ui.common(f"The dmesg log is saved to {options.logfile or 'STDOUT'}.")
+    ui.common("cdbdump Completed.")
+
+
 def print_mem_usage(usage: MemoryUsage, page_size: int, out: Callable[[str], None]) -> None:
     """makedumpfile print_mem_usage's table, same columns and labels."""
     out("")
@@ -176,12 +207,13 @@ def print_mem_usage(usage: MemoryUsage, page_size: int, out: Callable[[str], Non
 class _Messages:
     """makedumpfile's message classes, gated by --message-level."""
 
-    def __init__(self, level: int) -> None:
+    def __init__(self, level: int, *, stderr: bool = False) -> None:
         self.level = level
+        self.stderr = stderr  # -F: standard output carries data, messages go to stderr
 
     def common(self, text: str) -> None:
         if self.level & ML_COMMON:
-            click.echo(text)
+            click.echo(text, err=self.stderr)
 
     def error(self, text: str) -> None:
         # errors are always shown: the exit code alone does not say what went wrong
@@ -197,7 +229,7 @@ class _Messages:
 
     def report(self, text: str) -> None:
         if self.level & ML_REPORT:
-            click.echo(text)
+            click.echo(text, err=self.stderr)
 
     @property
     def progress(self) -> bool:
