@@ -246,7 +246,8 @@ def without_nodata(image: InputImage, bitmap1: Bitmap) -> Bitmap:
 
 
 def memory_hole_pages(image: InputImage) -> int:
-    # makedumpfile counts PT_LOAD pages, overlapping segments twice (pitfall 15)
+    # makedumpfile counts PT_LOAD pages, overlapping segments twice
+    # (reference: makedumpfile get_num_dumpable / print_report pfn_memhole)
     shift = image.page_size.bit_length() - 1
     present = 0
     if image.kdump is not None:
