@@ -247,7 +247,7 @@ def without_nodata(image: InputImage, bitmap1: Bitmap) -> Bitmap:
 
 def memory_hole_pages(image: InputImage) -> int:
     # makedumpfile counts PT_LOAD pages, overlapping segments twice
-    # (reference: makedumpfile get_num_dumpable / print_report pfn_memhole)
+    # (reference: makedumpfile create_bitmap_from_memhole, pfn_memhole per PT_LOAD)
     shift = image.page_size.bit_length() - 1
     present = 0
     if image.kdump is not None:
