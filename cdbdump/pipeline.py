@@ -128,8 +128,10 @@ def open_files(path: Path, split_parts: tuple[Path, ...] = ()) -> list[FileView]
     return files
 
 
-def open_input(files: list[FileView]) -> InputImage:
-    """Parse the input's headers and derive the machine's geometry."""
+def open_input(files: FileView | list[FileView]) -> InputImage:
+    """Parse the input's headers (one file, or a split set) and derive the machine's geometry."""
+    if not isinstance(files, list):
+        files = [files]
     file = files[0]
     fmt = sniff(file)
     if fmt is DumpFormat.KDUMP:
