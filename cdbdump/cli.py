@@ -385,6 +385,9 @@ def print_report(report: DumpReport, out: Callable[[str], None]) -> None:
     out("")
     out(f"Original pages  : 0x{original:016x}")
     out(f"  Excluded pages   : 0x{report.excluded_pages:016x}")
+    elf_excluded = report.elf_excluded_pages
+    if elf_excluded is not None:  # -E: what the 256-page rule really left out
+        out(f"     in ELF format : 0x{elf_excluded:016x}")
     out(f"    Pages filled with zero  : 0x{c.zero:016x}")
     out(f"    Non-private cache pages : 0x{c.cache:016x}")
     out(f"    Private cache pages     : 0x{c.cache_private:016x}")
@@ -393,6 +396,9 @@ def print_report(report: DumpReport, out: Callable[[str], None]) -> None:
     out(f"    Hwpoison pages          : 0x{c.hwpoison:016x}")
     out(f"    Offline pages           : 0x{c.offline:016x}")
     out(f"  Remaining pages  : 0x{remaining:016x}")
+    if elf_excluded is not None:
+        out(f"     in ELF format : 0x{original - elf_excluded:016x}")
+        remaining = original - elf_excluded
     if original:
         out(f"  (The number of pages is reduced to {remaining * 100 // original}%.)")
     out(f"Memory Hole     : 0x{report.memory_hole_pages:016x}")
