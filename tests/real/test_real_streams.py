@@ -151,11 +151,12 @@ def test_elf_dump_byte_identical_to_makedumpfile(vm: Any, work: Path, level: int
 def test_elf_dump_d31_against_makedumpfile_and_readers(vm: Any, work: Path) -> None:
     """-d 31: identical except where makedumpfile's zero test goes wrong above max_mapnr.
 
-    QEMU dumps the BIOS ROM at 0xfffc0000, above the last mem_map section (so
-    above max_mapnr). makedumpfile's ELF cycles do cover it, and its zero-page
-    test there keeps the ROM's 18 all-zero leading pages and drops the last 29
-    non-zero ones (1.7.2 and 1.7.6 alike); cdbdump drops exactly the zero pages.
-    Every other byte is the same, and the readers check the ROM data.
+    QEMU dumps the BIOS ROM at 0xfffc0000 (64 pages), above the last mem_map
+    section, so above max_mapnr. makedumpfile's ELF cycles do cover it, and its
+    zero-page test there drops the ROM's last 29 pages although none of them is
+    zero (1.7.2 and 1.7.6 alike); cdbdump keeps them (only the ROM's first 18
+    pages are zero, and as a run shorter than 256 pages both keep those). Every
+    other byte is the same, and the readers check the ROM data against the source.
     """
     ours, ref = work / "ours.d31.elf", work / "ref.d31.elf"
     for p in (ours, ref):
