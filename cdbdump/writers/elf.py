@@ -372,7 +372,11 @@ def write_elf(
                 data = memory.view_run(paddr, size)
                 if data is None:
                     data = memoryview(memory.read(paddr, size))
-                sink.pwrite(data, s.file_offset + done)
+                try:
+                    sink.pwrite(data, s.file_offset + done)
+                except OutputNoSpaceError as exc:
+                    written_pages += exc.written // ps  # whole pages that made it
+                    raise
                 first = paddr // ps
                 lo, hi = memory.file_span(first, (paddr + size - 1) // ps)
                 memory.file.drop_range(lo - _FAULT_AROUND, hi - lo + 2 * _FAULT_AROUND)

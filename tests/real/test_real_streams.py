@@ -227,11 +227,11 @@ def test_split_and_reassemble_both_ways(vm: Any, work: Path, nr_files: int) -> N
         p.unlink()
 
 
-# Debian kdump-tools (kdump-config, kdump_save_core) with compression off:
-#   makedumpfile $MAKEDUMP_ARGS $vmcore_file | compress > $KDUMP_CORE_INCOMPLETE
-# where MAKEDUMP_ARGS carries "-F -c -d 31"; dash has no pipefail, so the status is
-# compress's. cdbdump stands in for makedumpfile, cat for compress.
-DEBIAN_LINE = 'makedumpfile $MAKEDUMP_ARGS $vmcore_file | compress > $KDUMP_CORE_INCOMPLETE\n'
+# Debian kdump-tools 1.8 (kdump-config, kdump_save_core): the dump line, with its
+# defaulting of MAKEDUMP_ARGS (a -F is appended unless the arguments start with one:
+# "-c -F -d 31" from the config becomes "-c -F -d 31 -F"). KDUMP_COMPRESSION unset
+# makes compress() a cat; dash has no pipefail, so ERROR is compress's status.
+DEBIAN_LINE = 'makedumpfile $MAKEDUMP_ARGS $vmcore_file | compress > "$KDUMP_CORETEMP"\n'
 
 
 def _debian_script(work: Path, vmcore: str, out: Path) -> str:
@@ -241,10 +241,12 @@ def _debian_script(work: Path, vmcore: str, out: Path) -> str:
     tool.write_text("#!/bin/sh\nexec " + " ".join(cdbdump_cmd()) + ' "$@"\n')
     tool.chmod(0o755)
     return (f'PATH="{shim}:$PATH"\n'
-            'compress() { cat; }\n'
-            'MAKEDUMP_ARGS="-F -F -c -d 31"\n'
+            'compress() { case "$KDUMP_COMPRESSION" in gzip) gzip -c ;; *) cat ;; esac; }\n'
+            'MAKEDUMP_ARGS="-c -F -d 31"\n'
+            '[ "${MAKEDUMP_ARGS#-F*}" != "${MAKEDUMP_ARGS}" ] || '
+            'MAKEDUMP_ARGS="${MAKEDUMP_ARGS} -F"\n'
             f'vmcore_file="{vmcore}"\n'
-            f'KDUMP_CORE_INCOMPLETE="{out}"\n'
+            f'KDUMP_CORETEMP="{out}"\n'
             + DEBIAN_LINE +
             'ERROR=$?\n'
             'echo "status $ERROR" >&2\n')

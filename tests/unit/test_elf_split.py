@@ -22,7 +22,13 @@ from cdbdump.fileio import MappedFile
 from cdbdump.memory.physical import PhysicalMemory
 from cdbdump.vmcore.elfcore import ElfCore
 from cdbdump.writers import elf as elf_writer
-from cdbdump.writers.elf import PFN_EXCLUDED, exclude_zero_pages, plan_elf, write_elf
+from cdbdump.writers.elf import (
+    PFN_EXCLUDED,
+    exclude_zero_pages,
+    mark_elf_incomplete,
+    plan_elf,
+    write_elf,
+)
 from cdbdump.writers.sink import create_output
 from cdbdump.writers.split import reassemble, split_ranges, splitblock_pages
 from tests.builders import SyntheticKernel
@@ -241,3 +247,23 @@ def test_split_then_reassemble_is_the_direct_dump(tiny_vmcore: MakeVmcore, tmp_p
     proc = _cdbdump("--reassemble", str(direct), str(pieces[1]), str(tmp_path / "x"))
     assert proc.returncode == 1 and "not one file of a --split set" in proc.stderr
     assert not (tmp_path / "x").exists()
+
+
+def test_elf_output_full_is_kept_and_flagged(machine: tuple[Path, ElfCore, PhysicalMemory],
+                                             tmp_path: Path) -> None:
+    _, core, memory = machine
+    bitmap2 = Bitmap(MAX_MAPNR)
+    for start, end in memory.present_pfn_ranges():
+        bitmap2.set_range(start, end)
+    plan = plan_elf(core.loads, memory, bitmap2, len(core.notes_raw), exclude_zero=False)
+    limit = plan.offset_load + 100 * PS + 5
+    out = create_output(tmp_path / "full.elf", limit=limit)
+    ehdr = bytes(core.file.view(0, 64))
+    result = write_elf(out, ehdr, core.notes_raw, plan, memory)
+    assert result.no_space is not None
+    assert 0 < result.nr_pages_lost < plan.nr_pages_to_write
+    mark_elf_incomplete(out, ehdr)
+    out.close()
+    raw = (tmp_path / "full.elf").read_bytes()
+    assert len(raw) == limit
+    assert struct.unpack_from("<I", raw, 48)[0] & 1  # DUMP_ELF_INCOMPLETE
