@@ -120,7 +120,15 @@ def command(
     mem_usage: bool,
     debug: bool,
 ) -> None:
-    """Filter and compress the crash dump VMCORE into the kdump-compressed DUMPFILE."""
+    """Filter and compress the crash dump VMCORE into the kdump-compressed DUMPFILE.
+
+    \b
+    cdbdump [OPTIONS] VMCORE DUMPFILE             kdump-compressed (or ELF with -E) file
+    cdbdump -F [OPTIONS] VMCORE > STREAM          flattened stream on stdout
+    cdbdump -R DUMPFILE < STREAM                  a flattened stream back into a file
+    cdbdump --split [OPTIONS] VMCORE DUMPFILE...  one dump in pfn ranges, written at once
+    cdbdump --reassemble DUMPFILE... DUMPFILE     split files joined into the last one
+    """
     if show_stats:
         message_level |= ML_REPORT
     if debug:
