@@ -267,3 +267,21 @@ def test_elf_output_full_is_kept_and_flagged(machine: tuple[Path, ElfCore, Physi
     raw = (tmp_path / "full.elf").read_bytes()
     assert len(raw) == limit
     assert struct.unpack_from("<I", raw, 48)[0] & 1  # DUMP_ELF_INCOMPLETE
+
+
+def test_extended_numbering_past_pn_xnum() -> None:
+    """65535+ program headers: e_phnum PN_XNUM, the count in section header 0's sh_info."""
+    from cdbdump.writers.elf import ElfPlan, ElfSegment, _headers
+
+    nr = 0x10000
+    segments = [ElfSegment(i * PS, i * PS, PS, PS, 0, 0, 0) for i in range(nr)]
+    offset_note = 64 + 56 * (nr + 1) + 64
+    plan = ElfPlan(segments, offset_note, 16, offset_note + 16, 0, 0, nr)
+    ident = b"\x7fELF" + bytes([2, 1, 1]) + bytes(9)
+    ehdr, phdrs, shdr = _headers(struct.pack("<16sHHIQQQIHHHHHH", ident, 4, 62, 1, 0, 64, 0, 0,
+                                             64, 56, 3, 0, 0, 0), plan)
+    fields = struct.unpack("<16sHHIQQQIHHHHHH", ehdr)
+    assert fields[5] == 64 and fields[10] == 0xFFFF  # e_phoff, e_phnum
+    assert fields[6] == offset_note - 64 and fields[12] == 1  # e_shoff, e_shnum
+    assert struct.unpack("<IIQQQQIIQQ", shdr)[7] == nr + 1  # sh_info: PT_NOTE + PT_LOADs
+    assert len(phdrs) == 56 * (nr + 1)
