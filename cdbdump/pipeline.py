@@ -1,5 +1,6 @@
 """One dump, start to end: input → 1st bitmap → 2nd bitmap (kernel bitmap or
-mem_map scan) → kdump-compressed output → report.
+mem_map scan) → output (deliver.py: kdump-compressed or ELF, file, -F stream or
+--split set) → report.
 
 Stages are small functions over runs and bitmaps; this module only composes
 them and records what happened in a DumpReport. It never prints.
