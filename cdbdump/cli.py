@@ -26,7 +26,7 @@ from cdbdump.deliver import STDOUT_NAME
 from cdbdump.errors import CdbdumpError, IncompleteDumpError
 from cdbdump.mm.levels import MAX_DUMP_LEVEL, DumpLevel
 from cdbdump.mm.scan import MemoryUsage
-from cdbdump.pipeline import DumpOptions, dump, mem_usage
+from cdbdump.pipeline import DmesgOptions, DumpOptions, dump, dump_dmesg, mem_usage
 from cdbdump.report import DumpReport, PathTaken
 from cdbdump.writers.compress import Codec
 from cdbdump.writers.flattened import mark_rebuilt_incomplete, rearrange
@@ -78,7 +78,8 @@ def _version(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
 @click.option("-f", "force", is_flag=True, help="Overwrite an existing DUMPFILE.")
 @click.option("-E", "elf", is_flag=True, help="Write an ELF dump (makedumpfile -E) instead.")
 @click.option("-F", "flatten", count=True,
-              help="Write the dump as a flattened stream to stdout (VMCORE only).")
+              help="Write the dump as a flattened stream to stdout (VMCORE only); with "
+              "--dump-dmesg, the log.")
 @click.option("-R", "rearrange_stdin", is_flag=True,
               help="Rebuild DUMPFILE from a flattened stream on stdin.")
 @click.option("--split", "split", is_flag=True,
@@ -96,6 +97,9 @@ def _version(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
               help="Also write the report as JSON to this file.")
 @click.option("--mem-usage", is_flag=True,
               help="Print the pages per class of VMCORE (a vmcore or /proc/kcore) and exit.")
+@click.option("--dump-dmesg", "dump_dmesg_mode", is_flag=True,
+              help="Write the kernel log of VMCORE to DUMPFILE (a text file), as "
+              "makedumpfile --dump-dmesg does.")
 @click.option("-D", "debug", is_flag=True, help="Debug messages, tracebacks on errors.")
 @click.option("-v", "--version", is_flag=True, expose_value=False, is_eager=True,
               callback=_version, help="Print the version and the codecs available.")
@@ -118,6 +122,7 @@ def command(
     show_stats: bool,
     report_json: Path | None,
     mem_usage: bool,
+    dump_dmesg_mode: bool,
     debug: bool,
 ) -> None:
     """Filter and compress the crash dump VMCORE into the kdump-compressed DUMPFILE.
@@ -135,6 +140,13 @@ def command(
         message_level |= ML_DEBUG
     ui = _Messages(message_level)
     files = [vmcore, *([dumpfile] if dumpfile is not None else []), *more_files]
+    if dump_dmesg_mode:
+        if mem_usage:
+            raise click.UsageError("--dump-dmesg and --mem-usage exclude each other")
+        if more_files or bool(flatten) == (dumpfile is not None):
+            raise click.UsageError("--dump-dmesg takes VMCORE LOGFILE, or -F and VMCORE only")
+        _run_dump_dmesg(DmesgOptions(vmcore, dumpfile, force=force), ui, debug)
+        return
     if mem_usage:
         if len(files) != 1:
             raise click.UsageError("--mem-usage takes only VMCORE")
@@ -291,6 +303,20 @@ def _run_mem_usage(vmcore: Path, ui: _Messages, debug: bool) -> None:
     print_mem_usage(usage, page_size, click.echo)
 
 
+def _run_dump_dmesg(options: DmesgOptions, ui: _Messages, debug: bool) -> None:
+    try:
+        result = dump_dmesg(options, sys.stdout.buffer)
+    except CdbdumpError as exc:
+        if debug:
+            traceback.print_exc()
+        ui.error(str(exc))
+        sys.exit(EXIT_FAILED)
+    for warning in result.log.warnings:
+        ui.warning(warning)
+    ui.common(f"The dmesg log is saved to {options.logfile or 'STDOUT'}.")
+    ui.common("cdbdump Completed.")
+
+
 def print_mem_usage(usage: MemoryUsage, page_size: int, out: Callable[[str], None]) -> None:
     """makedumpfile print_mem_usage's table, same columns and labels."""
     out("")
@@ -310,7 +336,7 @@ class _Messages:
     """makedumpfile's message classes, gated by --message-level."""
 
     def __init__(self, level: int) -> None:
-        self.level = level
+        self.level = level  # every message goes to stderr: stdout carries only data
 
     def common(self, text: str) -> None:
         if self.level & ML_COMMON:
