@@ -1,5 +1,6 @@
 """One dump, start to end: input → 1st bitmap → 2nd bitmap (kernel bitmap or
-mem_map scan) → kdump-compressed output → report.
+mem_map scan) → output (deliver.py: kdump-compressed or ELF, file, -F stream or
+--split set) → report.
 
 Stages are small functions over runs and bitmaps; this module only composes
 them and records what happened in a DumpReport. It never prints.
@@ -16,11 +17,11 @@ from typing import Any, BinaryIO
 
 from cdbdump.bitmap import Bitmap
 from cdbdump.codecs import Codec
+from cdbdump.deliver import OutputRequest, deliver
 from cdbdump.errors import (
     AddressError,
     CdbdumpError,
     CorruptDumpError,
-    IncompleteDumpError,
     InputError,
     OutputError,
     UnknownFormatError,
@@ -49,7 +50,7 @@ from cdbdump.vmcore.elfcore import ElfCore
 from cdbdump.vmcore.flattened import FlattenedFile, spool_stdin
 from cdbdump.vmcore.kdumpfile import KdumpFile
 from cdbdump.vmcore.vmcoreinfo import VmcoreInfo
-from cdbdump.writers.kdump import KdumpMetadata, mark_incomplete, write_kdump
+from cdbdump.writers.kdump import KdumpMetadata
 from cdbdump.writers.sink import create_output
 
 __all__ = (
@@ -72,12 +73,20 @@ class DumpOptions:
     """What the user asked for (the CLI builds one of these)."""
 
     vmcore: Path
-    dumpfile: Path
+    dumpfile: Path | None  # None: a flattened stream on stdout (-F)
     dump_level: DumpLevel = DumpLevel.ZERO  # -d; the CLI default is makedumpfile's 0
     codec: Codec = Codec.ZSTD
     use_kernel_bitmap: bool = False  # -q
     force: bool = False  # -f
     split_parts: tuple[Path, ...] = ()  # the other files of a split (--split) input
+    elf: bool = False  # -E
+    split_files: tuple[Path, ...] = ()  # --split: dumpfile is ignored
+    splitblock_bytes: int | None = None  # --splitblock-size
+
+    @property
+    def output(self) -> OutputRequest:
+        return OutputRequest(self.dumpfile, self.codec, self.force, self.elf, self.split_files,
+                             self.splitblock_bytes)
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,6 +109,7 @@ class InputImage:
     problems: tuple[str, ...] = ()
     loads: tuple[LoadSegment, ...] = ()  # an ELF input's PT_LOADs
     kdump: KdumpMemory | None = None  # a kdump-compressed input (refiltering)
+    core: ElfCore | None = None  # an ELF input's headers and notes
 
 
 @contextmanager
@@ -160,7 +170,7 @@ def open_input(files: FileView | list[FileView]) -> InputImage:
         lower_max_mapnr=True, loads=core.loads, notes_raw=core.notes_raw,
         vmcoreinfo_desc_offset=core.vmcoreinfo_desc_offset,
         vmcoreinfo_size=note.desc_size if note is not None else 0, nr_cpus=core.nr_cpus,
-        problems=core.problems,
+        problems=core.problems, core=core,
     )
 
 
@@ -301,7 +311,7 @@ def dump(options: DumpOptions, progress: ProgressCallback | None = None) -> Dump
     level = options.dump_level
     report = DumpReport(
         vmcore=str(options.vmcore),
-        dumpfile=str(options.dumpfile),
+        dumpfile=options.output.name,
         dump_level_requested=int(level),
         codec=options.codec.label,
     )
@@ -362,44 +372,15 @@ def _dump(
         vmcoreinfo_size=image.vmcoreinfo_size,
         nr_cpus=image.nr_cpus,
     )
+    if options.elf and image.core is None:
+        # reference: makedumpfile initial()
+        raise UnsupportedError(f"'-E' option is disabled, because {options.vmcore} is kdump "
+                               "compressed format.")
     with _timed(report, "write pages"):
         if isinstance(files[0], MappedFile) and image.kdump is None:
             files[0].advise_streaming()
-        out = create_output(options.dumpfile, options.force,
-                            inputs=[options.vmcore, *options.split_parts])
-        writer_progress = (
-            None if progress is None
-            else lambda done, total: progress("Copying data", done, total)
-        )
-        try:
-            result = write_kdump(
-                out,
-                meta,
-                bitmap1,
-                bitmap2,
-                image.phys,
-                options.codec,
-                exclude_zero=bool(applied & DumpLevel.ZERO),
-                progress=writer_progress,
-                allow_incomplete=True,
-            )
-        except CdbdumpError:
-            out.discard()  # nothing of the dump was kept: no half file left behind
-            raise
-        except BaseException:
-            out.discard()  # interrupted: a partial file must not pass for a dump
-            raise
-        report.counts.zero = result.nr_zero_pages
-        report.pages_written = result.nr_pages_written
-        report.bytes_out = result.bytes_written
-        report.bytes_written = out.bytes_written
-        if result.no_space is not None:
-            # reference: makedumpfile check_and_modify_kdump_headers — keep what
-            # was written, flag the header INCOMPLETE, exit 1
-            mark_incomplete(out, result)
-            out.close()
-            raise IncompleteDumpError(result.nr_pages_lost, result.no_space, report)
-        out.close()
+        deliver(options.output, options.vmcore, image.core, image.phys, meta, bitmap1,
+                bitmap2, bool(applied & DumpLevel.ZERO), report, progress)
     return report
 
 
