@@ -250,6 +250,7 @@ def without_nodata(image: InputImage, bitmap1: Bitmap) -> Bitmap:
         stored = Bitmap(image.max_mapnr)
         for lo in range(0, image.max_mapnr, 1 << 20):
             stored.put_bools(lo, image.kdump.stored_pfns(lo, min(image.max_mapnr, lo + (1 << 20))))
+            image.kdump.release_all()  # RSS: the page_desc table is read through the mapping
         return bitmap1 & stored
     filebacked = Bitmap(image.max_mapnr)
     for start, end in data_pfn_ranges(image.phys, first_byte=False):
