@@ -19,8 +19,8 @@ import getopt
 import re
 from dataclasses import dataclass, field
 
-from cdbdump.writers.compress import Codec
 from cdbdump.mm.levels import MAX_DUMP_LEVEL
+from cdbdump.writers.compress import Codec
 
 __all__ = (
     "OPTIONS",
@@ -83,7 +83,8 @@ OPTIONS: tuple[OptionSpec, ...] = (
     _opt("l", None, False, _I, "LZO per page"),
     _opt("p", None, False, _I, "snappy per page"),
     _opt("z", None, False, _I, "zstd per page"),
-    _opt("d", None, True, _I, "dump level; a list (`-d 31,11`) retries at the next level on ENOSPC"),
+    _opt("d", None, True, _I,
+         "dump level; a list (`-d 31,11`) retries at the next level on ENOSPC"),
     _opt("E", None, False, _I, "ELF output"),
     _opt("F", None, False, _I, "flattened output on stdout, all text on stderr; may be repeated"),
     _opt("R", None, False, _I, "rebuild a dump file from a flattened stream on stdin"),
@@ -107,7 +108,8 @@ OPTIONS: tuple[OptionSpec, ...] = (
     _opt(None, "splitblock-size", True, _N, "cdbdump balances --split on exact kept-page counts"),
     _opt(None, "work-dir", True, _N, "cdbdump keeps no bitmap files"),
     _opt(None, "non-mmap", False, _N, "cdbdump falls back to read(2) by itself"),
-    _opt(None, "num-buffers", True, _N, "an option of older makedumpfile; cdbdump has no such buffers"),
+    _opt(None, "num-buffers", True, _N,
+         "an option of older makedumpfile; cdbdump has no such buffers"),
     _opt("e", None, False, _N,
          "struct pages of excluded frames are kept; the dump is complete without them"),
     _opt(None, "partial-dmesg", False, _R, "not implemented: the whole log is always written"),
