@@ -219,7 +219,7 @@ def parse(argv: list[str]) -> Invocation:
             if notice not in inv.notices:
                 inv.notices.append(notice)
             continue
-        key = spec.short or spec.long
+        key = spec.short or spec.long or ""
         if key in _CODECS:
             inv.codec = _CODECS[key]  # the last one given wins
         elif key == "d":
@@ -272,7 +272,7 @@ def _set_flag(inv: Invocation, key: str) -> None:
 
 def _dump_levels(text: str) -> list[int]:
     """makedumpfile parse_dump_level: comma-separated atoi values, each 0..31."""
-    levels = []
+    levels: list[int] = []
     for part in (p for p in text.split(",") if p):
         level = atoi(part)
         if not 0 <= level <= MAX_DUMP_LEVEL:
