@@ -273,5 +273,14 @@ def print_report(report: DumpReport, out: Callable[[str], None]) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Entry point of the cdbdump command."""
-    command.main(args=argv, prog_name="cdbdump", standalone_mode=True)
+    """Entry point of the cdbdump command.
+
+    Under the name ``makedumpfile`` (a link the administrator makes) or with
+    ``--as-makedumpfile`` first, the command line is makedumpfile's.
+    """
+    args = sys.argv[1:] if argv is None else argv
+    if Path(sys.argv[0]).name == "makedumpfile" or args[:1] == ["--as-makedumpfile"]:
+        from cdbdump.mdcli import main as makedumpfile_main
+
+        sys.exit(makedumpfile_main(args[1:] if args[:1] == ["--as-makedumpfile"] else args))
+    command.main(args=args, prog_name="cdbdump", standalone_mode=True)
