@@ -30,6 +30,7 @@ __all__ = (
     "OptionSpec",
     "ParamError",
     "atoi",
+    "options_table",
     "parse",
 )
 
@@ -189,6 +190,18 @@ class Invocation:
     def to_stderr(self) -> bool:
         """makedumpfile's flag_strerr_message: with -F, stdout carries only data."""
         return self.flatten
+
+
+def options_table() -> list[str]:
+    """The README's table: every makedumpfile option and what cdbdump does with it."""
+    rows = ["| option | cdbdump |", "| --- | --- |"]
+    for spec in OPTIONS:
+        names = " ".join(f"`{n}`" for n in (
+            f"-{spec.short}" if spec.short else None, f"--{spec.long}" if spec.long else None)
+            if n)
+        what = spec.why if spec.effect is Effect.IMPLEMENTED else f"{spec.effect.value}: {spec.why}"
+        rows.append(f"| {names} | {what} |")
+    return rows
 
 
 def atoi(text: str) -> int:

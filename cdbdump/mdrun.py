@@ -3,13 +3,14 @@ branches over cdbdump's library, with makedumpfile's messages and exit codes."""
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from cdbdump.errors import CdbdumpError, IncompleteDumpError
 from cdbdump.mdopts import ML_DEBUG, Invocation, Mode
 from cdbdump.mm.levels import DumpLevel
-from cdbdump.pipeline import DumpOptions, dump, mem_usage
+from cdbdump.pipeline import DmesgOptions, DumpOptions, dump, dump_dmesg, mem_usage
 from cdbdump.report import DumpReport, ProgressCallback
 
 if TYPE_CHECKING:
@@ -28,6 +29,8 @@ def run(inv: Invocation, messages: Messages, progress: ProgressCallback) -> int:
     try:
         if messages.level & ML_DEBUG and inv.vmcore is not None:
             _debug_vmcoreinfo(Path(inv.vmcore), messages)
+        if inv.mode is Mode.DMESG:
+            return _dmesg(inv, messages)
         if inv.mode is Mode.MEM_USAGE:
             return _mem_usage(inv, messages, progress)
         if inv.mode is Mode.DUMP and not (inv.flatten or inv.split or inv.elf):
@@ -120,3 +123,18 @@ def _debug_vmcoreinfo(vmcore: Path, messages: Messages) -> None:
         if line:
             messages.debug(f"  {line}")
     messages.debug("")
+
+
+def _dmesg(inv: Invocation, messages: Messages) -> int:
+    """makedumpfile dump_dmesg: LOGFILE, or stdout with -F (open_dump_file's STDOUT)."""
+    assert inv.vmcore is not None
+    logfile = Path(inv.dumpfile) if inv.dumpfile is not None else None
+    result = dump_dmesg(DmesgOptions(Path(inv.vmcore), logfile, force=inv.force),
+                        sys.stdout.buffer)
+    for warning in result.log.warnings:
+        messages.error(warning)
+    messages.msg("")
+    messages.msg(f"The dmesg log is saved to {inv.dumpfile or 'STDOUT'}.")
+    messages.msg("")
+    messages.msg("makedumpfile Completed.")
+    return EXIT_COMPLETED
