@@ -7,10 +7,19 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from cdbdump.deliver import STDOUT_NAME
 from cdbdump.errors import CdbdumpError, IncompleteDumpError
 from cdbdump.mdopts import ML_DEBUG, Invocation, Mode
 from cdbdump.mm.levels import DumpLevel
-from cdbdump.pipeline import DmesgOptions, DumpOptions, dump, dump_dmesg, mem_usage
+from cdbdump.pipeline import (
+    DmesgOptions,
+    DumpOptions,
+    dump,
+    dump_dmesg,
+    mem_usage,
+    rearrange_stream,
+    reassemble_files,
+)
 from cdbdump.report import DumpReport, ProgressCallback
 
 if TYPE_CHECKING:
@@ -33,10 +42,11 @@ def run(inv: Invocation, messages: Messages, progress: ProgressCallback) -> int:
             return _dmesg(inv, messages)
         if inv.mode is Mode.MEM_USAGE:
             return _mem_usage(inv, messages, progress)
-        if inv.mode is Mode.DUMP and not (inv.flatten or inv.split or inv.elf):
-            return _dump(inv, messages, progress)
-        messages.error(f"{inv.mode.value} is not available in this build of cdbdump.")
-        return _failed(messages)
+        if inv.mode is Mode.REARRANGE:
+            return _rearrange(inv, messages)
+        if inv.mode is Mode.REASSEMBLE:
+            return _reassemble(inv, messages)
+        return _dump(inv, messages, progress)
     except CdbdumpError as exc:
         messages.error(str(exc))
         return _failed(messages)
@@ -49,16 +59,17 @@ def _failed(messages: Messages) -> int:
 
 
 def _dump(inv: Invocation, messages: Messages, progress: ProgressCallback) -> int:
-    assert inv.vmcore is not None and inv.dumpfile is not None
-    force = inv.force
+    assert inv.vmcore is not None
     for attempt, level in enumerate(inv.dump_levels):
         options = DumpOptions(
             vmcore=Path(inv.vmcore),
-            dumpfile=Path(inv.dumpfile),
+            dumpfile=Path(inv.dumpfile) if inv.dumpfile is not None else None,
             dump_level=DumpLevel(level),
             codec=inv.codec,
             use_kernel_bitmap=inv.use_kernel_bitmap,
-            force=force or attempt > 0,  # a retry rewrites its own incomplete file
+            force=inv.force or attempt > 0,  # a retry rewrites its own incomplete file
+            elf=inv.elf,
+            split_files=tuple(Path(name) for name in inv.dumpfiles),
         )
         try:
             report = dump(options, progress)
@@ -66,20 +77,52 @@ def _dump(inv: Invocation, messages: Messages, progress: ProgressCallback) -> in
             if isinstance(exc.report, DumpReport):
                 _render(exc.report, messages)
             if attempt + 1 < len(inv.dump_levels):
-                # makedumpfile >= 1.7.5: "-d 31,11" retries at the next level on ENOSPC
-                messages.msg("")
-                messages.msg(f"Retrying with dump level {inv.dump_levels[attempt + 1]}.")
+                # makedumpfile create_dumpfile: "-d 31,11" deletes the incomplete
+                # file and retries at the next level when the output fills up
+                messages.msg(f"Retry to create a dumpfile by dump_level("
+                             f"{inv.dump_levels[attempt + 1]}).")
                 continue
             messages.error(str(exc))
             messages.msg("This is an incomplete dumpfile, but might analyzable.")
             return _failed(messages)
         _render(report, messages)
         messages.msg("")
-        messages.msg(f"The dumpfile is saved to {inv.dumpfile}.")
-        messages.msg("")
-        messages.msg("makedumpfile Completed.")
-        return EXIT_COMPLETED
+        if inv.dumpfiles:
+            messages.msg(f"The dumpfiles are saved to {', '.join(inv.dumpfiles[:-1])}, "
+                         f"and {inv.dumpfiles[-1]}.")
+        else:
+            messages.msg(f"The dumpfile is saved to {inv.dumpfile or STDOUT_NAME}.")
+        return _completed(messages)
     return _failed(messages)
+
+
+def _completed(messages: Messages) -> int:
+    messages.msg("")
+    messages.msg("makedumpfile Completed.")
+    return EXIT_COMPLETED
+
+
+def _rearrange(inv: Invocation, messages: Messages) -> int:
+    """makedumpfile -R: stdin's flattened stream into DUMPFILE."""
+    assert inv.dumpfile is not None
+    rearrange_stream(Path(inv.dumpfile), inv.force)
+    messages.msg("")
+    messages.msg(f"The dumpfile is saved to {inv.dumpfile}.")
+    return _completed(messages)
+
+
+def _reassemble(inv: Invocation, messages: Messages) -> int:
+    """makedumpfile --reassemble: the split files into one DUMPFILE."""
+    assert inv.dumpfile is not None
+    result = reassemble_files([Path(name) for name in inv.dumpfiles], Path(inv.dumpfile),
+                              inv.force)
+    if result.incomplete:
+        messages.error(f"a split file was incomplete ({result.nr_lost} pages lost)")
+        messages.msg("This is an incomplete dumpfile, but might analyzable.")
+        return _failed(messages)
+    messages.msg("")
+    messages.msg(f"The dumpfile is saved to {inv.dumpfile}.")
+    return _completed(messages)
 
 
 def _render(report: DumpReport, messages: Messages) -> None:
@@ -101,9 +144,7 @@ def _mem_usage(inv: Invocation, messages: Messages, progress: ProgressCallback) 
     assert inv.vmcore is not None
     usage, page_size = mem_usage(Path(inv.vmcore), progress)
     print_mem_usage(usage, page_size, messages.msg)
-    messages.msg("")
-    messages.msg("makedumpfile Completed.")
-    return EXIT_COMPLETED
+    return _completed(messages)
 
 
 def _debug_vmcoreinfo(vmcore: Path, messages: Messages) -> None:
@@ -134,7 +175,5 @@ def _dmesg(inv: Invocation, messages: Messages) -> int:
     for warning in result.log.warnings:
         messages.error(warning)
     messages.msg("")
-    messages.msg(f"The dmesg log is saved to {inv.dumpfile or 'STDOUT'}.")
-    messages.msg("")
-    messages.msg("makedumpfile Completed.")
-    return EXIT_COMPLETED
+    messages.msg(f"The dmesg log is saved to {inv.dumpfile or STDOUT_NAME}.")
+    return _completed(messages)
