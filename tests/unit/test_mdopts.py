@@ -141,3 +141,14 @@ def test_every_long_option_of_makedumpfile_is_known() -> None:
     known_short = {o.short for o in OPTIONS if o.short}
     assert set(longopts) <= known_long
     assert set(shorts) <= known_short
+
+
+def test_readme_table_is_the_option_table() -> None:
+    from pathlib import Path
+
+    from cdbdump.mdopts import options_table
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    start = readme.index("<!-- makedumpfile-options -->\n") + len("<!-- makedumpfile-options -->\n")
+    end = readme.index("<!-- /makedumpfile-options -->")
+    assert readme[start:end].splitlines() == options_table()
