@@ -101,9 +101,7 @@ OPTIONS: tuple[OptionSpec, ...] = (
     _opt(None, "mem-usage", False, _I, "pages per class of a vmcore or /proc/kcore"),
     _opt(None, "check-params", False, _I, "validate the command line only, no I/O"),
     _opt(None, "num-threads", True, _I, "compression threads"),
-    _opt(None, "dry-run", False, _I, "do everything but write the output"),
-    _opt("L", None, True, _N,
-         "output size limit; cdbdump stops at the same point when the disk is full (ENOSPC)"),
+    _opt("L", None, True, _I, "output size limit (K, M, G suffixes); reached, it is ENOSPC"),
     _opt("b", None, True, _N, "page cache order; cdbdump sizes its own windows"),
     _opt(None, "cyclic-buffer", True, _N, "cdbdump keeps bitmaps in bounded windows itself"),
     _opt(None, "splitblock-size", True, _N, "cdbdump balances --split on exact kept-page counts"),
@@ -121,6 +119,7 @@ OPTIONS: tuple[OptionSpec, ...] = (
     _opt(None, "eppic", True, _R, "eppic erase scripts need DWARF from vmlinux"),
     _opt(None, "extension", True, _R, "no extension plugins"),
     _opt(None, "vtop", True, _R, "not implemented"),
+    _opt(None, "dry-run", False, _R, "not implemented: cdbdump always writes its output"),
     _opt(None, "diskset", True, _R, "sadump inputs are not supported"),
     _opt("X", None, False, _R, "Xen dumps are not supported"),
     _opt(None, "xen-syms", True, _R, "Xen dumps are not supported"),
@@ -179,6 +178,7 @@ class Invocation:
     dry_run: bool = False
     use_kernel_bitmap: bool = False
     num_threads: int = 0
+    size_limit: int | None = None  # -L
     notices: list[str] = field(default_factory=list)  # options accepted with no effect
     argv: list[str] = field(default_factory=list)
 
@@ -242,6 +242,8 @@ def parse(argv: list[str]) -> Invocation:
             if not 0 <= level <= MAX_MSG_LEVEL:
                 raise ParamError(f"Message_level({level}) is invalid.")
             inv.message_level = level
+        elif key == "L":
+            inv.size_limit = _memparse(value)
         elif key == "num-threads":
             inv.num_threads = max(atoi(value), 0)
         elif key == "D":
@@ -281,6 +283,20 @@ def _set_flag(inv: Invocation, key: str) -> None:
             inv.mode = Mode.DMESG
         elif key == "mem-usage":
             inv.mode = Mode.MEM_USAGE
+
+
+def _memparse(text: str) -> int:
+    """The kernel's memparse, as makedumpfile -L uses it: a number with an optional
+    K, M, G, T, P or E suffix; anything after it, or zero, is invalid."""
+    match = re.fullmatch(r"\s*(0[xX][0-9a-fA-F]+|0[0-7]*|[1-9][0-9]*)([kKmMgGtTpPeE]?)", text)
+    if match is None:
+        raise ParamError(f"Limit size({text}) is invalid.")
+    digits = match.group(1)  # strtoull base 0: 0x hex, leading 0 octal, else decimal
+    value = int(digits, 16 if digits[:2] in ("0x", "0X") else 8 if digits[0] == "0" else 10)
+    if value == 0:
+        raise ParamError(f"Limit size({text}) is invalid.")
+    shift = " KMGTPE".index(match.group(2).upper() or " ") * 10
+    return value << shift
 
 
 def _dump_levels(text: str) -> list[int]:

@@ -70,6 +70,7 @@ def _dump(inv: Invocation, messages: Messages, progress: ProgressCallback) -> in
             force=inv.force or attempt > 0,  # a retry rewrites its own incomplete file
             elf=inv.elf,
             split_files=tuple(Path(name) for name in inv.dumpfiles),
+            size_limit=inv.size_limit,
         )
         try:
             report = dump(options, progress)

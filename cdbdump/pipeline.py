@@ -81,11 +81,12 @@ class DumpOptions:
     elf: bool = False  # -E
     split_files: tuple[Path, ...] = ()  # --split: dumpfile is ignored
     splitblock_bytes: int | None = None  # --splitblock-size
+    size_limit: int | None = None  # makedumpfile -L
 
     @property
     def output(self) -> OutputRequest:
         return OutputRequest(self.dumpfile, self.codec, self.force, self.elf, self.split_files,
-                             self.splitblock_bytes)
+                             self.splitblock_bytes, self.size_limit)
 
 
 @dataclass(frozen=True, slots=True)

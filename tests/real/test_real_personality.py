@@ -214,3 +214,19 @@ def test_suse_kdump_save_through_a_fifo(kdump_vm: Any, shim: Path, tmp_path: Pat
             scraped[key] = value
     assert scraped == {"OSRELEASE": kdump_vm.vmcoreinfo["OSRELEASE"],
                        "CRASHTIME": kdump_vm.vmcoreinfo["CRASHTIME"]}
+
+
+def test_size_limit_retries_at_the_next_level(kdump_vm: Any, shim: Path, tmp_path: Path) -> None:
+    # -L behaves as a full disk; "-d 1,31" deletes the incomplete file and retries
+    out, direct = tmp_path / "vmcore", tmp_path / "direct"
+    _cdbdump("-l", "-d", "31", str(kdump_vm.raw), str(direct))
+    limit = direct.stat().st_size + (1 << 20)
+    proc = _sh("bash", f"makedumpfile -l -d 1,31 -L {limit} {kdump_vm.raw} {out}", shim)
+    _ok(proc, "-L with a retry level")
+    assert b"Retry to create a dumpfile by dump_level(31)." in proc.stdout
+    _same(out, direct)
+    out.unlink()
+    proc = _sh("bash", f"makedumpfile -l -d 1 -L {limit} {kdump_vm.raw} {out}", shim)
+    assert proc.returncode == 1
+    assert b"This is an incomplete dumpfile" in proc.stdout
+    assert out.stat().st_size <= limit

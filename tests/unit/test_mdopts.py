@@ -105,11 +105,11 @@ def test_unknown_option_and_bad_message_level() -> None:
 
 def test_tuning_knobs_are_accepted_with_one_notice_each() -> None:
     inv = parse("-b 8 --cyclic-buffer 1024 --cyclic-buffer=2 --work-dir /tmp --non-mmap -e "
-                "--splitblock-size 100 --num-buffers 4 -L 1G v d".split())
+                "--splitblock-size 100 --num-buffers 4 v d".split())
     assert (inv.vmcore, inv.dumpfile) == ("v", "d")
     names = [n.split()[0] for n in inv.notices]
     assert names == ["-b", "--cyclic-buffer", "--work-dir", "--non-mmap", "-e",
-                     "--splitblock-size", "--num-buffers", "-L"]
+                     "--splitblock-size", "--num-buffers"]
 
 
 @pytest.mark.parametrize("spec", [o for o in OPTIONS if o.effect is Effect.REFUSED],
@@ -152,3 +152,15 @@ def test_readme_table_is_the_option_table() -> None:
     start = readme.index("<!-- makedumpfile-options -->\n") + len("<!-- makedumpfile-options -->\n")
     end = readme.index("<!-- /makedumpfile-options -->")
     assert readme[start:end].splitlines() == options_table()
+
+
+@pytest.mark.parametrize(("text", "limit"), [("4096", 4096), ("1K", 1024), ("2m", 2 << 20),
+                                             ("1G", 1 << 30), ("0x10", 16), ("010", 8)])
+def test_size_limit_is_memparse(text: str, limit: int) -> None:
+    assert parse(["-L", text, "v", "d"]).size_limit == limit
+
+
+@pytest.mark.parametrize("text", ["0", "1Q", "abc", "", "1K2"])
+def test_bad_size_limit(text: str) -> None:
+    with pytest.raises(ParamError, match="Limit size"):
+        parse(["-L", text, "v", "d"])
