@@ -253,8 +253,8 @@ def without_nodata(image: InputImage, bitmap1: Bitmap) -> Bitmap:
     pages the input excluded stay excluded; lost pages of an incomplete input too)."""
     if image.kdump is not None:
         stored = Bitmap(image.max_mapnr)
-        for lo in range(0, image.max_mapnr, 1 << 20):
-            stored.put_bools(lo, image.kdump.stored_pfns(lo, min(image.max_mapnr, lo + (1 << 20))))
+        for lo in range(0, image.max_mapnr, 1 << 18):
+            stored.put_bools(lo, image.kdump.stored_pfns(lo, min(image.max_mapnr, lo + (1 << 18))))
             image.kdump.release_all()  # RSS: the page_desc table is read through the mapping
         return bitmap1 & stored
     filebacked = Bitmap(image.max_mapnr)

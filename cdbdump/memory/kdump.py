@@ -98,7 +98,10 @@ class KdumpMemory:
         self, first: int, last: int
     ) -> Iterator[tuple[int, npt.NDArray[np.bool_]]]:
         for lo in range(first, last, _WINDOW_PFNS):
-            yield lo, self.stored_pfns(lo, min(last, lo + _WINDOW_PFNS))
+            stored = self.stored_pfns(lo, min(last, lo + _WINDOW_PFNS))
+            if last - first > _WINDOW_PFNS:  # RSS: a long walk maps the whole page_desc table
+                self.release(0, 0)
+            yield lo, stored
 
     def data(self, extent: Extent) -> memoryview:
         first = extent.paddr >> self._shift
