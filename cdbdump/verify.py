@@ -114,8 +114,10 @@ def _check(memory: KdumpMemory, result: VerifyResult, source: PhysicalMemory | N
         shared_page: bytes | None = None
         for pfns in part.iter_dumpable_pfns(_WINDOW):
             descs = part.page_descs(pfns)
+            part.file.drop_all()  # RSS: the page data and descriptors are read mapped
             compare = None
             if source is not None:
+                source.release_all()
                 compare = np.empty(ps * pfns.size, dtype=np.uint8)
                 _source_pages(source, pfns, compare, ps)
             for i, (pfn, d) in enumerate(zip(pfns.tolist(), descs.tolist(), strict=True)):
