@@ -67,6 +67,16 @@ def vmcore(real_tools: None) -> Path:
         pytest.fail(str(e), pytrace=False)
 
 
+def _cdbdump() -> list[str]:  # as tests/real/conftest.py cdbdump_cmd / cdbdump_env
+    return shlex.split(os.environ.get("CDBDUMP_CMD", "")) or [sys.executable, "-m", "cdbdump"]
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+    return env
+
+
 class Runs:
     def __init__(self, vmcore: Path, outdir: Path) -> None:
         self.vmcore, self.outdir = vmcore, outdir
@@ -77,14 +87,9 @@ class Runs:
         if (q, level) not in self.done:
             tag = f"{'q' if q else 'scan'}{level}"
             out, rep = self.outdir / f"{tag}.kdump", self.outdir / f"{tag}.json"
-            cmd = [*(shlex.split(os.environ.get("CDBDUMP_CMD", ""))
-                     or [sys.executable, "-m", "cdbdump"]),
-                   *(["-q"] if q else []), "-d", str(level), "-l", "-f",
+            cmd = [*_cdbdump(), *(["-q"] if q else []), "-d", str(level), "-l", "-f",
                    "--report-json", str(rep), str(self.vmcore), str(out)]
-            env = dict(os.environ)
-            env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO),
-                                                              env.get("PYTHONPATH")]))
-            p = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False,
+            p = subprocess.run(cmd, capture_output=True, text=True, env=_env(), check=False,
                                stdin=subprocess.DEVNULL, timeout=TOOL_TIMEOUT_S)
             assert p.returncode == 0, f"{shlex.join(cmd)}: rc {p.returncode}\n{p.stderr}"
             self.done[q, level] = out, json.loads(rep.read_text())
@@ -132,6 +137,20 @@ def test_panic_pass_wrote_the_struct(vmcore: Path, runs: Runs) -> None:
     assert p["pfns"] == q["max_mapnr"], "the pass walked other frames than the dump holds"
     for field in COUNTERS:
         assert q["kernel_bitmap"][field] == p[field.removesuffix("_pages")], field
+
+
+def test_pass_line_is_in_the_crashed_kernels_log(vmcore: Path, tmp_path: Path) -> None:
+    """The kernel log inside the vmcore (--dump-dmesg) has the console's pass line."""
+    out = tmp_path / "dmesg.txt"
+    p = subprocess.run([*_cdbdump(), "--dump-dmesg", str(vmcore), str(out)],
+                       capture_output=True, text=True, env=_env(), check=False,
+                       stdin=subprocess.DEVNULL, timeout=TOOL_TIMEOUT_S)
+    assert p.returncode == 0, p.stderr
+    lines = [line for line in out.read_text(errors="replace").splitlines()
+             if "crash_dump_bitmap: pass:" in line]
+    assert len(lines) == 1
+    fields = dict(kv.split("=") for kv in lines[0].split("pass:", 1)[1].split())
+    assert {k: int(v) for k, v in fields.items()} == real_bitmap_vmcore.panic_pass(vmcore)
 
 
 def _describe(vmcore: Path, pfns: list[int]) -> list[str]:
