@@ -274,4 +274,10 @@ def print_report(report: DumpReport, out: Callable[[str], None]) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the cdbdump command."""
-    command.main(args=argv, prog_name="cdbdump", standalone_mode=True)
+    args = sys.argv[1:] if argv is None else argv
+    if args[:1] == ["batch"]:  # `cdbdump batch ...`; a vmcore named batch: ./batch
+        from cdbdump.batch.cli import main as batch_main
+
+        batch_main(args[1:])
+        return
+    command.main(args=args, prog_name="cdbdump", standalone_mode=True)
