@@ -127,6 +127,7 @@ class LocalPool:
     def run(self, tasks: Iterable[Task], options: BatchOptions) -> Iterator[tuple[Task, Outcome]]:
         options = replace(options, memory_bound=self.memory_bound)
         pending = deque(tasks)
+        runs: dict[int, int] = {}  # times each task was submitted
         deaths: dict[int, int] = {}  # times a worker died running the task alone
         suspects: set[int] = set()  # in flight when a worker died: run alone from now on
         running: dict[Future[Outcome], Task] = {}
@@ -138,6 +139,7 @@ class LocalPool:
                 if pending[0].number in suspects and running:
                     break
                 task = pending.popleft()
+                runs[task.number] = runs.get(task.number, 0) + 1
                 future = pool.submit(run_one, task.job.input, task.job.output, options,
                                      task.previous)
                 running[future] = task
@@ -149,7 +151,7 @@ class LocalPool:
                 exc = future.exception()
                 if exc is None:
                     outcome = future.result()
-                    outcome.attempts = deaths.get(task.number, 0) + 1
+                    outcome.attempts = runs[task.number]
                     yield task, outcome
                 elif isinstance(exc, BrokenProcessPool):
                     broken = True
@@ -157,7 +159,7 @@ class LocalPool:
                 else:  # not a CdbdumpError: a bug in cdbdump, recorded with its traceback
                     yield task, failure(
                         task, options, f"{task.job.input}: internal error: "
-                        f"{type(exc).__name__}: {exc}", attempts=deaths.get(task.number, 0) + 1,
+                        f"{type(exc).__name__}: {exc}", attempts=runs[task.number],
                         traceback=_remote_traceback(exc))
             if broken:
                 # the whole pool is gone: every task still in flight failed with it
@@ -182,7 +184,7 @@ class LocalPool:
             if deaths[task.number] >= self.max_attempts:
                 yield task, failure(
                     task, options, f"{task.job.input}: the worker process died while "
-                    f"processing it, {deaths[task.number]} times", attempts=deaths[task.number])
+                    f"processing it alone, {deaths[task.number]} times", attempts=deaths[task.number])
                 return
         suspects.add(task.number)
         pending.appendleft(task)

@@ -1,0 +1,192 @@
+"""`cdbdump batch` on the local process pool, end to end (the CLI as a subprocess).
+
+Every output is compared byte for byte with a single `cdbdump` run of its input;
+the manifest is read back; workers are killed and the batch interrupted for real.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import stat
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from cdbdump.batch.publish import partial_pid
+from tests.batch.conftest import (
+    BATCH_TIMEOUT_S,
+    MixedDir,
+    cdbdump,
+    partial_files,
+    single_run,
+    sparse_copy,
+    start_batch,
+    wait_for,
+)
+from tests.builders import SyntheticKernel
+
+pytestmark = pytest.mark.slow
+WORKER_BOUND_KIB = 96 * 1024
+
+
+def manifest(out_dir: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in (out_dir / "batch.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def slow_inputs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, bytes, int]:
+    """A directory of 6 copies of a sparse 1 GiB machine (each takes most of a second),
+    and the single-run output of one of them."""
+    root = tmp_path_factory.mktemp("batch-slow")
+    first = root / "m0" / "vmcore"
+    first.parent.mkdir()
+    SyntheticKernel("6.1", ram_size=1 << 30, data_fraction=0.05, seed=3).write(first)
+    for i in range(1, 6):
+        (root / f"m{i}").mkdir()
+        sparse_copy(first, root / f"m{i}" / "vmcore")
+    expected = single_run(("-d", "31"), first, tmp_path_factory.mktemp("slow-ref") / "o")
+    assert expected is not None
+    return root, expected, 6
+
+
+def _check_against_single_runs(mixed: MixedDir, out: Path, records: list[dict[str, Any]]
+                               ) -> dict[Path, dict[str, Any]]:
+    by_input = {Path(r["input"]): r for r in records}
+    assert set(by_input) == set(mixed.expected)  # the dmesg text file was passed over
+    for path, data in mixed.expected.items():
+        record = by_input[path]
+        output = mixed.output_of(out, path)
+        assert record["output"] == str(output)
+        assert record["size"] == path.stat().st_size
+        with path.open("rb") as f:
+            assert record["sha256_1mib"] == hashlib.sha256(f.read(1 << 20)).hexdigest()
+        if data is None:
+            assert record["status"] == "error", record
+            assert str(path) in record["error"]
+            assert not output.exists()
+        else:
+            assert record["status"] == "done", record
+            assert output.read_bytes() == data, path
+            assert stat.S_IMODE(output.stat().st_mode) == 0o600
+            assert record["bytes_out"] == len(data)
+            assert 0 < record["peak_rss_kib"] < WORKER_BOUND_KIB
+            assert record["remaining_pages"] + sum(record["pages"].values()) == \
+                record["original_pages"]
+    return by_input
+
+
+def test_mixed_directory_equals_single_runs_and_rerun_skips(mixed_dir: MixedDir,
+                                                            tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    proc = cdbdump("batch", str(mixed_dir.root), "--out", str(out), "--jobs", "2",
+                   *mixed_dir.options)
+    assert proc.returncode == 1, proc.stderr  # the corrupt and truncated inputs
+    assert "Traceback" not in proc.stderr
+    records = manifest(out)
+    by_input = _check_against_single_runs(mixed_dir, out, records)
+    assert by_input[mixed_dir.root / "host-c" / "vmcore"]["path_taken"] == "bitmap"
+    assert by_input[mixed_dir.root / "host-a" / "vmcore"]["path_taken"] == "fallback"
+    assert not partial_files(out)
+    # not a terminal: one line per input on stderr, the merged table on stdout
+    lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("[")]
+    assert len(lines) == len(mixed_dir.expected)
+    errors = sum(v is None for v in mixed_dir.expected.values())
+    done = len(mixed_dir.expected) - errors
+    assert any(ln.split()[:2] == ["done", str(done)] for ln in proc.stdout.splitlines())
+    assert any(ln.split()[:2] == ["error", str(errors)] for ln in proc.stdout.splitlines())
+
+    before = {p: p.stat() for p in out.rglob("*.kdump")}
+    again = cdbdump("batch", str(mixed_dir.root), "--out", str(out), "--jobs", "2",
+                    *mixed_dir.options)
+    assert again.returncode == 1, again.stderr
+    second = manifest(out)[len(records):]
+    assert len(second) == len(records)
+    for record in second:
+        expected = mixed_dir.expected[Path(record["input"])]
+        assert record["status"] == ("error" if expected is None else "skipped"), record
+    for path, st in before.items():  # nothing rewritten
+        assert (path.stat().st_ino, path.stat().st_mtime_ns) == (st.st_ino, st.st_mtime_ns)
+    assert any(ln.split()[:2] == ["skipped", str(done)] for ln in again.stdout.splitlines())
+
+
+def test_killed_worker_loses_nothing(slow_inputs: tuple[Path, bytes, int], tmp_path: Path,
+                                     reaper: list[Any]) -> None:
+    root, expected, count = slow_inputs
+    out = tmp_path / "out"
+    proc = start_batch(str(root), "--out", str(out), "--jobs", "2", "-d", "31")
+    reaper.append(proc)
+    part = wait_for(lambda: partial_files(out), 60, "a worker writing an output")
+    assert isinstance(part, list)
+    victim = part[0]
+    pid = partial_pid(victim)
+    assert pid is not None and pid != proc.pid
+    os.kill(pid, signal.SIGKILL)  # a pool worker the batch started, mid-dump
+    _stdout, stderr = proc.communicate(timeout=BATCH_TIMEOUT_S)
+    assert proc.returncode == 0, stderr
+    records = manifest(out)
+    assert len(records) == count
+    assert {r["status"] for r in records} == {"done"}
+    killed = next(r for r in records if r["output"] == str(victim.parent / "vmcore.kdump"))
+    assert killed["attempts"] == 2
+    assert str(pid) not in killed["worker"]
+    for record in records:
+        assert Path(record["output"]).read_bytes() == expected
+    assert not partial_files(out)
+
+
+def _signal_after_first_done(out: Path, proc: Any, signum: int) -> None:
+    def first_done() -> bool:
+        path = out / "batch.jsonl"
+        return path.exists() and '"status":"done"' in path.read_text()
+
+    wait_for(first_done, 60, "the first finished input")
+    proc.send_signal(signum)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_interrupted_batch_restarts_without_redoing_work(
+    slow_inputs: tuple[Path, bytes, int], tmp_path: Path, reaper: list[Any], signum: int
+) -> None:
+    root, expected, count = slow_inputs
+    out = tmp_path / "out"
+    proc = start_batch(str(root), "--out", str(out), "--jobs", "1", "-d", "31")
+    reaper.append(proc)
+    _signal_after_first_done(out, proc, signum)
+    _stdout, stderr = proc.communicate(timeout=BATCH_TIMEOUT_S)
+    assert proc.returncode == 128 + signum, stderr
+    assert "interrupted" in stderr and "Traceback" not in stderr
+    first = manifest(out)
+    done = {r["output"] for r in first if r["status"] == "done"}
+    assert 1 <= len(done) < count
+    assert {str(p) for p in out.rglob("*.kdump")} == done  # no output without a record
+    assert not partial_files(out)
+    stats = {p: (Path(p).stat().st_ino, Path(p).stat().st_mtime_ns) for p in done}
+
+    again = cdbdump("batch", str(root), "--out", str(out), "--jobs", "2", "-d", "31")
+    assert again.returncode == 0, again.stderr
+    second = manifest(out)[len(first):]
+    assert len(second) == count
+    for record in second:
+        assert record["status"] == ("skipped" if record["output"] in done else "done")
+        assert Path(record["output"]).read_bytes() == expected
+    assert {p: (Path(p).stat().st_ino, Path(p).stat().st_mtime_ns) for p in done} == stats
+
+
+def test_memory_bound_turns_a_big_allocation_into_an_error_line(
+    slow_inputs: tuple[Path, bytes, int], tmp_path: Path
+) -> None:
+    root, _expected, _count = slow_inputs
+    out = tmp_path / "out"
+    proc = cdbdump("batch", str(root / "m0" / "vmcore"), "--out", str(out), "--jobs", "1",
+                   "--memory", "1", "-c")
+    assert proc.returncode == 1, proc.stderr
+    assert "Traceback" not in proc.stderr
+    (record,) = manifest(out)
+    assert record["status"] == "error"
+    assert "memory bound (1 MiB)" in record["error"]
+    assert not partial_files(out) and not list(out.rglob("*.kdump"))
+
