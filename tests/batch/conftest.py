@@ -10,9 +10,12 @@ options: exit 0 and its bytes, or a failure.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import shutil
 import signal
+import stat
 import struct
 import subprocess
 import sys
@@ -20,6 +23,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 from click.testing import CliRunner
@@ -92,6 +96,22 @@ def mixed_dir(tiny_vmcore: MakeVmcore, tmp_path_factory: pytest.TempPathFactory)
     return MixedDir(root, options, expected)
 
 
+@pytest.fixture(scope="session")
+def slow_inputs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, bytes, int]:
+    """A directory of 6 copies of a sparse 1 GiB machine (each takes most of a second),
+    and the single-run output of one of them."""
+    root = tmp_path_factory.mktemp("batch-slow")
+    first = root / "m0" / "vmcore"
+    first.parent.mkdir()
+    SyntheticKernel("6.1", ram_size=1 << 30, data_fraction=0.05, seed=3).write(first)
+    for i in range(1, 6):
+        (root / f"m{i}").mkdir()
+        sparse_copy(first, root / f"m{i}" / "vmcore")
+    expected = single_run(("-d", "31"), first, tmp_path_factory.mktemp("slow-ref") / "o")
+    assert expected is not None
+    return root, expected, 6
+
+
 def cdbdump(*args: str, timeout: float = BATCH_TIMEOUT_S) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "cdbdump", *args], capture_output=True,
                           text=True, timeout=timeout, check=False)
@@ -129,3 +149,36 @@ def reaper() -> Iterator[list[subprocess.Popen[str]]]:
 
 def copy_tree(src: Path, dst: Path) -> None:
     shutil.copytree(src, dst, copy_function=lambda s, d: sparse_copy(Path(s), Path(d)))
+
+
+WORKER_BOUND_KIB = 96 * 1024
+
+
+def manifest(out_dir: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in (out_dir / "batch.jsonl").read_text().splitlines()]
+
+
+def check_against_single_runs(mixed: MixedDir, out: Path, records: list[dict[str, Any]]
+                               ) -> dict[Path, dict[str, Any]]:
+    by_input = {Path(r["input"]): r for r in records}
+    assert set(by_input) == set(mixed.expected)  # the dmesg text file was passed over
+    for path, data in mixed.expected.items():
+        record = by_input[path]
+        output = mixed.output_of(out, path)
+        assert record["output"] == str(output)
+        assert record["size"] == path.stat().st_size
+        with path.open("rb") as f:
+            assert record["sha256_1mib"] == hashlib.sha256(f.read(1 << 20)).hexdigest()
+        if data is None:
+            assert record["status"] == "error", record
+            assert str(path) in record["error"]
+            assert not output.exists()
+        else:
+            assert record["status"] == "done", record
+            assert output.read_bytes() == data, path
+            assert stat.S_IMODE(output.stat().st_mode) == 0o600
+            assert record["bytes_out"] == len(data)
+            assert 0 < record["peak_rss_kib"] < WORKER_BOUND_KIB
+            assert record["remaining_pages"] + sum(record["pages"].values()) == \
+                record["original_pages"]
+    return by_input

@@ -6,11 +6,8 @@ the manifest is read back; workers are killed and the batch interrupted for real
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import signal
-import stat
 from pathlib import Path
 from typing import Any
 
@@ -21,62 +18,14 @@ from tests.batch.conftest import (
     BATCH_TIMEOUT_S,
     MixedDir,
     cdbdump,
+    check_against_single_runs,
+    manifest,
     partial_files,
-    single_run,
-    sparse_copy,
     start_batch,
     wait_for,
 )
-from tests.builders import SyntheticKernel
 
 pytestmark = pytest.mark.slow
-WORKER_BOUND_KIB = 96 * 1024
-
-
-def manifest(out_dir: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in (out_dir / "batch.jsonl").read_text().splitlines()]
-
-
-@pytest.fixture(scope="module")
-def slow_inputs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, bytes, int]:
-    """A directory of 6 copies of a sparse 1 GiB machine (each takes most of a second),
-    and the single-run output of one of them."""
-    root = tmp_path_factory.mktemp("batch-slow")
-    first = root / "m0" / "vmcore"
-    first.parent.mkdir()
-    SyntheticKernel("6.1", ram_size=1 << 30, data_fraction=0.05, seed=3).write(first)
-    for i in range(1, 6):
-        (root / f"m{i}").mkdir()
-        sparse_copy(first, root / f"m{i}" / "vmcore")
-    expected = single_run(("-d", "31"), first, tmp_path_factory.mktemp("slow-ref") / "o")
-    assert expected is not None
-    return root, expected, 6
-
-
-def _check_against_single_runs(mixed: MixedDir, out: Path, records: list[dict[str, Any]]
-                               ) -> dict[Path, dict[str, Any]]:
-    by_input = {Path(r["input"]): r for r in records}
-    assert set(by_input) == set(mixed.expected)  # the dmesg text file was passed over
-    for path, data in mixed.expected.items():
-        record = by_input[path]
-        output = mixed.output_of(out, path)
-        assert record["output"] == str(output)
-        assert record["size"] == path.stat().st_size
-        with path.open("rb") as f:
-            assert record["sha256_1mib"] == hashlib.sha256(f.read(1 << 20)).hexdigest()
-        if data is None:
-            assert record["status"] == "error", record
-            assert str(path) in record["error"]
-            assert not output.exists()
-        else:
-            assert record["status"] == "done", record
-            assert output.read_bytes() == data, path
-            assert stat.S_IMODE(output.stat().st_mode) == 0o600
-            assert record["bytes_out"] == len(data)
-            assert 0 < record["peak_rss_kib"] < WORKER_BOUND_KIB
-            assert record["remaining_pages"] + sum(record["pages"].values()) == \
-                record["original_pages"]
-    return by_input
 
 
 def test_mixed_directory_equals_single_runs_and_rerun_skips(mixed_dir: MixedDir,
@@ -87,7 +36,7 @@ def test_mixed_directory_equals_single_runs_and_rerun_skips(mixed_dir: MixedDir,
     assert proc.returncode == 1, proc.stderr  # the corrupt and truncated inputs
     assert "Traceback" not in proc.stderr
     records = manifest(out)
-    by_input = _check_against_single_runs(mixed_dir, out, records)
+    by_input = check_against_single_runs(mixed_dir, out, records)
     assert by_input[mixed_dir.root / "host-c" / "vmcore"]["path_taken"] == "bitmap"
     assert by_input[mixed_dir.root / "host-a" / "vmcore"]["path_taken"] == "fallback"
     assert not partial_files(out)
