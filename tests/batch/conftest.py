@@ -112,9 +112,10 @@ def slow_inputs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, bytes, 
     return root, expected, 6
 
 
-def cdbdump(*args: str, timeout: float = BATCH_TIMEOUT_S) -> subprocess.CompletedProcess[str]:
+def cdbdump(*args: str, timeout: float = BATCH_TIMEOUT_S, cwd: Path | None = None
+            ) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "cdbdump", *args], capture_output=True,
-                          text=True, timeout=timeout, check=False)
+                          text=True, timeout=timeout, check=False, cwd=cwd)
 
 
 def start_batch(*args: str) -> subprocess.Popen[str]:
