@@ -9,6 +9,8 @@ Parts (each prints its own table; skip one with --skip NAME):
              1st bitmap, kernel bitmap AND) per TiB of RAM, total time, peak RSS.
   scan       the mem_map scan on the same kind of machine: seconds per TiB, and the
              whole run against makedumpfile on it.
+  batch      `cdbdump batch` throughput with 1 and 2 local workers and a Dask
+             LocalCluster of 2 (bench/batch.py).
 
 Peak RSS comes from wait4() of each child; wall time from a monotonic clock.
 """
@@ -177,7 +179,8 @@ def part_scan(work: Path, ram_gib: int, rounds: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--skip", action="append", default=[], choices=["real", "plan", "scan"])
+    parser.add_argument("--skip", action="append", default=[],
+                        choices=["real", "plan", "scan", "batch"])
     parser.add_argument("--ram-gib", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--work", type=Path, default=REPO / ".cache" / "bench")
@@ -191,6 +194,10 @@ def main() -> None:
             part_plan(args.work, args.ram_gib)
         if "scan" not in args.skip:
             part_scan(args.work, args.ram_gib, args.rounds)
+        if "batch" not in args.skip:
+            from bench import batch
+
+            batch.main_part(args.work)
 
 
 if __name__ == "__main__":
