@@ -206,11 +206,11 @@ def command(
         why = hooks.missing(hook) if wanted else None
         if why:
             _fail(why)
-    if shards > 1:
-        _fail("--shards: the split hook is present but batch sharding is not wired to it yet")
+    if shards > 1 and (verify or dmesg):
+        raise click.UsageError("--shards does not combine with --verify or --dmesg yet")
     options = BatchOptions(dump_level=dump_level, codec=Codec[codec],
                            use_kernel_bitmap=use_kernel_bitmap, force=force, verify=verify,
-                           dmesg=dmesg)
+                           dmesg=dmesg, shards=shards)
     executor: Executor
     if scheduler is not None or local_cluster is not None:
         from cdbdump.batch.cluster import DaskCluster

@@ -114,7 +114,7 @@ class DaskCluster:
         by_key: dict[str, Task] = {}
         for task in tasks:
             future = self._client.submit(
-                run_one, task.job.input, task.job.output, options, task.previous,
+                run_one, task.job.input, task.job.output, options, task.previous, task.piece,
                 key=f"cdbdump-batch-{os.getpid()}-{task.number}", pure=False,
             )
             by_key[future.key] = task

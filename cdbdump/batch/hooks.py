@@ -22,11 +22,27 @@ from __future__ import annotations
 import importlib
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from cdbdump.errors import UnsupportedError
 
-__all__ = ("DMESG", "SPLIT", "VERIFY", "Hook", "find", "missing", "run_dmesg", "run_verify")
+if TYPE_CHECKING:
+    from cdbdump.pipeline import DumpOptions
+    from cdbdump.report import DumpReport
+
+__all__ = (
+    "DMESG",
+    "SPLIT",
+    "VERIFY",
+    "Hook",
+    "find",
+    "missing",
+    "run_dmesg",
+    "run_plan_split",
+    "run_reassemble",
+    "run_split_piece",
+    "run_verify",
+)
 
 
 class Hook(NamedTuple):
@@ -81,3 +97,23 @@ def run_dmesg(vmcore: Path, logfile: Path) -> None:
     """Write the kernel log of ``vmcore`` to ``logfile``."""
     (dump_dmesg,) = _require(DMESG)
     dump_dmesg(vmcore, logfile)
+
+
+def run_plan_split(options: DumpOptions, count: int) -> list[tuple[int, int]]:
+    """``count`` pfn ranges [start, end) of about equal kept pages, in pfn order."""
+    plan_split, _piece, _reassemble = _require(SPLIT)
+    ranges = [(int(start), int(end)) for start, end in plan_split(options.vmcore, options, count)]
+    return ranges
+
+
+def run_split_piece(options: DumpOptions, start_pfn: int, end_pfn: int) -> DumpReport:
+    """Write the split piece of pfns [start_pfn, end_pfn) to ``options.dumpfile``."""
+    _plan, dump_split_piece, _reassemble = _require(SPLIT)
+    report: DumpReport = dump_split_piece(options, start_pfn, end_pfn)
+    return report
+
+
+def run_reassemble(pieces: list[Path], dumpfile: Path) -> None:
+    """Reassemble split pieces (in pfn order) into one dump."""
+    _plan, _piece, reassemble = _require(SPLIT)
+    reassemble(pieces, dumpfile)

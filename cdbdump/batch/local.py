@@ -141,7 +141,7 @@ class LocalPool:
                 task = pending.popleft()
                 runs[task.number] = runs.get(task.number, 0) + 1
                 future = pool.submit(run_one, task.job.input, task.job.output, options,
-                                     task.previous)
+                                     task.previous, task.piece)
                 running[future] = task
             done, _ = wait(running, return_when=FIRST_COMPLETED)
             alone = len(running) == 1
@@ -184,7 +184,8 @@ class LocalPool:
             if deaths[task.number] >= self.max_attempts:
                 yield task, failure(
                     task, options, f"{task.job.input}: the worker process died while "
-                    f"processing it alone, {deaths[task.number]} times", attempts=deaths[task.number])
+                    f"processing it alone, {deaths[task.number]} times",
+                    attempts=deaths[task.number])
                 return
         suspects.add(task.number)
         pending.appendleft(task)

@@ -27,9 +27,10 @@ from cdbdump.batch.manifest import (
     summarise,
 )
 from cdbdump.batch.publish import BatchLock, sweep_partials
+from cdbdump.batch.shards import Assembler, plan_pieces
 from cdbdump.batch.tasks import Executor, Task
-from cdbdump.batch.work import ERROR, BatchOptions, Outcome
-from cdbdump.errors import OutputError
+from cdbdump.batch.work import ERROR, BatchOptions, Outcome, existing_outcome
+from cdbdump.errors import CdbdumpError, OutputError
 
 __all__ = ("BatchResult", "run_batch")
 
@@ -103,10 +104,15 @@ def run_batch(
             for src, why in found.problems:
                 record(Outcome(input=src, output=None, status=ERROR, error=f"{src}: {why}",
                                dump_level=options.dump_level, codec=options.codec.label))
+            assembler = Assembler(options)
+            if options.shards > 1:
+                tasks = _shard(tasks, options, record)
             try:
                 with executor:
-                    for _task, outcome in executor.run(tasks, options):
-                        record(outcome)
+                    for task, outcome in executor.run(tasks, options):
+                        whole = assembler.add(task, outcome)
+                        if whole is not None:
+                            record(whole)
             finally:
                 result.swept += sweep_partials(out_dir)
         records, _ = read_records(manifest_path)
@@ -114,3 +120,22 @@ def run_batch(
         result.summary = summarise(records, names)
     result.seconds = time.perf_counter() - start
     return result
+
+
+def _shard(
+    tasks: list[Task], options: BatchOptions, record: Callable[[Outcome], None]
+) -> list[Task]:
+    """Piece tasks for every input not finished yet (planned here, in the parent)."""
+    pieces: list[Task] = []
+    for task in tasks:
+        job = task.job
+        outcome = Outcome.begin(job.input, job.output, options)
+        try:
+            if existing_outcome(job.input, job.output, options, task.previous, outcome):
+                record(outcome)
+                continue
+            pieces += plan_pieces(job, options, len(pieces))
+        except CdbdumpError as exc:
+            outcome.status, outcome.error = ERROR, f"{job.input}: {exc}"
+            record(outcome)
+    return pieces

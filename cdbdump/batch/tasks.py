@@ -9,7 +9,7 @@ from types import TracebackType
 from typing import Any, NamedTuple, Protocol
 
 from cdbdump.batch.discover import Job
-from cdbdump.batch.work import ERROR, BatchOptions, Outcome
+from cdbdump.batch.work import ERROR, BatchOptions, Outcome, Piece
 
 __all__ = ("Executor", "Task", "failure")
 
@@ -18,6 +18,7 @@ class Task(NamedTuple):
     number: int  # position in the batch
     job: Job
     previous: dict[str, Any] | None  # the manifest's last finished record of job.output
+    piece: Piece | None = None  # one pfn range of a sharded input (--shards)
 
 
 class Executor(Protocol):

@@ -15,7 +15,7 @@ import socket
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from cdbdump.batch import hooks
 from cdbdump.batch.existing import output_problem
@@ -27,7 +27,17 @@ from cdbdump.pipeline import DumpOptions, dump
 from cdbdump.report import DumpReport
 from cdbdump.writers.compress import Codec
 
-__all__ = ("DONE", "ERROR", "SKIPPED", "BatchOptions", "Outcome", "dmesg_path", "run_one")
+__all__ = (
+    "DONE",
+    "ERROR",
+    "SKIPPED",
+    "BatchOptions",
+    "Outcome",
+    "Piece",
+    "dmesg_path",
+    "existing_outcome",
+    "run_one",
+)
 
 DONE, SKIPPED, ERROR = "done", "skipped", "error"
 FINGERPRINT_BYTES = 1 << 20  # the manifest's sha256 covers the first MiB of an input
@@ -47,6 +57,21 @@ class BatchOptions:
     verify: bool = False  # run `cdbdump verify` on each output before publishing it
     dmesg: bool = False  # also write each input's kernel log (--dump-dmesg)
     memory_bound: int | None = None  # bytes (RLIMIT_DATA) for the process running run_one
+    shards: int = 1  # pieces per input (--shards): pfn ranges written by separate workers
+
+    def dump_options(self, vmcore: Path, dumpfile: Path) -> DumpOptions:
+        return DumpOptions(vmcore=vmcore, dumpfile=dumpfile,
+                           dump_level=DumpLevel(self.dump_level), codec=self.codec,
+                           use_kernel_bitmap=self.use_kernel_bitmap)
+
+
+class Piece(NamedTuple):
+    """One pfn range of a sharded input (the --split semantics)."""
+
+    number: int  # 0-based
+    total: int  # pieces of the input
+    start_pfn: int
+    end_pfn: int
 
 
 @dataclass(slots=True)
@@ -84,6 +109,19 @@ class Outcome:
     attempts: int = 1
     traceback: str | None = None  # an unexpected exception's (a bug to report)
 
+    @classmethod
+    def begin(cls, input_path: Path, output_path: Path, options: BatchOptions) -> Outcome:
+        """An error Outcome for this input, until the work says otherwise."""
+        return cls(
+            input=str(input_path),
+            output=str(output_path),
+            dump_level=options.dump_level,
+            codec=options.codec.label,
+            use_kernel_bitmap=options.use_kernel_bitmap,
+            memory_bound=options.memory_bound,
+            worker=f"{socket.gethostname()}:{os.getpid()}",
+        )
+
     def as_json(self) -> dict[str, Any]:
         return asdict(self)
 
@@ -115,27 +153,25 @@ def run_one(
     output_path: Path,
     options: BatchOptions,
     previous: dict[str, Any] | None = None,
+    piece: Piece | None = None,
 ) -> Outcome:
     """Turn ``input_path`` into ``output_path``; return what happened.
 
     ``previous`` is the manifest's last ``done`` record of this output (from an
-    earlier run), used to tell a finished output from a stale one.
+    earlier run), used to tell a finished output from a stale one. With ``piece``
+    only that pfn range is written, as one split piece beside ``output_path``
+    (named in the Outcome's ``output``), for shards.Assembler to reassemble.
     """
     start = time.perf_counter()
     if options.memory_bound is not None:
         _ensure_memory_bound(options.memory_bound)
     reset_peak_rss()
-    outcome = Outcome(
-        input=str(input_path),
-        output=str(output_path),
-        dump_level=options.dump_level,
-        codec=options.codec.label,
-        use_kernel_bitmap=options.use_kernel_bitmap,
-        memory_bound=options.memory_bound,
-        worker=f"{socket.gethostname()}:{os.getpid()}",
-    )
+    outcome = Outcome.begin(input_path, output_path, options)
     try:
-        _process(input_path, output_path, options, previous, outcome)
+        if piece is None:
+            _process(input_path, output_path, options, previous, outcome)
+        else:
+            _process_piece(input_path, output_path, options, piece, outcome)
     except CdbdumpError as exc:
         outcome.status, outcome.error = ERROR, str(exc)
     except MemoryError:
@@ -182,6 +218,33 @@ def _existing_problem(
     return output_problem(output, options.codec, level)
 
 
+def existing_outcome(
+    input_path: Path,
+    output_path: Path,
+    options: BatchOptions,
+    previous: dict[str, Any] | None,
+    outcome: Outcome,
+) -> bool:
+    """Decide on an output that may exist already; True when nothing is left to do.
+
+    Fills ``outcome`` with the input's fingerprint, and marks it skipped when the
+    output is this input's finished output. Raises OutputError when an output
+    exists that is not, unless -f (then ``outcome.replaced`` says why).
+    """
+    size, sha = _fingerprint(input_path)
+    outcome.size, outcome.sha256_1mib = size, sha
+    if not (output_path.exists() or output_path.is_symlink()):
+        return False
+    problem = _existing_problem(output_path, options, previous, size, sha)
+    if problem is None:
+        _skip(output_path, options, previous, outcome)
+        return True
+    if not options.force:
+        raise OutputError(f"exists and {problem}; -f replaces it", path=str(output_path))
+    outcome.replaced = problem
+    return False
+
+
 def _process(
     input_path: Path,
     output_path: Path,
@@ -189,38 +252,45 @@ def _process(
     previous: dict[str, Any] | None,
     outcome: Outcome,
 ) -> None:
-    size, sha = _fingerprint(input_path)
-    outcome.size, outcome.sha256_1mib = size, sha
-    if output_path.exists() or output_path.is_symlink():
-        problem = _existing_problem(output_path, options, previous, size, sha)
-        if problem is None:
-            _skip(output_path, options, previous, outcome)
-            return
-        if not options.force:
-            raise OutputError(f"exists and {problem}; -f replaces it", path=str(output_path))
-        outcome.replaced = problem
+    if existing_outcome(input_path, output_path, options, previous, outcome):
+        return
     output_path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     partial = partial_name(output_path)
-    dump_options = DumpOptions(
-        vmcore=input_path,
-        dumpfile=partial,
-        dump_level=DumpLevel(options.dump_level),
-        codec=options.codec,
-        use_kernel_bitmap=options.use_kernel_bitmap,
-    )
     try:
-        report = dump(dump_options)
+        report = dump(options.dump_options(input_path, partial))
         if options.verify:
             hooks.run_verify(partial, input_path)
             outcome.verified = True
         publish(partial, output_path, replace=options.force)
     finally:
         partial.unlink(missing_ok=True)  # published, or a failed run: never left behind
-    _record(report, outcome)
+    record_report(report, outcome)
     outcome.bytes_out = output_path.stat().st_size
     outcome.status = DONE
     if options.dmesg:
         _write_dmesg(input_path, output_path, outcome)
+
+
+def _process_piece(
+    input_path: Path, output_path: Path, options: BatchOptions, piece: Piece, outcome: Outcome
+) -> None:
+    size, sha = _fingerprint(input_path)
+    outcome.size, outcome.sha256_1mib = size, sha
+    output_path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    path = partial_name(output_path.with_name(
+        f"{output_path.name}.piece{piece.number + 1}of{piece.total}"))
+    kept = False
+    try:
+        report = hooks.run_split_piece(options.dump_options(input_path, path),
+                                       piece.start_pfn, piece.end_pfn)
+        kept = True
+    finally:
+        if not kept:
+            path.unlink(missing_ok=True)
+    record_report(report, outcome)
+    outcome.output = str(path)  # a temporary file: the assembler's to reassemble or remove
+    outcome.bytes_out = path.stat().st_size
+    outcome.status = DONE
 
 
 def _skip(
@@ -242,7 +312,7 @@ def _skip(
             _write_dmesg(Path(outcome.input), output, outcome)
 
 
-def _record(report: DumpReport, outcome: Outcome) -> None:
+def record_report(report: DumpReport, outcome: Outcome) -> None:
     outcome.path_taken = report.path_taken.value
     outcome.fallback_reason = report.fallback_reason
     outcome.pages = report.counts.as_dict()

@@ -11,11 +11,13 @@ from pathlib import Path
 import pytest
 
 from cdbdump.batch import hooks
-from cdbdump.batch.discover import discover
+from cdbdump.batch.discover import Job, discover
 from cdbdump.batch.existing import output_problem
 from cdbdump.batch.manifest import finished_by_output, read_records
 from cdbdump.batch.publish import BatchLock, partial_name, publish, sweep_partials
-from cdbdump.batch.work import BatchOptions, run_one
+from cdbdump.batch.shards import Assembler
+from cdbdump.batch.tasks import Task
+from cdbdump.batch.work import BatchOptions, Outcome, Piece, run_one
 from cdbdump.errors import OutputError
 from cdbdump.formats.kdump import DISK_DUMP_HEADER_STATUS_OFFSET, DUMP_DH_COMPRESSED_INCOMPLETE
 from cdbdump.writers.compress import Codec
@@ -183,3 +185,43 @@ def test_batch_subcommand_leaves_the_makedumpfile_form_alone(
     assert (tmp_path / "o.kdump").exists()
     helped = cdbdump("batch", "--help")
     assert helped.returncode == 0 and "--local-cluster" in helped.stdout
+
+
+def _piece_outcome(job_output: Path, number: int, data: bytes | None) -> Outcome:
+    """What run_one returns for a piece: its temporary file, or an error (and no file)."""
+    if data is None:
+        return Outcome(input="in", output=str(job_output), error=f"piece {number} broke")
+    piece = partial_name(job_output.with_name(f"{job_output.name}.piece{number + 1}of2"))
+    piece.write_bytes(data)
+    return Outcome(input="in", output=str(piece), status="done", size=1,
+                   pages={"free": number + 1}, original_pages=10, seconds=1.0,
+                   worker=f"w{number}")
+
+
+def test_shard_assembler_reassembles_pieces_in_pfn_order(tmp_path: Path) -> None:
+    def concatenate(pieces: list[Path], dumpfile: Path) -> None:  # pieces in order, one file
+        dumpfile.write_bytes(b"".join(p.read_bytes() for p in pieces))
+
+    out = tmp_path / "vmcore.kdump"
+    job = Job(tmp_path / "vmcore", out, 1)
+    options = BatchOptions(shards=2)
+    assembler = Assembler(options, concatenate)
+    tasks = [Task(i, job, None, Piece(i, 2, i * 100, (i + 1) * 100)) for i in range(2)]
+    late = _piece_outcome(out, 1, b"second")
+    assert assembler.add(tasks[1], late) is None  # the last range finished first
+    whole = assembler.add(tasks[0], _piece_outcome(out, 0, b"first-"))
+    assert whole is not None and whole.status == "done"
+    assert out.read_bytes() == b"first-second"
+    assert whole.pages == {"free": 3} and whole.remaining_pages == 7
+    assert whole.worker == "w0,w1" and whole.seconds == 2.0
+    assert not list(tmp_path.glob(".*.part"))
+
+    broken = Assembler(options, concatenate)
+    other = Job(tmp_path / "v2", tmp_path / "v2.kdump", 1)
+    assert broken.add(Task(0, other, None, Piece(0, 2, 0, 100)),
+                      _piece_outcome(other.output, 0, b"a")) is None
+    failed = broken.add(Task(1, other, None, Piece(1, 2, 100, 200)),
+                        _piece_outcome(other.output, 1, None))
+    assert failed is not None and failed.status == "error"
+    assert "piece 1 broke" in (failed.error or "")
+    assert not other.output.exists() and not list(tmp_path.glob(".*.part"))

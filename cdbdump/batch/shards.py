@@ -1,0 +1,117 @@
+"""One huge input across several workers: pfn ranges in, one dump out.
+
+With ``--shards K`` the parent plans K pfn ranges of about equal kept pages
+(the --split semantics), the executor runs one task per range (run_one with a
+Piece: each worker writes one split piece), and the Assembler reassembles the
+pieces, in pfn order, into one dump that must be byte-identical to the
+single-process dump, then publishes it like any output. A piece that fails
+fails its input (its other pieces are removed); pieces are temporary files, so
+a batch that dies leaves nothing the next run would take for a dump.
+
+The planning, piece writing and reassembly are the split hook's (hooks.SPLIT,
+issue 6); this module only schedules and collects.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from cdbdump.batch import hooks
+from cdbdump.batch.discover import Job
+from cdbdump.batch.publish import partial_name, publish
+from cdbdump.batch.tasks import Task, failure
+from cdbdump.batch.work import DONE, BatchOptions, Outcome, Piece
+from cdbdump.errors import CdbdumpError
+
+__all__ = ("Assembler", "plan_pieces")
+
+Reassemble = Callable[[list[Path], Path], None]
+
+
+def plan_pieces(job: Job, options: BatchOptions, first_number: int) -> list[Task]:
+    """The piece tasks of ``job``, numbered from ``first_number``.
+
+    Raises:
+        CdbdumpError: the input cannot be planned (then it is one error record).
+    """
+    ranges = hooks.run_plan_split(options.dump_options(job.input, job.output), options.shards)
+    return [Task(first_number + i, job, None, Piece(i, len(ranges), start, end))
+            for i, (start, end) in enumerate(ranges)]
+
+
+@dataclass(slots=True)
+class _Pending:
+    total: int
+    outcomes: dict[int, Outcome] = field(default_factory=dict)
+
+
+class Assembler:
+    """Collects piece outcomes; returns the input's Outcome once all are in."""
+
+    def __init__(self, options: BatchOptions, reassemble: Reassemble = hooks.run_reassemble
+                 ) -> None:
+        self.options = options
+        self.reassemble = reassemble
+        self._pending: dict[Path, _Pending] = {}
+
+    def add(self, task: Task, outcome: Outcome) -> Outcome | None:
+        piece = task.piece
+        if piece is None:
+            return outcome  # not sharded
+        entry = self._pending.setdefault(task.job.output, _Pending(piece.total))
+        entry.outcomes[piece.number] = outcome
+        if len(entry.outcomes) < entry.total:
+            return None
+        del self._pending[task.job.output]
+        pieces = [entry.outcomes[i] for i in range(entry.total)]
+        try:
+            return self._finish(task, pieces)
+        finally:
+            for p in pieces:
+                if p.status == DONE and p.output:
+                    Path(p.output).unlink(missing_ok=True)
+
+    def _finish(self, task: Task, pieces: list[Outcome]) -> Outcome:
+        job = task.job
+        bad = [p for p in pieces if p.status != DONE]
+        if bad:
+            return failure(task, self.options, "; ".join(p.error or "piece failed" for p in bad),
+                           attempts=max(p.attempts for p in pieces))
+        partial = partial_name(job.output)
+        try:
+            self.reassemble([Path(p.output or "") for p in pieces], partial)
+            publish(partial, job.output, replace=self.options.force)
+        except CdbdumpError as exc:
+            return failure(task, self.options, f"{job.input}: {exc}",
+                           attempts=max(p.attempts for p in pieces))
+        finally:
+            partial.unlink(missing_ok=True)
+        return _merged(job, pieces)
+
+
+def _merged(job: Job, pieces: list[Outcome]) -> Outcome:
+    """The input's Outcome from its pieces' (page counts add up; facts are shared)."""
+    first = pieces[0]
+    out = Outcome(
+        input=str(job.input), output=str(job.output), status=DONE, size=first.size,
+        sha256_1mib=first.sha256_1mib, path_taken=first.path_taken,
+        fallback_reason=first.fallback_reason, original_pages=first.original_pages,
+        bytes_in=first.bytes_in, bytes_out=job.output.stat().st_size,
+        seconds=sum(p.seconds for p in pieces), dump_level=first.dump_level,
+        dump_level_applied=first.dump_level_applied, codec=first.codec,
+        use_kernel_bitmap=first.use_kernel_bitmap, levels_not_applied=first.levels_not_applied,
+        peak_rss_kib=max(p.peak_rss_kib or 0 for p in pieces), memory_bound=first.memory_bound,
+        worker=",".join(p.worker for p in pieces), attempts=max(p.attempts for p in pieces),
+    )
+    pages: dict[str, int] = {}
+    for p in pieces:
+        for name, n in (p.pages or {}).items():
+            pages[name] = pages.get(name, 0) + n
+        out.warnings.extend(w for w in p.warnings if w not in out.warnings)
+    out.pages = pages
+    if out.original_pages is not None:
+        out.remaining_pages = out.original_pages - sum(pages.values())
+    return out
+
