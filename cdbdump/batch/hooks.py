@@ -9,12 +9,13 @@ here and the adapters change; the batch machinery does not.
           decompresses to one page and equals the source's.
           Contract: verify(dumpfile, source) raises CdbdumpError when it fails.
   dmesg   `--dump-dmesg VMCORE LOGFILE` (makedumpfile's): the kernel log of the crash.
-          Contract: dump_dmesg(vmcore, logfile) writes LOGFILE, raises CdbdumpError.
+          cdbdump.pipeline.dump_dmesg(DmesgOptions(vmcore, logfile)) writes LOGFILE
+          (0600, never over a file) and raises CdbdumpError when no log can be read.
   split   issue 6, `--split` / `--reassemble`: pfn ranges of about equal kept pages,
           one piece each, reassembled into one dump (used by --shards).
           Contract: plan_split(vmcore, options, k) -> [(start_pfn, end_pfn)];
-          dump_split_piece(options, start_pfn, end_pfn, piece) -> DumpReport;
-          reassemble(pieces, dumpfile) -> None.
+          dump_split_piece(options, start_pfn, end_pfn) -> DumpReport whose page
+          counts cover that range only; reassemble(pieces, dumpfile) -> None.
 """
 
 from __future__ import annotations
@@ -53,7 +54,7 @@ class Hook(NamedTuple):
 
 
 VERIFY = Hook("--verify", "cdbdump.verify", ("verify",), "`cdbdump verify` (issue 7)")
-DMESG = Hook("--dmesg", "cdbdump.dmesg", ("dump_dmesg",), "`--dump-dmesg`")
+DMESG = Hook("--dmesg", "cdbdump.pipeline", ("dump_dmesg", "DmesgOptions"), "`--dump-dmesg`")
 SPLIT = Hook("--shards", "cdbdump.split", ("plan_split", "dump_split_piece", "reassemble"),
              "`--split`/`--reassemble` (issue 6)")
 
@@ -93,10 +94,11 @@ def run_verify(dumpfile: Path, source: Path) -> None:
     verify(dumpfile, source)
 
 
-def run_dmesg(vmcore: Path, logfile: Path) -> None:
-    """Write the kernel log of ``vmcore`` to ``logfile``."""
-    (dump_dmesg,) = _require(DMESG)
-    dump_dmesg(vmcore, logfile)
+def run_dmesg(vmcore: Path, logfile: Path) -> list[str]:
+    """Write the kernel log of ``vmcore`` to ``logfile``; return its warnings."""
+    dump_dmesg, dmesg_options = _require(DMESG)
+    result = dump_dmesg(dmesg_options(vmcore=vmcore, logfile=logfile))
+    return [str(w) for w in result.log.warnings]
 
 
 def run_plan_split(options: DumpOptions, count: int) -> list[tuple[int, int]]:

@@ -329,7 +329,7 @@ def _write_dmesg(input_path: Path, output_path: Path, outcome: Outcome) -> None:
     log = dmesg_path(output_path)
     partial = partial_name(log)
     try:
-        hooks.run_dmesg(input_path, partial)
+        outcome.warnings += [f"dmesg: {w}" for w in hooks.run_dmesg(input_path, partial)]
         publish(partial, log, replace=True)
     except CdbdumpError as exc:
         outcome.dmesg_error = str(exc)
