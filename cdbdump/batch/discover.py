@@ -139,6 +139,7 @@ def discover(sources: Sequence[str], out_dir: Path) -> Discovery:
             except OSError as exc:
                 found.problems.append((str(path), f"cannot stat: {exc.strerror}"))
                 continue
+            path = path.absolute()  # records name inputs the same however SRC was spelled
             identity = (st.st_dev, st.st_ino)
             if identity in seen_inputs:
                 continue  # the same file named twice (or through a link)

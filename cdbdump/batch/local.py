@@ -97,9 +97,9 @@ class LocalPool:
     ) -> None:
         self._stop(kill=exc_type is not None)
 
-    def _start(self) -> ProcessPoolExecutor:
+    def _start(self, workers: int) -> ProcessPoolExecutor:
         self._pool = ProcessPoolExecutor(
-            max_workers=self.workers, mp_context=self._ctx, initializer=_init_worker,
+            max_workers=workers, mp_context=self._ctx, initializer=_init_worker,
             initargs=(self._pids,),
         )
         return self._pool
@@ -131,9 +131,12 @@ class LocalPool:
         deaths: dict[int, int] = {}  # times a worker died running the task alone
         suspects: set[int] = set()  # in flight when a worker died: run alone from now on
         running: dict[Future[Outcome], Task] = {}
-        pool = self._pool or self._start()
+        if not pending:
+            return
+        workers = min(self.workers, len(pending))  # no idle workers to start
+        pool = self._pool or self._start(workers)
         while pending or running:
-            while pending and len(running) < self.workers:
+            while pending and len(running) < workers:
                 if any(t.number in suspects for t in running.values()):
                     break  # a suspect runs alone, so that a death is attributed exactly
                 if pending[0].number in suspects and running:
@@ -167,7 +170,7 @@ class LocalPool:
                     task = running.pop(future)
                     yield from self._died(task, options, False, deaths, suspects, pending)
                 self._stop(kill=True)
-                pool = self._start()
+                pool = self._start(workers)
 
     def _died(
         self,

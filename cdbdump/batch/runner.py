@@ -74,6 +74,7 @@ def run_batch(
             (a bad input never raises: it is an error record).
     """
     start = time.perf_counter()
+    out_dir = out_dir.absolute()
     try:
         out_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     except OSError as exc:
