@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 from pathlib import Path
 from typing import Any
 
@@ -139,3 +140,38 @@ def test_memory_bound_turns_a_big_allocation_into_an_error_line(
     assert "memory bound (1 MiB)" in record["error"]
     assert not partial_files(out) and not list(out.rglob("*.kdump"))
 
+
+
+def test_an_input_that_keeps_killing_its_worker_is_an_error_line(
+    slow_inputs: tuple[Path, bytes, int], tmp_path: Path, reaper: list[Any]
+) -> None:
+    root, expected, _count = slow_inputs
+    src = tmp_path / "in"
+    for name in ("m0", "m1"):
+        (src / name).mkdir(parents=True)
+        (src / name / "vmcore").symlink_to(root / name / "vmcore")
+    out = tmp_path / "out"
+    proc = start_batch(str(src), "--out", str(out), "--jobs", "2", "-d", "31")
+    reaper.append(proc)
+    killed: set[int] = set()
+    while proc.poll() is None:  # every worker that starts writing m0's output dies
+        for part in partial_files(out / "m0"):
+            pid = partial_pid(part)
+            if pid is not None and pid not in killed:
+                killed.add(pid)
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+        time.sleep(0.005)
+    _stdout, stderr = proc.communicate(timeout=BATCH_TIMEOUT_S)
+    assert proc.returncode == 1, stderr
+    assert "Traceback" not in stderr
+    records = {Path(r["input"]).parent.name: r for r in manifest(out)}
+    assert records["m1"]["status"] == "done"
+    assert Path(records["m1"]["output"]).read_bytes() == expected
+    assert records["m0"]["status"] == "error"
+    assert records["m0"]["error"].endswith("the worker process died while processing it alone, "
+                                           "3 times")
+    assert len(killed) >= 3
+    assert not partial_files(out) and not (out / "m0" / "vmcore.kdump").exists()
