@@ -21,7 +21,7 @@ from cdbdump.batch import hooks
 from cdbdump.batch.existing import output_problem
 from cdbdump.batch.limits import apply_memory_bound, peak_rss_kib, reset_peak_rss
 from cdbdump.batch.publish import partial_name, publish
-from cdbdump.errors import CdbdumpError, InputError, OutputError
+from cdbdump.errors import CdbdumpError, IncompleteDumpError, InputError, OutputError
 from cdbdump.mm.levels import DumpLevel
 from cdbdump.pipeline import DumpOptions, dump
 from cdbdump.report import DumpReport
@@ -172,6 +172,11 @@ def run_one(
             _process(input_path, output_path, options, previous, outcome)
         else:
             _process_piece(input_path, output_path, options, piece, outcome)
+    except IncompleteDumpError as exc:  # the output filled up: no half output is kept
+        outcome.status = ERROR
+        outcome.error = (f"{output_path}: the output file system filled up after "
+                         f"{exc.file_offset + exc.written:#x} bytes; nothing was kept, a re-run "
+                         "retries it")
     except CdbdumpError as exc:
         outcome.status, outcome.error = ERROR, str(exc)
     except MemoryError:

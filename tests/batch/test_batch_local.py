@@ -7,7 +7,10 @@ the manifest is read back; workers are killed and the batch interrupted for real
 from __future__ import annotations
 
 import os
+import resource
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -175,3 +178,24 @@ def test_an_input_that_keeps_killing_its_worker_is_an_error_line(
                                            "3 times")
     assert len(killed) >= 3
     assert not partial_files(out) and not (out / "m0" / "vmcore.kdump").exists()
+
+
+def test_a_full_output_file_system_keeps_no_half_output(mixed_dir: MixedDir,
+                                                        tmp_path: Path) -> None:
+    vmcore = mixed_dir.root / "host-a" / "vmcore"
+    expected = mixed_dir.expected[vmcore]
+    assert expected is not None and len(expected) > 1 << 20
+    out = tmp_path / "out"
+
+    def small_files() -> None:  # EFBIG past 1 MiB: the writer's "no space" path
+        resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, 1 << 20))
+
+    proc = subprocess.run([sys.executable, "-m", "cdbdump", "batch", str(vmcore), "--out",
+                           str(out), "--jobs", "1", *mixed_dir.options], capture_output=True,
+                          text=True, timeout=BATCH_TIMEOUT_S, preexec_fn=small_files, check=False)
+    assert proc.returncode == 1, proc.stderr
+    assert "Traceback" not in proc.stderr
+    (record,) = manifest(out)
+    assert record["status"] == "error"
+    assert "filled up" in record["error"] and "a re-run retries it" in record["error"]
+    assert not partial_files(out) and not list(out.rglob("*.kdump"))
