@@ -87,3 +87,19 @@ def test_dask_mixed_directory_killed_worker_and_rerun(
     for record in second:
         was = next(r for r in records if r["input"] == record["input"])
         assert record["status"] == ("error" if was["status"] == "error" else "skipped")
+
+
+def test_local_cluster_option_starts_and_stops_its_own_cluster(mixed_dir: MixedDir,
+                                                               tmp_path: Path) -> None:
+    vmcore = mixed_dir.root / "host-b" / "vmcore"
+    out = tmp_path / "out"
+    proc = cdbdump("batch", str(vmcore), "--out", str(out), "--local-cluster", "1",
+                   *mixed_dir.options)
+    assert proc.returncode == 0, proc.stderr
+    assert "Dask LocalCluster of 1 worker process" in proc.stdout
+    (record,) = manifest(out)
+    assert record["status"] == "done"
+    assert (out / "vmcore.kdump").read_bytes() == mixed_dir.expected[vmcore]
+    worker_pid = int(record["worker"].rsplit(":", 1)[1])
+    with pytest.raises(ProcessLookupError):  # the cluster went with the batch
+        os.kill(worker_pid, 0)
