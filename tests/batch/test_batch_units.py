@@ -225,3 +225,13 @@ def test_shard_assembler_reassembles_pieces_in_pfn_order(tmp_path: Path) -> None
     assert failed is not None and failed.status == "error"
     assert "piece 1 broke" in (failed.error or "")
     assert not other.output.exists() and not list(tmp_path.glob(".*.part"))
+
+
+def test_dmesg_failure_is_noted_and_the_dump_stays_done(made_dump: tuple[Path, Path]) -> None:
+    assert hooks.find(hooks.DMESG) is not None  # --dump-dmesg is part of cdbdump now
+    vmcore, out = made_dump  # a synthetic machine without a printk ringbuffer
+    outcome = run_one(vmcore, out, BatchOptions(dump_level=31, dmesg=True))
+    assert outcome.status == "skipped"  # the dump was there; only the log was missing
+    assert "cannot read the kernel log" in (outcome.dmesg_error or "")
+    assert outcome.dmesg is None
+    assert not list(out.parent.glob("*.dmesg.txt")) and not list(out.parent.glob(".*.part"))
