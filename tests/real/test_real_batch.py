@@ -27,7 +27,10 @@ def test_real_vmcores_batch_equals_single_runs(tmp_path: Path) -> None:
     src = tmp_path / "crash"
     src.mkdir()
     raws = {}
-    for name in VMCORES:
+    # a QEMU dump and a /proc/vmcore one are enough here: every vmcore's dump is
+    # already compared with makedumpfile's by the rest of the tier
+    names = [n for n in VMCORES if n.startswith("debian12-6.1-1g")] or VMCORES[:2]
+    for name in names:
         raw = get_vmcore(name).raw
         (src / raw.name).symlink_to(raw)
         raws[src / raw.name] = raw
