@@ -1,5 +1,6 @@
 """One dump, start to end: input → 1st bitmap → 2nd bitmap (kernel bitmap or
-mem_map scan) → kdump-compressed output → report.
+mem_map scan) → output (deliver.py: kdump-compressed or ELF, file, -F stream or
+--split set) → report.
 
 Stages are small functions over runs and bitmaps; this module only composes
 them and records what happened in a DumpReport. It never prints.
@@ -15,11 +16,11 @@ from pathlib import Path
 from typing import BinaryIO
 
 from cdbdump.bitmap import Bitmap
+from cdbdump.deliver import OutputRequest, deliver
 from cdbdump.errors import (
     AddressError,
     CdbdumpError,
     CorruptDumpError,
-    IncompleteDumpError,
     InputError,
     OutputError,
     UnknownFormatError,
@@ -45,7 +46,7 @@ from cdbdump.vmcore.detect import DumpFormat, sniff
 from cdbdump.vmcore.elfcore import ElfCore
 from cdbdump.vmcore.vmcoreinfo import VmcoreInfo
 from cdbdump.writers.compress import Codec
-from cdbdump.writers.kdump import KdumpMetadata, mark_incomplete, write_kdump
+from cdbdump.writers.kdump import KdumpMetadata
 from cdbdump.writers.sink import create_output
 
 __all__ = (
@@ -68,11 +69,19 @@ class DumpOptions:
     """What the user asked for (the CLI builds one of these)."""
 
     vmcore: Path
-    dumpfile: Path
+    dumpfile: Path | None  # None: a flattened stream on stdout (-F)
     dump_level: DumpLevel = DumpLevel.ZERO  # -d; the CLI default is makedumpfile's 0
     codec: Codec = Codec.ZSTD
     use_kernel_bitmap: bool = False  # -q
     force: bool = False  # -f
+    elf: bool = False  # -E
+    split_files: tuple[Path, ...] = ()  # --split: dumpfile is ignored
+    splitblock_bytes: int | None = None  # --splitblock-size
+
+    @property
+    def output(self) -> OutputRequest:
+        return OutputRequest(self.dumpfile, self.codec, self.force, self.elf, self.split_files,
+                             self.splitblock_bytes)
 
 
 @dataclass(frozen=True, slots=True)
@@ -219,7 +228,7 @@ def dump(options: DumpOptions, progress: ProgressCallback | None = None) -> Dump
     level = options.dump_level
     report = DumpReport(
         vmcore=str(options.vmcore),
-        dumpfile=str(options.dumpfile),
+        dumpfile=options.output.name,
         dump_level_requested=int(level),
         codec=options.codec.label,
     )
@@ -263,40 +272,8 @@ def dump(options: DumpOptions, progress: ProgressCallback | None = None) -> Dump
         )
         with _timed(report, "write pages"):
             file.advise_streaming()
-            out = create_output(options.dumpfile, options.force, inputs=[options.vmcore])
-            writer_progress = (
-                None if progress is None
-                else lambda done, total: progress("Copying data", done, total)
-            )
-            try:
-                result = write_kdump(
-                    out,
-                    meta,
-                    bitmap1,
-                    bitmap2,
-                    image.phys,
-                    options.codec,
-                    exclude_zero=bool(applied & DumpLevel.ZERO),
-                    progress=writer_progress,
-                    allow_incomplete=True,
-                )
-            except CdbdumpError:
-                out.discard()  # nothing of the dump was kept: no half file left behind
-                raise
-            except BaseException:
-                out.discard()  # interrupted: a partial file must not pass for a dump
-                raise
-            report.counts.zero = result.nr_zero_pages
-            report.pages_written = result.nr_pages_written
-            report.bytes_out = result.bytes_written
-            report.bytes_written = out.bytes_written
-            if result.no_space is not None:
-                # reference: makedumpfile check_and_modify_kdump_headers — keep what
-                # was written, flag the header INCOMPLETE, exit 1
-                mark_incomplete(out, result)
-                out.close()
-                raise IncompleteDumpError(result.nr_pages_lost, result.no_space, report)
-            out.close()
+            deliver(options.output, options.vmcore, image.core, image.phys, meta, bitmap1,
+                    bitmap2, bool(applied & DumpLevel.ZERO), report, progress)
     return report
 
 
