@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """Batch throughput: the same inputs through 1 and 2 local workers and a Dask
-LocalCluster of 2, beside a shell loop of single `cdbdump` runs.
+LocalCluster of 2, beside a shell loop of single `cdbdump` runs; one input split
+over 2 workers (--shards 2) against the single-process dump.
 
 Inputs: N copies of a sparse synthetic 6.1 machine (built once into the work
 directory). Each configuration runs `cdbdump batch` from scratch into an empty
@@ -100,7 +101,26 @@ def main_part(work: Path, count: int = 8, ram_gib: int = 1, data_fraction: float
             print("  batch --local-cluster 2: skipped (pip install 'cdbdump[dask]')")
         else:
             run_batch("batch --local-cluster 2", src, scratch, "--local-cluster", "2")
-    print("  batch --shards 2: not measured (needs --split from the streams issue)")
+        run_shards(src / "m0" / "vmcore", scratch)
+
+
+def run_shards(vmcore: Path, work: Path) -> None:
+    """One input: the single-process dump against batch --shards 2 (2 workers)."""
+    single = work / "single.kdump"
+    single.unlink(missing_ok=True)
+    start = time.monotonic()
+    subprocess.run([sys.executable, "-m", "cdbdump", "-d", "31", "--message-level", "0",
+                    str(vmcore), str(single)], check=True)
+    _line("one input, single process", time.monotonic() - start, [vmcore])
+    out = work / "shards"
+    shutil.rmtree(out, ignore_errors=True)
+    start = time.monotonic()
+    subprocess.run([sys.executable, "-m", "cdbdump", "batch", str(vmcore), "--out", str(out),
+                    "-d", "31", "--jobs", "2", "--shards", "2"], capture_output=True,
+                   check=True)
+    same = (out / (vmcore.name + ".kdump")).read_bytes() == single.read_bytes()
+    _line("one input, batch --shards 2", time.monotonic() - start, [vmcore],
+          f"  (byte-identical to the single-process dump: {same})")
 
 
 def main() -> None:

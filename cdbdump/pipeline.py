@@ -77,11 +77,12 @@ class DumpOptions:
     elf: bool = False  # -E
     split_files: tuple[Path, ...] = ()  # --split: dumpfile is ignored
     splitblock_bytes: int | None = None  # --splitblock-size
+    split_only: int | None = None  # write only this file of the --split set (batch --shards)
 
     @property
     def output(self) -> OutputRequest:
         return OutputRequest(self.dumpfile, self.codec, self.force, self.elf, self.split_files,
-                             self.splitblock_bytes)
+                             self.splitblock_bytes, self.split_only)
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,8 +9,8 @@ Layout (each module has one job):
   limits.py    a worker's memory bound and per-input peak RSS
   local.py     the default executor: a process pool sized to the machine
   cluster.py   the Dask executor (`cdbdump[dask]`): LocalCluster or a scheduler address
-  shards.py    one huge dump across workers by pfn ranges (needs --split)
-  hooks.py     where verify, --dump-dmesg and --split plug in
+  shards.py    one huge dump across workers by pfn ranges (--split), reassembled
+  hooks.py     where verify and --dump-dmesg plug in
   runner.py    composes the above; silent, reports through a callback
   cli.py       `cdbdump batch`, a thin click layer
 """

@@ -175,7 +175,7 @@ class _Interrupted:
 @click.option("--local-cluster", type=click.IntRange(1), metavar="N",
               help="Start a Dask LocalCluster of N worker processes for this batch.")
 @click.option("--shards", type=click.IntRange(1), default=1, show_default=True,
-              help="Split each input across K workers by pfn ranges (needs --split).")
+              help="Split each input across K workers by pfn ranges (--split), reassembled.")
 @click.option("--verify", is_flag=True, help="Verify each output (cdbdump verify) before "
               "publishing it.")
 @click.option("--dmesg", is_flag=True, help="Also write each input's kernel log beside its "
@@ -201,7 +201,7 @@ def command(
     """Turn every dump named by SRC (files, directories, globs) into a dump in DIR."""
     if sum(x is not None for x in (jobs, scheduler, local_cluster)) > 1:
         raise click.UsageError("--jobs, --scheduler and --local-cluster exclude each other")
-    needed = [(verify, hooks.VERIFY), (dmesg, hooks.DMESG), (shards > 1, hooks.SPLIT)]
+    needed = [(verify, hooks.VERIFY), (dmesg, hooks.DMESG)]
     for wanted, hook in needed:
         why = hooks.missing(hook) if wanted else None
         if why:

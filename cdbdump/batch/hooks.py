@@ -11,11 +11,6 @@ here and the adapters change; the batch machinery does not.
   dmesg   `--dump-dmesg VMCORE LOGFILE` (makedumpfile's): the kernel log of the crash.
           cdbdump.pipeline.dump_dmesg(DmesgOptions(vmcore, logfile)) writes LOGFILE
           (0600, never over a file) and raises CdbdumpError when no log can be read.
-  split   issue 6, `--split` / `--reassemble`: pfn ranges of about equal kept pages,
-          one piece each, reassembled into one dump (used by --shards).
-          Contract: plan_split(vmcore, options, k) -> [(start_pfn, end_pfn)];
-          dump_split_piece(options, start_pfn, end_pfn) -> DumpReport whose page
-          counts cover that range only; reassemble(pieces, dumpfile) -> None.
 """
 
 from __future__ import annotations
@@ -23,25 +18,17 @@ from __future__ import annotations
 import importlib
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import Any, NamedTuple
 
 from cdbdump.errors import UnsupportedError
 
-if TYPE_CHECKING:
-    from cdbdump.pipeline import DumpOptions
-    from cdbdump.report import DumpReport
-
 __all__ = (
     "DMESG",
-    "SPLIT",
     "VERIFY",
     "Hook",
     "find",
     "missing",
     "run_dmesg",
-    "run_plan_split",
-    "run_reassemble",
-    "run_split_piece",
     "run_verify",
 )
 
@@ -55,8 +42,6 @@ class Hook(NamedTuple):
 
 VERIFY = Hook("--verify", "cdbdump.verify", ("verify",), "`cdbdump verify` (issue 7)")
 DMESG = Hook("--dmesg", "cdbdump.pipeline", ("dump_dmesg", "DmesgOptions"), "`--dump-dmesg`")
-SPLIT = Hook("--shards", "cdbdump.split", ("plan_split", "dump_split_piece", "reassemble"),
-             "`--split`/`--reassemble` (issue 6)")
 
 
 def find(hook: Hook) -> tuple[Callable[..., Any], ...] | None:
@@ -100,22 +85,3 @@ def run_dmesg(vmcore: Path, logfile: Path) -> list[str]:
     result = dump_dmesg(dmesg_options(vmcore=vmcore, logfile=logfile))
     return [str(w) for w in result.log.warnings]
 
-
-def run_plan_split(options: DumpOptions, count: int) -> list[tuple[int, int]]:
-    """``count`` pfn ranges [start, end) of about equal kept pages, in pfn order."""
-    plan_split, _piece, _reassemble = _require(SPLIT)
-    ranges = [(int(start), int(end)) for start, end in plan_split(options.vmcore, options, count)]
-    return ranges
-
-
-def run_split_piece(options: DumpOptions, start_pfn: int, end_pfn: int) -> DumpReport:
-    """Write the split piece of pfns [start_pfn, end_pfn) to ``options.dumpfile``."""
-    _plan, dump_split_piece, _reassemble = _require(SPLIT)
-    report: DumpReport = dump_split_piece(options, start_pfn, end_pfn)
-    return report
-
-
-def run_reassemble(pieces: list[Path], dumpfile: Path) -> None:
-    """Reassemble split pieces (in pfn order) into one dump."""
-    _plan, _piece, reassemble = _require(SPLIT)
-    reassemble(pieces, dumpfile)

@@ -1,15 +1,17 @@
 """One huge input across several workers: pfn ranges in, one dump out.
 
-With ``--shards K`` the parent plans K pfn ranges of about equal kept pages
-(the --split semantics), the executor runs one task per range (run_one with a
-Piece: each worker writes one split piece), and the Assembler reassembles the
-pieces, in pfn order, into one dump that must be byte-identical to the
-single-process dump, then publishes it like any output. A piece that fails
-fails its input (its other pieces are removed); pieces are temporary files, so
-a batch that dies leaves nothing the next run would take for a dump.
+With ``--shards K`` each input becomes K tasks of the same work function
+(run_one with a Piece): every worker runs the pipeline up to the final bitmaps,
+derives the --split ranges from them (about equal kept pages per range, the
+same ranges in every worker since the bitmaps are the same) and writes the
+split file of its own range. The Assembler reassembles the K files, in pfn
+order, into one dump (makedumpfile --reassemble), byte-identical to the
+single-process dump, and publishes it like any output. A piece that fails fails
+its input and its sibling pieces are removed; pieces are temporary files, so a
+batch that dies leaves nothing the next run would take for a dump.
 
-The planning, piece writing and reassembly are the split hook's (hooks.SPLIT,
-issue 6); this module only schedules and collects.
+The classification runs in every worker (it is the cheap part); the page
+reads, compression and writes, which dominate big dumps, are divided.
 """
 
 from __future__ import annotations
@@ -18,27 +20,34 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cdbdump.batch import hooks
 from cdbdump.batch.discover import Job
 from cdbdump.batch.publish import partial_name, publish
 from cdbdump.batch.tasks import Task, failure
 from cdbdump.batch.work import DONE, BatchOptions, Outcome, Piece
 from cdbdump.errors import CdbdumpError
+from cdbdump.writers.sink import create_output
+from cdbdump.writers.split import reassemble as reassemble_split
 
-__all__ = ("Assembler", "plan_pieces")
+__all__ = ("Assembler", "plan_pieces", "reassemble")
 
 Reassemble = Callable[[list[Path], Path], None]
 
 
-def plan_pieces(job: Job, options: BatchOptions, first_number: int) -> list[Task]:
-    """The piece tasks of ``job``, numbered from ``first_number``.
+def reassemble(pieces: list[Path], dumpfile: Path) -> None:
+    """makedumpfile --reassemble: the split files, in order, into one new dump file."""
+    out = create_output(dumpfile, inputs=pieces)
+    try:
+        reassemble_split(pieces, out)
+    except BaseException:
+        out.discard()
+        raise
+    out.close()
 
-    Raises:
-        CdbdumpError: the input cannot be planned (then it is one error record).
-    """
-    ranges = hooks.run_plan_split(options.dump_options(job.input, job.output), options.shards)
-    return [Task(first_number + i, job, None, Piece(i, len(ranges), start, end))
-            for i, (start, end) in enumerate(ranges)]
+
+def plan_pieces(job: Job, options: BatchOptions, first_number: int) -> list[Task]:
+    """The piece tasks of ``job``, numbered from ``first_number``."""
+    return [Task(first_number + i, job, None, Piece(i, options.shards))
+            for i in range(options.shards)]
 
 
 @dataclass(slots=True)
@@ -50,7 +59,7 @@ class _Pending:
 class Assembler:
     """Collects piece outcomes; returns the input's Outcome once all are in."""
 
-    def __init__(self, options: BatchOptions, reassemble: Reassemble = hooks.run_reassemble
+    def __init__(self, options: BatchOptions, reassemble: Reassemble = reassemble
                  ) -> None:
         self.options = options
         self.reassemble = reassemble
@@ -92,26 +101,19 @@ class Assembler:
 
 
 def _merged(job: Job, pieces: list[Outcome]) -> Outcome:
-    """The input's Outcome from its pieces' (page counts add up; facts are shared)."""
+    """The input's Outcome from its pieces': each classified the whole input, so the
+    page facts are the first piece's; times add up, the peak is the largest."""
     first = pieces[0]
-    out = Outcome(
+    return Outcome(
         input=str(job.input), output=str(job.output), status=DONE, size=first.size,
         sha256_1mib=first.sha256_1mib, path_taken=first.path_taken,
-        fallback_reason=first.fallback_reason, original_pages=first.original_pages,
+        fallback_reason=first.fallback_reason, pages=first.pages,
+        original_pages=first.original_pages, remaining_pages=first.remaining_pages,
         bytes_in=first.bytes_in, bytes_out=job.output.stat().st_size,
         seconds=sum(p.seconds for p in pieces), dump_level=first.dump_level,
         dump_level_applied=first.dump_level_applied, codec=first.codec,
         use_kernel_bitmap=first.use_kernel_bitmap, levels_not_applied=first.levels_not_applied,
+        warnings=list(first.warnings),
         peak_rss_kib=max(p.peak_rss_kib or 0 for p in pieces), memory_bound=first.memory_bound,
         worker=",".join(p.worker for p in pieces), attempts=max(p.attempts for p in pieces),
     )
-    pages: dict[str, int] = {}
-    for p in pieces:
-        for name, n in (p.pages or {}).items():
-            pages[name] = pages.get(name, 0) + n
-        out.warnings.extend(w for w in p.warnings if w not in out.warnings)
-    out.pages = pages
-    if out.original_pages is not None:
-        out.remaining_pages = out.original_pages - sum(pages.values())
-    return out
-

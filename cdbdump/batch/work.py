@@ -13,7 +13,7 @@ import hashlib
 import os
 import socket
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -66,12 +66,11 @@ class BatchOptions:
 
 
 class Piece(NamedTuple):
-    """One pfn range of a sharded input (the --split semantics)."""
+    """One file of a sharded input's --split set: every worker derives the same pfn
+    ranges from the same bitmaps, and writes the range of its ``number``."""
 
     number: int  # 0-based
     total: int  # pieces of the input
-    start_pfn: int
-    end_pfn: int
 
 
 @dataclass(slots=True)
@@ -159,7 +158,7 @@ def run_one(
 
     ``previous`` is the manifest's last ``done`` record of this output (from an
     earlier run), used to tell a finished output from a stale one. With ``piece``
-    only that pfn range is written, as one split piece beside ``output_path``
+    only that file of the input's --split set is written, beside ``output_path``
     (named in the Outcome's ``output``), for shards.Assembler to reassemble.
     """
     start = time.perf_counter()
@@ -282,12 +281,15 @@ def _process_piece(
     size, sha = _fingerprint(input_path)
     outcome.size, outcome.sha256_1mib = size, sha
     output_path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    path = partial_name(output_path.with_name(
-        f"{output_path.name}.piece{piece.number + 1}of{piece.total}"))
+    # the whole set's names (only ours is created): the ranges depend on their number
+    paths = tuple(partial_name(output_path.with_name(f"{output_path.name}.piece{i + 1}of"
+                                                     f"{piece.total}"))
+                  for i in range(piece.total))
+    path = paths[piece.number]
     kept = False
     try:
-        report = hooks.run_split_piece(options.dump_options(input_path, path),
-                                       piece.start_pfn, piece.end_pfn)
+        report = dump(replace(options.dump_options(input_path, path), split_files=paths,
+                              split_only=piece.number))
         kept = True
     finally:
         if not kept:

@@ -25,6 +25,7 @@ from tests.batch.conftest import (
     check_against_single_runs,
     manifest,
     partial_files,
+    single_run,
     start_batch,
     wait_for,
 )
@@ -199,3 +200,33 @@ def test_a_full_output_file_system_keeps_no_half_output(mixed_dir: MixedDir,
     assert record["status"] == "error"
     assert "filled up" in record["error"] and "a re-run retries it" in record["error"]
     assert not partial_files(out) and not list(out.rglob("*.kdump"))
+
+
+def test_shards_reassemble_byte_identical_to_the_single_process_dump(
+    mixed_dir: MixedDir, slow_inputs: tuple[Path, bytes, int], tmp_path: Path
+) -> None:
+    root, _expected, _count = slow_inputs
+    src = tmp_path / "in"
+    (src / "big").mkdir(parents=True)
+    (src / "big" / "vmcore").symlink_to(root / "m0" / "vmcore")
+    (src / "small").mkdir()
+    small = mixed_dir.root / "host-c" / "vmcore"  # -q: the kernel bitmap path
+    (src / "small" / "vmcore").symlink_to(small)
+    out = tmp_path / "out"
+    proc = cdbdump("batch", str(src), "--out", str(out), "--jobs", "2", "--shards", "3",
+                   *mixed_dir.options)
+    assert proc.returncode == 0, proc.stderr
+    records = {Path(r["input"]).parent.name: r for r in manifest(out)}
+    assert set(records) == {"big", "small"}
+    single_big = single_run(mixed_dir.options, root / "m0" / "vmcore", tmp_path / "ref")
+    assert single_big is not None
+    assert (out / "big" / "vmcore.kdump").read_bytes() == single_big
+    assert (out / "small" / "vmcore.kdump").read_bytes() == mixed_dir.expected[small]
+    for record in records.values():
+        assert record["status"] == "done" and len(record["worker"].split(",")) == 3
+    assert records["small"]["path_taken"] == "bitmap"
+    assert not partial_files(out)
+    again = cdbdump("batch", str(src), "--out", str(out), "--jobs", "2", "--shards", "3",
+                    *mixed_dir.options)
+    assert again.returncode == 0, again.stderr
+    assert [r["status"] for r in manifest(out)[2:]] == ["skipped", "skipped"]
