@@ -31,7 +31,7 @@ if str(REPO) not in sys.path:
 
 from fixtures import real_vmcores  # noqa: E402
 
-DEFAULT_VMCORES = "debian12-6.1-1g,debian11-5.10-1g,debian13-6.12-1g,debian12-6.1-1g-kdump"
+DEFAULT_VMCORES = ",".join(real_vmcores.TESTED)
 VMCORES = os.environ.get("CDBDUMP_REAL_VMCORES", DEFAULT_VMCORES).split(",")
 SYSTEM_PYTHON = "/usr/bin/python3"  # Debian's python3-libkdumpfile only works here
 TOOL_TIMEOUT_S = 600
