@@ -30,6 +30,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from fixtures import real_vmcores  # noqa: E402
+from tests.ci_gate import IN_CI  # noqa: E402
 
 DEFAULT_VMCORES = ",".join(real_vmcores.TESTED)
 VMCORES = os.environ.get("CDBDUMP_REAL_VMCORES", DEFAULT_VMCORES).split(",")
@@ -56,7 +57,7 @@ _COUNT_RE = re.compile(r"^\s*(" + "|".join(COUNT_LINES) + r")\s*:\s*0x([0-9a-fA-
 
 def unavailable(reason: str) -> NoReturn:
     """Skip, or fail under CI=true: CI must run this tier."""
-    if os.environ.get("CI") == "true":
+    if IN_CI:
         pytest.fail(f"real-vmcore tier unavailable under CI: {reason}", pytrace=False)
     pytest.skip(reason)
 

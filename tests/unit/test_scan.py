@@ -27,6 +27,7 @@ from cdbdump.mm.scan import exclude_unnecessary_pages, memory_usage
 from cdbdump.vmcore.elfcore import ElfCore
 from cdbdump.vmcore.vmcoreinfo import VmcoreInfo
 from tests.builders import SyntheticKernel
+from tests.oracles import oracle_unavailable
 from tests.unit.test_memmodel import PAGE_OFFSET, PAGES_PER_SECTION, VMEMMAP, TinyKernel
 from tests.unit.test_x86_64 import MIB, PAGE
 
@@ -362,6 +363,8 @@ def test_memory_usage_matches_the_oracle(tiny_vmcore: Any, dialect: str) -> None
 
 
 def _makedumpfile_2nd_bitmap(vmcore: Path, level: int, out: Path) -> tuple[np.ndarray, str]:
+    if shutil.which("makedumpfile") is None:
+        oracle_unavailable("makedumpfile is not installed")
     out.unlink(missing_ok=True)
     proc = subprocess.run(["makedumpfile", "-d", str(level), "--message-level", "31",
                            str(vmcore), str(out)], capture_output=True, text=True, check=True)
@@ -376,7 +379,6 @@ def _makedumpfile_2nd_bitmap(vmcore: Path, level: int, out: Path) -> tuple[np.nd
 
 
 @pytest.mark.oracle
-@pytest.mark.skipif(shutil.which("makedumpfile") is None, reason="makedumpfile not installed")
 @pytest.mark.parametrize(("dialect", "kwargs"), [
     ("5.10", {}), ("6.1", {"five_level": True}),
 ])
