@@ -110,3 +110,31 @@ def test_without_q_the_kernel_bitmap_is_ignored(tiny_vmcore: MakeVmcore, tmp_pat
     report, bits = _dump(vmcore, tmp_path / "d.kdump", 31, q=False)
     assert report.path_taken is PathTaken.LEGACY
     assert np.array_equal(bits, kernel.expected_dumpable(31))
+
+
+@pytest.mark.parametrize("dialect", ["6.1", "6.12"])
+def test_q_follows_the_kernel_where_it_differs_from_the_scan(
+    tiny_vmcore: MakeVmcore, tmp_path: Path, dialect: str
+) -> None:
+    # The catalog chunk has compound heads whose order makedumpfile cannot trust
+    # (corrupt order byte, unaligned heads): the scan keeps their tails, the kernel,
+    # which knows the true size, clears them. -q must take the kernel's word.
+    kernel, vmcore = tiny_vmcore(dialect, seed=11, crash_dump_bitmap=31, catalog=True)
+    out = tmp_path / "q.kdump"
+    report, bits = _dump(vmcore, out, 31, q=True)
+    assert report.path_taken is PathTaken.BITMAP, report.fallback_reason
+    want = kernel.expected_dumpable_q()
+    assert np.array_equal(bits, want)
+    differ = np.flatnonzero(want != kernel.expected_dumpable(31))
+    assert differ.size > 0, "the catalog machine should make the two paths differ"
+    kernel_bits = kernel.expected_kernel_bitmap()
+    assert np.array_equal(bits[differ], kernel_bits[differ])  # the kernel decides them
+    assert not bits[differ].any()  # here: tails only the kernel knows about
+    expected = kernel.expected_counts_q(31)
+    for name in ("cache", "cache_private", "user", "free", "hwpoison", "offline", "zero"):
+        assert getattr(report.counts, name) == getattr(expected, name), name
+    # and every kept page holds the machine's bytes
+    with MappedFile(out) as f:
+        kdump = KdumpFile.open(f)
+        for pfn in np.flatnonzero(bits)[:: max(1, int(bits.sum()) // 300)].tolist():
+            assert kdump.read_page(pfn) == kernel.page_bytes(pfn), pfn
