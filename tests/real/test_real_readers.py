@@ -53,6 +53,10 @@ def test_readers_see_every_page_of_our_dump(vmcore, tmp_path: Path, codec: str) 
 # that case page by page): compare bytes on the QEMU dumps of the kernels it handles.
 QUIRK_FREE = ["debian12-6.1-1g", "debian11-5.10-1g"]
 LEVELS = [0, 1, 2, 4, 8, 16, 31]
+# Every level on 6.1, the two extremes on 5.10 (lzo is compared at every level on both
+# in test_real_makedumpfile.py): each case costs two 1 GiB runs.
+ZSTD_CASES = [("debian12-6.1-1g", n) for n in LEVELS] + [("debian11-5.10-1g", n)
+                                                          for n in (1, 31)]
 
 
 def _same_file(makedumpfile: str, codec: str, level: int, vmcore, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
@@ -68,8 +72,8 @@ def _same_file(makedumpfile: str, codec: str, level: int, vmcore, tmp_path: Path
     assert same.returncode == 0, f"{codec} -d {level}: {same.stdout}{same.stderr}"
 
 
-@pytest.mark.parametrize("level", LEVELS, ids=[f"d{n}" for n in LEVELS])
-@pytest.mark.parametrize("vmcore", QUIRK_FREE, indirect=True)
+@pytest.mark.parametrize(("vmcore", "level"), ZSTD_CASES, indirect=["vmcore"],
+                         ids=[f"{v}-d{n}" for v, n in ZSTD_CASES])
 def test_zstd_byte_identical_to_makedumpfile_176(vmcore, makedumpfile_new: Path,  # type: ignore[no-untyped-def]
                                                  tmp_path: Path, level: int) -> None:
     _same_file(str(makedumpfile_new), "-z", level, vmcore, tmp_path)
@@ -77,6 +81,6 @@ def test_zstd_byte_identical_to_makedumpfile_176(vmcore, makedumpfile_new: Path,
 
 # zlib: compress2(Z_BEST_SPEED) of the host's zlib on both sides (Debian 12's 1.2.13).
 @pytest.mark.parametrize("level", [1, 31], ids=["d1", "d31"])
-@pytest.mark.parametrize("vmcore", QUIRK_FREE, indirect=True)
+@pytest.mark.parametrize("vmcore", QUIRK_FREE[:1], indirect=True)
 def test_zlib_byte_identical_to_makedumpfile_172(vmcore, tmp_path: Path, level: int) -> None:  # type: ignore[no-untyped-def]
     _same_file("makedumpfile", "-c", level, vmcore, tmp_path)
