@@ -209,7 +209,7 @@ def main(source_path, ref_path, ours_path):
     only_ref, only_ours = sorted(rp - op), sorted(op - rp)
     res.update(only_ref=len(only_ref), only_ref_first=only_ref[:SHOW],
                only_ours=len(only_ours), only_ours_first=only_ours[:SHOW],
-               only_ours_all=only_ours[:4096], only_ref_all=only_ref[:4096])
+               only_ours_all=only_ours, only_ref_all=only_ref)
     outside = sorted(p for p in op if not src.touches(p))
     res.update(ours_outside_source=len(outside), ours_outside_source_first=outside[:SHOW])
     bad = {"ref_vs_source": [], "ours_vs_source": [], "ref_vs_ours": []}

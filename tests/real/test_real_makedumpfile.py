@@ -18,12 +18,15 @@ counters, the only reference where makedumpfile 1.7.2 is wrong.
 from __future__ import annotations
 
 import filecmp
+import struct
 from typing import Any
 
 import pytest
 
 from cdbdump import _lzo
 from cdbdump.errors import UnsupportedError
+from cdbdump.fileio import MappedFile
+from cdbdump.pipeline import open_input
 
 # Fixtures (tests/real/conftest.py): `vmcore` is a RealVmcore (name, raw, norm,
 # vmcoreinfo, guest, kernel), one per catalogue vmcore; `tier` runs the tools.
@@ -60,6 +63,43 @@ def _partial_page_quirk(cmp: dict[str, Any], diffs: dict[str, tuple[int, int]]) 
             f"with the tail zero-filled (makedumpfile.md §9)")
 
 
+def struct_page_kinds(vm: Any, pfns: list[int]) -> dict[str, set[int]]:
+    """Which of PFNS the guest's struct pages show as large-folio tails, hugetlb folio
+    pages or slab pages (6.9+ page types).
+
+    Read here from VMCOREINFO's offsets and page-type values; only the address of each
+    struct page comes from cdbdump (its mem_map runs and page-table walk, which the
+    byte-identity tests prove). A tail has bit 0 of page.compound_head set (the head's
+    address + 1); the folio's type is the top byte of the head page's page_type
+    (page._mapcount), PAGE_HUGETLB_MAPCOUNT_VALUE / PAGE_SLAB_MAPCOUNT_VALUE.
+    """
+    info = vm.vmcoreinfo
+    size = int(info["SIZE(page)"])
+    off_head = int(info["OFFSET(page.compound_head)"])
+    off_type = int(info["OFFSET(page._mapcount)"])
+    hugetlb_type = (int(info["NUMBER(PAGE_HUGETLB_MAPCOUNT_VALUE)"]) >> 24) & 0xFF
+    slab_type = (int(info["NUMBER(PAGE_SLAB_MAPCOUNT_VALUE)"]) >> 24) & 0xFF
+    out: dict[str, set[int]] = {"tail": set(), "hugetlb": set(), "slab": set()}
+    with MappedFile(vm.raw) as f:
+        image = open_input(f)
+        assert image.kernel is not None and image.mem_map is not None, image.mem_map_error
+        runs = image.mem_map.runs
+        for pfn in pfns:
+            run = next(r for r in runs if r.start_pfn <= pfn < r.end_pfn)
+            page = image.kernel.read(run.mem_map_vaddr + (pfn - run.start_pfn) * size, size)
+            compound_head, = struct.unpack_from("<Q", page, off_head)
+            head = page
+            if compound_head & 1:
+                out["tail"].add(pfn)
+                head = image.kernel.read(compound_head - 1, size)
+            page_type, = struct.unpack_from("<I", head, off_type)
+            if page_type >> 24 == hugetlb_type:
+                out["hugetlb"].add(pfn)
+            elif page_type >> 24 == slab_type:
+                out["slab"].add(pfn)
+    return out
+
+
 def _kernel_612_quirk(vm: Any, level: int, cmp: dict[str, Any],
                       diffs: dict[str, tuple[int, int]]) -> str:
     """Reason text if the only difference is 1.7.2's known -d 8 errors on 6.12+.
@@ -79,10 +119,21 @@ def _kernel_612_quirk(vm: Any, level: int, cmp: dict[str, Any],
     slab_pages = vm.guest["nr_slab_reclaimable"] + vm.guest["nr_slab_unreclaimable"]
     if ours_user <= ref_user or cmp["only_ours"] > slab_pages:
         return ""
+    # Bounded by the struct pages: every page only 1.7.2 keeps is a large-folio tail
+    # or a hugetlb page; every page only 1.7.2 drops is a slab page.
+    only_ref, only_ours = set(cmp["only_ref_all"]), set(cmp["only_ours_all"])
+    assert len(only_ref) == cmp["only_ref"] and len(only_ours) == cmp["only_ours"]
+    kinds = struct_page_kinds(vm, sorted(only_ref | only_ours))
+    if not only_ref <= kinds["tail"] | kinds["hugetlb"]:
+        return ""
+    if not only_ours <= kinds["slab"]:
+        return ""
     return (f"makedumpfile 1.7.2 predates kernel 6.12's page types and folio layout: it "
             f"finds {ref_user} user pages, cdbdump {ours_user} (guest: "
             f"{vm.guest['nr_anon_pages']} anon + {vm.guest['HugePages_Total']} huge pages), "
-            f"and it drops {cmp['only_ours']} slab pages as user data (makedumpfile.md "
+            f"and it drops {cmp['only_ours']} slab pages as user data; the {len(only_ref)} "
+            f"pages only it keeps are large-folio tails ({len(only_ref & kinds['tail'])}) "
+            f"and hugetlb pages ({len(only_ref & kinds['hugetlb'])}) (makedumpfile.md "
             f"§4.3, §9)")
 
 
