@@ -10,7 +10,9 @@ dump is written, it must still open.
 from __future__ import annotations
 
 import os
+import resource
 import shutil
+import signal
 import struct
 import tempfile
 from collections.abc import Callable, Iterator
@@ -27,16 +29,27 @@ from cdbdump.pipeline import DumpOptions, dump
 from cdbdump.vmcore.kdumpfile import KdumpFile
 from tests.builders import SyntheticKernel
 
+# No honest dump of the 37 MB input comes near this; a damaged header can make the
+# writer ask for many GB (seen: a 17 GB out.kdump). Past it writes fail with EFBIG,
+# which cdbdump reports as a full output (IncompleteDumpError).
+OUTPUT_LIMIT = 512 << 20
+
 
 def _run(vmcore: Path, out: Path, level: int, q: bool) -> None:
     if out.exists():
         out.unlink()
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    old_handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (OUTPUT_LIMIT, hard))
     try:
         dump(DumpOptions(vmcore=vmcore, dumpfile=out, dump_level=DumpLevel(level),
                          use_kernel_bitmap=q))
     except CdbdumpError:
         assert not out.exists() or out.stat().st_size > 0
         return
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        signal.signal(signal.SIGXFSZ, old_handler)
     with MappedFile(out) as f:
         KdumpFile.open(f)
 
