@@ -9,7 +9,7 @@ PIP    := $(PY) -m pip install -q --disable-pip-version-check
 CACHE  := .cache
 DEMO   := $(CACHE)/demo
 
-.PHONY: demo test system-deps fixtures lint typecheck unit bench clean venv
+.PHONY: demo test system-deps fixtures lint typecheck unit bench clean venv real-bitmap-vmcore
 
 # Wheels only: python-lzo (sdist) is left out, LZO comes from the lzallright wheel.
 $(VENV)/.base: pyproject.toml
@@ -59,6 +59,11 @@ unit: $(VENV)/.full
 
 bench: $(VENV)/.full
 	$(PY) bench/bench.py
+
+# The real /proc/vmcore of the crash-dump-bitmap kernel (kernel/crash_dump_bitmap/);
+# builds or reuses the patched kernel and the vmcore; the last line is its path.
+real-bitmap-vmcore:
+	@bash fixtures/make-real-bitmap-vmcore.sh
 
 clean:
 	rm -rf $(VENV) $(CACHE) build *.egg-info

@@ -9,6 +9,13 @@ Parts (each prints its own table; skip one with --skip NAME):
              1st bitmap, kernel bitmap AND) per TiB of RAM, total time, peak RSS.
   scan       the mem_map scan on the same kind of machine: seconds per TiB, and the
              whole run against makedumpfile on it.
+  flat       -F to a pipe against writing the dump file directly, on the real vmcore
+             (--flat-vmcore), -d 31 and -d 0: the stream must cost at most 10 % more.
+  dmesg      --dump-dmesg on the real 1 GiB 6.1 vmcore against makedumpfile, and the log
+             reader alone on a full 4 MiB printk ringbuffer (records per second).
+  kernel     the real /proc/vmcore of the crash-dump-bitmap kernel (kernel/crash_dump_bitmap/,
+             built on first use): its panic-time pass per TiB of RAM (the RFC: 17.5 s
+             per TB), cdbdump's -q plan and mem_map scan on the same vmcore.
 
 Peak RSS comes from wait4() of each child; wall time from a monotonic clock.
 """
@@ -17,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import statistics
 import subprocess
@@ -107,6 +115,88 @@ def part_real(work: Path, rounds: int) -> None:
         print(f"  outputs byte-identical: {same}")
 
 
+def _cpu_run(cmd: list[str], to_pipe: bool) -> tuple[float, float]:
+    """(wall s, user+sys CPU s of cmd alone): stdout into `cat > /dev/null`, or discarded."""
+    reader = subprocess.Popen(["cat"], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL) \
+        if to_pipe else None
+    start = time.monotonic()
+    proc = subprocess.Popen(cmd, stdout=reader.stdin if reader else subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    if reader is not None and reader.stdin is not None:
+        reader.stdin.close()
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.monotonic() - start
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if reader is not None:
+        reader.wait()
+    if proc.returncode:
+        sys.stderr.write(f"command failed ({proc.returncode}): {' '.join(cmd)}\n")
+    return wall, usage.ru_utime + usage.ru_stime
+
+
+def part_flat(work: Path, rounds: int, name: str) -> None:
+    print(f"== flat: -F to a pipe vs the dump file, {name}, lzo, A/B alternated ==")
+    from fixtures import real_vmcores
+
+    raw = real_vmcores.ensure(name)
+    subprocess.run(["cat", str(raw)], stdout=subprocess.DEVNULL, check=True)
+    direct = work / "direct.kdump"
+    for level in ("31", "0"):
+        opts = ["-l", "-d", level, "--message-level", "0"]
+        runs: dict[str, list[tuple[float, float]]] = {"-F | cat": [], "file": []}
+        for _ in range(rounds):
+            runs["-F | cat"].append(_cpu_run(cdbdump_cmd("-F", *opts, str(raw)), True))
+            direct.unlink(missing_ok=True)
+            runs["file"].append(_cpu_run(cdbdump_cmd(*opts, str(raw), str(direct)), False))
+        print(f" -d {level} (output file {direct.stat().st_size:,} bytes):")
+        for label, values in runs.items():
+            walls, cpus = [w for w, _ in values], [c for _, c in values]
+            print(f"  {label:<9} wall median {statistics.median(walls):6.3f} s (min "
+                  f"{min(walls):.3f}), CPU median {statistics.median(cpus):6.3f} s (min "
+                  f"{min(cpus):.3f})")
+        for i, what in ((0, "wall"), (1, "CPU")):
+            ratio = statistics.median(v[i] for v in runs["-F | cat"]) / statistics.median(
+                v[i] for v in runs["file"])
+            print(f"  -F/file {what} (medians): {ratio:.2f}x")
+        direct.unlink(missing_ok=True)
+
+
+def part_dmesg(work: Path, rounds: int) -> None:
+    print("== dmesg: --dump-dmesg, real Debian 6.1 1 GiB vmcore, A/B alternated ==")
+    if shutil.which("makedumpfile") is None:
+        print("  makedumpfile not installed: skipped")
+        return
+    from fixtures import real_vmcores
+
+    raw = real_vmcores.ensure("debian12-6.1-1g")
+    norm = real_vmcores.ensure_normalized("debian12-6.1-1g")
+    ours, theirs = work / "cdbdump.dmesg", work / "mdf.dmesg"
+    ab("cdbdump", cdbdump_cmd("--message-level", "0", "--dump-dmesg", str(raw), str(ours)),
+       "makedumpfile", ["makedumpfile", "--message-level", "0", "--dump-dmesg", str(norm),
+                        str(theirs)], ours, theirs, rounds)
+    # the reader alone on a full ring (log_buf_len=4M: 2^17 descriptors, 4 MiB of text)
+    import random
+
+    from cdbdump.printk import format_records, read_kernel_log
+    from tests.builders.printk import RingBuilder
+    from tests.flatmem import FlatKernel
+
+    ring = RingBuilder(count_bits=17, size_bits=22)
+    rng = random.Random(1)
+    words = (b"usb", b"pci", b"0000:00:1f.2", b"eth0:", b"link", b"is", b"up", b"ok")
+    for i in range(140_000):
+        ring.add(b" ".join(rng.choices(words, k=rng.randrange(2, 12))), i * 1_000_003, i)
+    flat = FlatKernel()
+    ring.install(flat)  # type: ignore[arg-type]
+    start = time.perf_counter()
+    log = read_kernel_log(flat.memory, flat.info())
+    read_s = time.perf_counter() - start
+    text = b"".join(format_records(log.records))
+    format_s = time.perf_counter() - start - read_s
+    print(f"  reader, full 4 MiB ring: {len(log.records):,} records read in {read_s:.3f} s, "
+          f"formatted ({len(text):,} bytes) in {format_s:.3f} s")
+
+
 def _report(path: Path) -> dict[str, object]:
     return json.loads(path.read_text())
 
@@ -174,10 +264,40 @@ def part_scan(work: Path, ram_gib: int, rounds: int) -> None:
                             str(vmcore), str(theirs)], out, theirs, rounds)
 
 
+def part_kernel(work: Path) -> None:
+    print("== kernel: the crash dump bitmap filled at panic by a real 6.1 kernel (QEMU TCG) ==")
+    from fixtures import real_bitmap_vmcore
+
+    vmcore = real_bitmap_vmcore.ensure()
+    print(f"  {real_bitmap_vmcore.measure(vmcore)}; the RFC: 17.5 s per TB on hardware")
+    subprocess.run(["cat", str(vmcore)], stdout=subprocess.DEVNULL, check=True)
+    for tag, args in (("-q plan", ["-q"]), ("mem_map scan", [])):
+        out, js = work / "kernel.kdump", work / "kernel.json"
+        took = []  # best of 4 (the first one warms up): a 1 GiB run is milliseconds
+        for _ in range(4):
+            out.unlink(missing_ok=True)
+            run(cdbdump_cmd(*args, "-l", "-d", "31", "--message-level", "0", "--report-json",
+                            str(js), str(vmcore), str(out)))
+            rep = _report(js)
+            timings = rep["timings"]
+            assert isinstance(timings, dict)
+            steps = (("read headers", "check memory holes", "exclude pages") if args
+                     else ("exclude pages",))
+            took.append(sum(timings[k] for k in steps))
+        best = min(took[1:])
+        ram = int(str(rep["max_mapnr"])) * 4096
+        print(f"  cdbdump {tag}: path {rep['path_taken']}, {best * 1e3:.1f} ms for "
+              f"{ram / 2**30:.2f} GiB = {best * TIB / ram:.2f} s per TiB"
+              + (" (mostly fixed costs at this size; see the plan part)" if args else ""))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--skip", action="append", default=[], choices=["real", "plan", "scan"])
+    parser.add_argument("--skip", action="append", default=[],
+                        choices=["real", "plan", "scan", "flat", "dmesg", "kernel"])
+    parser.add_argument("--flat-vmcore", default="debian12-6.1-4g",
+                        help="catalogue vmcore of the flat part (fixtures/real_vmcores.py)")
     parser.add_argument("--ram-gib", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--work", type=Path, default=REPO / ".cache" / "bench")
@@ -191,6 +311,12 @@ def main() -> None:
             part_plan(args.work, args.ram_gib)
         if "scan" not in args.skip:
             part_scan(args.work, args.ram_gib, args.rounds)
+        if "flat" not in args.skip:
+            part_flat(work, args.rounds, args.flat_vmcore)
+        if "dmesg" not in args.skip:
+            part_dmesg(work, args.rounds)
+        if "kernel" not in args.skip:
+            part_kernel(work)
 
 
 if __name__ == "__main__":

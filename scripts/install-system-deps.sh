@@ -20,6 +20,8 @@ PACKAGES=(
   # real vmcores: Debian kernels under QEMU, packages fetched from other suites
   qemu-system-x86 qemu-utils busybox-static kexec-tools cpio e2fsprogs kmod
   util-linux zstd xz-utils binutils time debian-archive-keyring
+  # the crash-dump-bitmap kernel (fixtures/make-real-bitmap-vmcore.sh)
+  bc bison flex libelf-dev libssl-dev perl
 )
 
 CHECK=0
