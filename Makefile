@@ -6,7 +6,7 @@ PY     := $(VENV)/bin/python
 CACHE  := .cache
 DEMO   := $(CACHE)/demo
 
-.PHONY: demo test lint typecheck unit bench clean
+.PHONY: demo test lint typecheck unit bench clean capture-exe kdump-e2e
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -38,6 +38,19 @@ unit: $(VENV)/.installed
 
 bench: $(VENV)/.installed
 	$(PY) bench/bench.py
+
+# cdbdump as one self-contained executable for a kdump initramfs (no Python there).
+capture-exe: $(VENV)/.installed
+	packaging/capture/build.sh -o $(CACHE)/capture/pyinstaller/cdbdump
+
+# A real panic: the capture kernel runs that executable on /proc/vmcore, the host checks
+# what it saved. A fresh boot every time; the last line is the directory of the results.
+# KDUMP_E2E_CASES=flat,dmesg adds the -F pipe and --dump-dmesg cases.
+kdump-e2e: capture-exe
+	@export CDBDUMP_KDUMP_E2E_CASES=$(KDUMP_E2E_CASES); \
+	dir=$$($(PY) fixtures/kdump_e2e.py --force) || exit 1; \
+	$(PY) -m pytest -q -p no:cacheprovider tests/real/test_kdump_e2e.py; rc=$$?; \
+	echo "$$dir"; exit $$rc
 
 clean:
 	rm -rf $(VENV) $(CACHE) build *.egg-info
