@@ -1,17 +1,19 @@
 #!/bin/bash
-# dracut module "cdbdump": the self-contained cdbdump executable (make capture-exe) in
-# the kdump initramfs, for kdump.conf's core_collector line. Install:
-#   install -m 0755 .cache/capture/pyinstaller/cdbdump /usr/sbin/cdbdump
+# dracut module "cdbdump": the self-contained cdbdump (make capture-exe) in the kdump
+# initramfs, for kdump.conf's core_collector line. The unpacked bundle goes in, not
+# the one-file build, whose unpack into /tmp would hold it in RAM twice. Install:
+#   cp -a .cache/capture/pyinstaller/cdbdump.bundle /usr/lib/cdbdump
+#   ln -s /usr/lib/cdbdump/cdbdump /usr/sbin/cdbdump
 #   cp -r packaging/dracut/99cdbdump /usr/lib/dracut/modules.d/
 # and in /etc/kdump.conf (then `kdumpctl rebuild`):
 #   dracut_args --add cdbdump
 #   core_collector cdbdump -l --message-level 7 -d 31
-# The executable unpacks its bundle into $TMPDIR (default /tmp, RAM in the capture
-# kernel): see README "In the capture kernel" for the memory it needs.
+
+CDBDUMP_BUNDLE=/usr/lib/cdbdump
 
 # called by dracut
 check() {
-    require_binaries cdbdump || return 1
+    [[ -x $CDBDUMP_BUNDLE/cdbdump ]] || return 1
     return 255  # only when asked for (dracut_args --add cdbdump)
 }
 
@@ -22,10 +24,13 @@ depends() {
 
 # called by dracut
 install() {
-    inst_binary "$(command -v cdbdump)" /usr/sbin/cdbdump
-    # The bundle brings its own libpython, numpy and codecs; from the system it takes
-    # only glibc, whose libm/libpthread/libdl/librt the bootloader's ldd does not show.
+    local f
+    [[ -x $CDBDUMP_BUNDLE/cdbdump ]] || { derror "cdbdump: no $CDBDUMP_BUNDLE/cdbdump"; return 1; }
+    while IFS= read -r -d '' f; do
+        inst "$f"
+    done < <(find "$CDBDUMP_BUNDLE" \( -type f -o -type l \) -print0)
+    ln_r "$CDBDUMP_BUNDLE/cdbdump" /usr/sbin/cdbdump
+    # The bundle brings libpython, numpy and the codecs; glibc comes from the system,
+    # and the bundle's libraries need these parts of it beside libc.
     inst_libdir_file "libm.so.*" "libpthread.so.*" "libdl.so.*" "librt.so.*" "libutil.so.*"
-    # a writable $TMPDIR for the unpacked bundle even when /tmp is not mounted
-    inst_dir /tmp
 }
