@@ -37,8 +37,20 @@ def _set_oom_score_adj(value: int) -> None:
         pass  # not Linux, or not allowed: the OOM killer picks the largest anyway
 
 
+def _no_transparent_hugepages() -> None:
+    """prctl(PR_SET_THP_DISABLE) (Linux 3.15): under THP=always (Debian's kernels) the
+    heap grows in 2 MiB pages, which in a capture kernel's little memory costs dearly."""
+    import ctypes
+
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(41, 1, 0, 0, 0)  # PR_SET_THP_DISABLE
+    except (OSError, AttributeError):
+        pass  # not Linux: nothing to disable
+
+
 def _run_cli() -> None:
     _set_oom_score_adj(1000)
+    _no_transparent_hugepages()
     # one BLAS thread: cdbdump does no linear algebra, and each thread has buffers
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     from cdbdump.cli import main

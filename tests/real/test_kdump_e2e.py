@@ -19,6 +19,7 @@ from tests.oracles import crash_header, drgn_check, libkdumpfile_check, rearrang
 from tests.real.conftest import unavailable
 
 pytestmark = [pytest.mark.real, pytest.mark.oracle, pytest.mark.slow]
+# The capture kernel's memory is measured with `fixtures/kdump_e2e.py --sweep`.
 
 MEM, CRASHKERNEL = "1G", "256M"
 NAMES = kdump_e2e.default_case_names()
@@ -85,6 +86,36 @@ def test_same_pages_as_makedumpfile_in_the_same_capture_kernel(capture) -> None:
     only_ref = set(ref.dumpable_pfns.tolist()) - set(ours.dumpable_pfns.tolist())
     assert not only_ref, sorted(only_ref)[:20]
     assert len(only_ours) <= 8, sorted(only_ours)[:20]
+
+
+# Boots, but leaves the collector too little memory (fixtures/kdump_e2e.py --sweep 1G).
+STARVED_CRASHKERNEL = "@@STARVED@@"
+
+
+@pytest.fixture(scope="module")
+def starved() -> tuple[Path, dict[str, str]]:
+    try:
+        result = kdump_e2e.run(MEM, STARVED_CRASHKERNEL, ["q31"], light=True)
+    except kdump_e2e.E2eUnavailable as exc:
+        unavailable(f"kdump end-to-end run: {exc}")
+    except kdump_e2e.E2eError as exc:
+        pytest.fail(str(exc), pytrace=False)
+    return result, kdump_e2e.parse_results(result)
+
+
+def test_too_little_memory_one_line_exit_1_and_the_fallback_copy_works(starved) -> None:  # type: ignore[no-untyped-def]
+    """RHEL keeps NAME-incomplete when the collector fails; Debian's kdump-tools then
+    copies /proc/vmcore with cp, which is what run.sh does next."""
+    result, facts = starved
+    log = (result / "q31.vmcore.log").read_text(errors="replace")
+    assert facts["q31.vmcore: rc"] == "1", log
+    errors = [line for line in log.splitlines() if line.startswith("cdbdump: error:")]
+    assert len(errors) == 1, log
+    assert "Traceback" not in log and "PYI-" not in log
+    assert not (result / "q31.vmcore").exists()  # never renamed: not passed off as a dump
+    assert facts["copy: rc"] == "0"
+    head = (result / "vmcore.elf").open("rb").read(1 << 16)
+    assert b"CRASHTIME=" in head
 
 
 if "dmesg" in NAMES:  # switched on with CDBDUMP_KDUMP_E2E_CASES=dmesg (branch `dmesg`)
