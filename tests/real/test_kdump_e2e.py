@@ -24,7 +24,7 @@ pytestmark = [pytest.mark.real, pytest.mark.oracle, pytest.mark.slow]
 MEM, CRASHKERNEL = "1G", "256M"
 NAMES = kdump_e2e.default_case_names()
 CDBDUMP_CASES = [c for c in kdump_e2e.cases(NAMES) if c.command.startswith(("cdbdump", "sh"))
-                 and "dmesg" not in c.name]
+                 and "dmesg" not in c.name and c.name not in kdump_e2e.EXPECTED_RC]
 
 
 @pytest.fixture(scope="module")
@@ -42,6 +42,8 @@ def test_every_collector_succeeded_in_the_capture_kernel(capture) -> None:  # ty
     result, facts = capture
     for case in kdump_e2e.cases(NAMES):
         log = (result / f"{case.output}.log").read_text(errors="replace")
+        if case.name in kdump_e2e.EXPECTED_RC:
+            continue
         assert facts.get(f"{case.output}: rc") == "0", f"{case.command}:\n{log[-2000:]}"
         assert (result / case.output).is_file()
         assert not (result / f"{case.output}-incomplete").exists()
@@ -88,31 +90,17 @@ def test_same_pages_as_makedumpfile_in_the_same_capture_kernel(capture) -> None:
     assert len(only_ours) <= 8, sorted(only_ours)[:20]
 
 
-# Boots, but leaves the collector too little memory (fixtures/kdump_e2e.py --sweep 1G).
-STARVED_CRASHKERNEL = "176M"
-
-
-@pytest.fixture(scope="module")
-def starved() -> tuple[Path, dict[str, str]]:
-    try:
-        result = kdump_e2e.run(MEM, STARVED_CRASHKERNEL, ["q31"], light=True)
-    except kdump_e2e.E2eUnavailable as exc:
-        unavailable(f"kdump end-to-end run: {exc}")
-    except kdump_e2e.E2eError as exc:
-        pytest.fail(str(exc), pytrace=False)
-    return result, kdump_e2e.parse_results(result)
-
-
-def test_too_little_memory_one_line_exit_1_and_the_fallback_copy_works(starved) -> None:  # type: ignore[no-untyped-def]
-    """RHEL keeps NAME-incomplete when the collector fails; Debian's kdump-tools then
-    copies /proc/vmcore with cp, which is what run.sh does next."""
-    result, facts = starved
-    log = (result / "q31.vmcore.log").read_text(errors="replace")
-    assert facts["q31.vmcore: rc"] == "1", log
+def test_too_little_memory_one_line_exit_1_and_the_fallback_copy_works(capture) -> None:  # type: ignore[no-untyped-def]
+    """The `starved` case: the capture kernel's memory but 16 MiB is taken (a tmpfs), so
+    the OOM killer stops cdbdump. RHEL keeps NAME-incomplete when the collector fails;
+    Debian's kdump-tools then copies /proc/vmcore with cp, which run.sh does next."""
+    result, facts = capture
+    log = (result / "starved.vmcore.log").read_text(errors="replace")
+    assert facts["starved.vmcore: rc"] == "1", log
     errors = [line for line in log.splitlines() if line.startswith("cdbdump: error:")]
     assert len(errors) == 1, log
-    assert "Traceback" not in log and "PYI-" not in log
-    assert not (result / "q31.vmcore").exists()  # never renamed: not passed off as a dump
+    assert "Traceback" not in log
+    assert not (result / "starved.vmcore").exists()  # never renamed: not passed off as a dump
     assert facts["copy: rc"] == "0"
     head = (result / "vmcore.elf").open("rb").read(1 << 16)
     assert b"CRASHTIME=" in head
