@@ -1,5 +1,6 @@
 """One dump, start to end: input → 1st bitmap → 2nd bitmap (kernel bitmap or
-mem_map scan) → kdump-compressed output → report.
+mem_map scan) → output (deliver.py: kdump-compressed or ELF, file, -F stream or
+--split set) → report.
 
 Stages are small functions over runs and bitmaps; this module only composes
 them and records what happened in a DumpReport. It never prints.
@@ -15,11 +16,11 @@ from pathlib import Path
 from typing import BinaryIO
 
 from cdbdump.bitmap import Bitmap
+from cdbdump.deliver import OutputRequest, deliver
 from cdbdump.errors import (
     AddressError,
     CdbdumpError,
     CorruptDumpError,
-    IncompleteDumpError,
     InputError,
     OutputError,
     UnknownFormatError,
@@ -45,8 +46,10 @@ from cdbdump.vmcore.detect import DumpFormat, sniff
 from cdbdump.vmcore.elfcore import ElfCore
 from cdbdump.vmcore.vmcoreinfo import VmcoreInfo
 from cdbdump.writers.compress import Codec
-from cdbdump.writers.kdump import KdumpMetadata, mark_incomplete, write_kdump
+from cdbdump.writers.flattened import RearrangeResult, mark_rebuilt_incomplete, rearrange
+from cdbdump.writers.kdump import KdumpMetadata
 from cdbdump.writers.sink import create_output
+from cdbdump.writers.split import ReassembleResult, reassemble
 
 __all__ = (
     "DmesgOptions",
@@ -57,6 +60,8 @@ __all__ = (
     "dump_dmesg",
     "mem_usage",
     "open_input",
+    "rearrange_stream",
+    "reassemble_files",
 )
 
 # Errors after which the mem_map scan degrades instead of failing the run
@@ -68,11 +73,20 @@ class DumpOptions:
     """What the user asked for (the CLI builds one of these)."""
 
     vmcore: Path
-    dumpfile: Path
+    dumpfile: Path | None  # None: a flattened stream on stdout (-F)
     dump_level: DumpLevel = DumpLevel.ZERO  # -d; the CLI default is makedumpfile's 0
     codec: Codec = Codec.ZSTD
     use_kernel_bitmap: bool = False  # -q
     force: bool = False  # -f
+    elf: bool = False  # -E
+    split_files: tuple[Path, ...] = ()  # --split: dumpfile is ignored
+    splitblock_bytes: int | None = None  # --splitblock-size
+    size_limit: int | None = None  # makedumpfile -L
+
+    @property
+    def output(self) -> OutputRequest:
+        return OutputRequest(self.dumpfile, self.codec, self.force, self.elf, self.split_files,
+                             self.splitblock_bytes, self.size_limit)
 
 
 @dataclass(frozen=True, slots=True)
@@ -219,7 +233,7 @@ def dump(options: DumpOptions, progress: ProgressCallback | None = None) -> Dump
     level = options.dump_level
     report = DumpReport(
         vmcore=str(options.vmcore),
-        dumpfile=str(options.dumpfile),
+        dumpfile=options.output.name,
         dump_level_requested=int(level),
         codec=options.codec.label,
     )
@@ -263,40 +277,8 @@ def dump(options: DumpOptions, progress: ProgressCallback | None = None) -> Dump
         )
         with _timed(report, "write pages"):
             file.advise_streaming()
-            out = create_output(options.dumpfile, options.force, inputs=[options.vmcore])
-            writer_progress = (
-                None if progress is None
-                else lambda done, total: progress("Copying data", done, total)
-            )
-            try:
-                result = write_kdump(
-                    out,
-                    meta,
-                    bitmap1,
-                    bitmap2,
-                    image.phys,
-                    options.codec,
-                    exclude_zero=bool(applied & DumpLevel.ZERO),
-                    progress=writer_progress,
-                    allow_incomplete=True,
-                )
-            except CdbdumpError:
-                out.discard()  # nothing of the dump was kept: no half file left behind
-                raise
-            except BaseException:
-                out.discard()  # interrupted: a partial file must not pass for a dump
-                raise
-            report.counts.zero = result.nr_zero_pages
-            report.pages_written = result.nr_pages_written
-            report.bytes_out = result.bytes_written
-            report.bytes_written = out.bytes_written
-            if result.no_space is not None:
-                # reference: makedumpfile check_and_modify_kdump_headers — keep what
-                # was written, flag the header INCOMPLETE, exit 1
-                mark_incomplete(out, result)
-                out.close()
-                raise IncompleteDumpError(result.nr_pages_lost, result.no_space, report)
-            out.close()
+            deliver(options.output, options.vmcore, image.core, image.phys, meta, bitmap1,
+                    bitmap2, bool(applied & DumpLevel.ZERO), report, progress)
     return report
 
 
@@ -436,3 +418,45 @@ def dump_dmesg(options: DmesgOptions, stream: BinaryIO | None = None) -> DmesgRe
         finally:
             out.close()
     return DmesgResult(log, image.vmcoreinfo, len(data))
+
+
+def rearrange_stream(dumpfile: Path, force: bool, fd: int = 0) -> RearrangeResult:
+    """makedumpfile -R: the flattened stream on ``fd`` (stdin) becomes ``dumpfile``.
+
+    A stream that stops early leaves the partial file flagged incomplete; one
+    that brought nothing leaves no file.
+
+    Raises:
+        CdbdumpError: the stream is empty, malformed or cut, or the output fails.
+    """
+    out = create_output(dumpfile, force)
+    try:
+        result = rearrange(fd, out)
+    except CdbdumpError:
+        if out.size == 0:
+            out.discard()
+        else:
+            mark_rebuilt_incomplete(out)
+            out.close()
+        raise
+    except BaseException:
+        out.close()
+        raise
+    out.close()
+    return result
+
+
+def reassemble_files(pieces: list[Path], dumpfile: Path, force: bool) -> ReassembleResult:
+    """makedumpfile --reassemble: the --split files become one kdump-compressed file.
+
+    Raises:
+        CdbdumpError: a piece is unusable, or the output fails (no file is left).
+    """
+    out = create_output(dumpfile, force, inputs=pieces)
+    try:
+        result = reassemble(pieces, out)
+    except BaseException:
+        out.discard()
+        raise
+    out.close()
+    return result

@@ -47,6 +47,8 @@ class DumpReport:
     timings: dict[str, float] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
     kernel_bitmap: dict[str, int] | None = None  # the struct's fields when -q used it
+    elf_excluded_pages: int | None = None  # -E: pages really left out (pfn_elf_excluded)
+    split_ranges: list[tuple[int, int]] | None = None  # --split: [start_pfn, end_pfn) per file
 
     @property
     def original_pages(self) -> int:
