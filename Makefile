@@ -45,7 +45,7 @@ capture-exe: $(VENV)/.installed
 
 # A real panic: the capture kernel runs that executable on /proc/vmcore, the host checks
 # what it saved. A fresh boot every time; the last line is the directory of the results.
-# KDUMP_E2E_CASES=flat,personality adds the -F pipe and the makedumpfile-named cases.
+# KDUMP_E2E_CASES=NAME,... adds cases of fixtures/kdump_e2e.py to the default set.
 kdump-e2e: capture-exe
 	@export CDBDUMP_KDUMP_E2E_CASES=$(KDUMP_E2E_CASES); \
 	dir=$$($(PY) fixtures/kdump_e2e.py --force) || exit 1; \

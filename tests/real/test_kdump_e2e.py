@@ -92,7 +92,7 @@ def test_same_pages_as_makedumpfile_in_the_same_capture_kernel(capture) -> None:
 
 
 def test_too_little_memory_one_line_exit_1_and_the_fallback_copy_works(capture) -> None:  # type: ignore[no-untyped-def]
-    """The `starved` case: the capture kernel's memory but 16 MiB is taken (a tmpfs), so
+    """The `starved` case: the capture kernel's memory but 32 MiB is taken (a tmpfs), so
     the OOM killer stops cdbdump. RHEL keeps NAME-incomplete when the collector fails;
     Debian's kdump-tools then copies /proc/vmcore with cp, which run.sh does next."""
     result, facts = capture
