@@ -42,7 +42,7 @@ fi
 
 # The same lists as in cdbdump.spec (PyInstaller's side).
 EXCLUDE=(tkinter unittest pydoc doctest zstandard._cffi _ssl ssl _hashlib pytest
-         hypothesis numpy.testing numpy.f2py)
+         hypothesis numpy.testing numpy.f2py cdbdump.batch dask distributed)
 # Imported by name at run time (cdbdump/writers/compress.py), so declared here.
 CODECS=(lzo cramjam)
 

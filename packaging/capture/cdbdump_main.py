@@ -60,6 +60,10 @@ def _run_cli() -> None:
 
 def supervise() -> int:
     """Run the CLI in a child; the child's exit status, or 1 if a signal killed it."""
+    if sys.argv[1:2] == ["batch"]:
+        print("cdbdump: error: `cdbdump batch` is not part of the capture-kernel build",
+              file=sys.stderr)
+        return EXIT_FAILED
     available = _mem_available_kib()
     pid = os.fork()
     if pid == 0:
