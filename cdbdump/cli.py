@@ -22,6 +22,7 @@ from typing import Any
 import click
 
 from cdbdump import __version__
+from cdbdump.codecs import Codec
 from cdbdump.deliver import STDOUT_NAME
 from cdbdump.errors import CdbdumpError, IncompleteDumpError
 from cdbdump.mm.levels import MAX_DUMP_LEVEL, DumpLevel
@@ -36,7 +37,6 @@ from cdbdump.pipeline import (
     reassemble_files,
 )
 from cdbdump.report import DumpReport, PathTaken
-from cdbdump.writers.compress import Codec
 
 __all__ = ("main",)
 
@@ -102,6 +102,9 @@ def _version(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
               help="Also write the report as JSON to this file.")
 @click.option("--mem-usage", is_flag=True,
               help="Print the pages per class of VMCORE (a vmcore or /proc/kcore) and exit.")
+@click.option("--split-part", "split_parts", multiple=True,
+              type=click.Path(path_type=Path, dir_okay=False),
+              help="Another file of a split (makedumpfile --split) input; VMCORE is the first.")
 @click.option("--dump-dmesg", "dump_dmesg_mode", is_flag=True,
               help="Write the kernel log of VMCORE to DUMPFILE (a text file), as "
               "makedumpfile --dump-dmesg does.")
@@ -127,6 +130,7 @@ def command(
     show_stats: bool,
     report_json: Path | None,
     mem_usage: bool,
+    split_parts: tuple[Path, ...],
     dump_dmesg_mode: bool,
     debug: bool,
 ) -> None:
@@ -173,6 +177,7 @@ def command(
         codec=Codec(codec),
         use_kernel_bitmap=use_kernel_bitmap,
         force=force,
+        split_parts=split_parts,
         elf=elf,
         split_files=tuple(files[1:]) if split else (),
         splitblock_bytes=None if splitblock_kib is None else splitblock_kib << 10,
@@ -432,13 +437,20 @@ def main(argv: list[str] | None = None) -> None:
     """Entry point of the cdbdump command.
 
     Under the name ``makedumpfile`` (a link the administrator makes) or with
-    ``--as-makedumpfile`` first, the command line is makedumpfile's.
+    ``--as-makedumpfile`` first, the command line is makedumpfile's;
+    ``cdbdump verify|info ...`` run the subcommands.
     """
     args = sys.argv[1:] if argv is None else argv
     if Path(sys.argv[0]).name == "makedumpfile" or args[:1] == ["--as-makedumpfile"]:
         from cdbdump.mdcli import main as makedumpfile_main
 
         sys.exit(makedumpfile_main(args[1:] if args[:1] == ["--as-makedumpfile"] else args))
+    if args[:1] in (["verify"], ["info"]):  # a vmcore named verify or info: ./verify
+        from cdbdump.subcommands import SUBCOMMANDS
+
+        SUBCOMMANDS[args[0]].main(args=args[1:], prog_name=f"cdbdump {args[0]}",
+                                  standalone_mode=True)
+        return
     if args[:1] == ["batch"]:  # `cdbdump batch ...`; a vmcore named batch: ./batch
         from cdbdump.batch.cli import main as batch_main
 

@@ -14,12 +14,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cdbdump.bitmap import Bitmap
+from cdbdump.codecs import Codec
 from cdbdump.errors import CdbdumpError, IncompleteDumpError, OutputError
 from cdbdump.formats.elf import ELF64_EHDR
 from cdbdump.memory.physical import PhysicalMemory
 from cdbdump.report import DumpReport, ProgressCallback
 from cdbdump.vmcore.elfcore import ElfCore
-from cdbdump.writers.compress import Codec
 from cdbdump.writers.elf import exclude_zero_pages, mark_elf_incomplete, plan_elf, write_elf
 from cdbdump.writers.flattened import FlattenedSink
 from cdbdump.writers.kdump import KdumpMetadata, KdumpWriteResult, mark_incomplete, write_kdump
@@ -61,7 +61,7 @@ class OutputRequest:
 def deliver(
     request: OutputRequest,
     vmcore: Path,
-    core: ElfCore,
+    core: ElfCore | None,
     memory: PhysicalMemory,
     meta: KdumpMetadata,
     bitmap1: Bitmap,
@@ -83,6 +83,8 @@ def deliver(
                             limit=request.size_limit)
     try:
         if request.elf:
+            if core is None:
+                raise OutputError("-E needs an ELF vmcore as input")
             _write_elf(out, core, memory, bitmap2, exclude_zero, report, progress)
         else:
             result = write_kdump(out, meta, bitmap1, bitmap2, memory, request.codec,

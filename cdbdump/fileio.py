@@ -7,13 +7,29 @@ import mmap
 import os
 import stat
 from types import TracebackType
+from typing import Protocol
 
 import numpy as np
 import numpy.typing as npt
 
 from cdbdump.errors import InputError, TruncatedDumpError
 
-__all__ = ("MappedFile",)
+__all__ = ("FileView", "MappedFile")
+
+
+class FileView(Protocol):
+    """Read-only bytes by offset: a mapped file, or the file a flattened stream stands for."""
+
+    path: str
+    size: int
+
+    def view(self, file_offset: int, size: int, what: str = "data") -> memoryview: ...
+
+    def drop_all(self) -> None: ...
+
+    def drop_range(self, file_offset: int, size: int) -> None: ...
+
+    def close(self) -> None: ...
 
 
 class MappedFile:

@@ -19,8 +19,8 @@ import getopt
 import re
 from dataclasses import dataclass, field
 
+from cdbdump.codecs import Codec
 from cdbdump.mm.levels import MAX_DUMP_LEVEL
-from cdbdump.writers.compress import Codec
 
 __all__ = (
     "OPTIONS",

@@ -9,22 +9,21 @@ swapper_pg_dir through phys_base "to avoid recursive address translation").
 
 from __future__ import annotations
 
-import bisect
 from collections.abc import Iterable, Iterator
 
 import numpy as np
 import numpy.typing as npt
 
 from cdbdump.errors import BadVmcoreInfoValue, MissingVmcoreInfoKey, NotInDumpError
+from cdbdump.formats.elf import LoadSegment
 from cdbdump.formats.x86_64 import (
     PAGE_OFFSET_L4_DEFAULT,
     PAGE_OFFSET_L5_DEFAULT,
     PTE_PFN_MASK,
     START_KERNEL_MAP,
 )
-from cdbdump.memory.physical import PhysicalMemory
+from cdbdump.memory.physical import PhysicalMemory, fill, view_run
 from cdbdump.memory.x86_64 import PageTableWalker, Run
-from cdbdump.vmcore.elfcore import LoadSegment
 from cdbdump.vmcore.vmcoreinfo import VmcoreInfo
 
 __all__ = ("KernelMemory",)
@@ -47,7 +46,6 @@ class KernelMemory:
         self.walker = walker
         self.phys_base = phys_base
         self.page_offset = page_offset
-        self._piece_starts = [p.paddr for p in phys.pieces]
 
     @property
     def levels(self) -> int:
@@ -55,12 +53,19 @@ class KernelMemory:
 
     @classmethod
     def from_vmcoreinfo(
-        cls, phys: PhysicalMemory, info: VmcoreInfo, *, loads: Iterable[LoadSegment] = ()
+        cls,
+        phys: PhysicalMemory,
+        info: VmcoreInfo,
+        *,
+        loads: Iterable[LoadSegment] = (),
+        phys_base: int | None = None,
     ) -> KernelMemory:
-        """Build the translation from VMCOREINFO (reference: makedumpfile §4.6 rules).
+        """Build the translation from VMCOREINFO (reference: makedumpfile
+        arch/x86_64.c get_phys_base_x86_64, get_versiondep_info_x86_64).
 
         ``loads`` (the input PT_LOADs) is only used for the fallbacks makedumpfile
-        has when VMCOREINFO lacks NUMBER(phys_base), and for PAGE_OFFSET.
+        has when VMCOREINFO lacks NUMBER(phys_base), and for PAGE_OFFSET;
+        ``phys_base`` is the container's own (a kdump sub-header's) for that case.
 
         Raises:
             MissingVmcoreInfoKey: neither SYMBOL(init_top_pgt) nor SYMBOL(init_level4_pgt).
@@ -78,8 +83,9 @@ class KernelMemory:
         if top is None:
             raise MissingVmcoreInfoKey("SYMBOL(init_top_pgt)", "x86_64 address translation")
 
-        phys_base = info.phys_base
-        if phys_base is None:
+        if info.phys_base is not None:
+            phys_base = info.phys_base
+        elif phys_base is None:
             phys_base = phys_base_from_loads(loads) or 0  # makedumpfile's default
         l5 = info.get_number("pgtable_l5_enabled")
         if l5 not in (None, 0, 1):
@@ -145,14 +151,6 @@ class KernelMemory:
     def read_u64(self, vaddr: int) -> int:
         return int.from_bytes(self.read(vaddr, 8), "little")
 
-    def view(self, vaddr: int, size: int) -> memoryview | None:
-        """Zero-copy view of [vaddr, vaddr+size) when it is one file-backed physical run."""
-        runs = self.walker.iter_runs(vaddr, vaddr + size, strict=False)
-        first = next(runs, None)
-        if first is None or first[0] != vaddr or first[2] < size:
-            return None
-        return self.phys.view_run(first[1], size)
-
     def gather(
         self, vaddr: int, scratch: npt.NDArray[np.uint8]
     ) -> tuple[npt.NDArray[np.uint8], list[tuple[int, int]]]:
@@ -165,7 +163,7 @@ class KernelMemory:
         size = scratch.size
         runs = list(self.walker.iter_runs(vaddr, vaddr + size, strict=False))
         if len(runs) == 1 and runs[0][0] == vaddr and runs[0][2] == size:
-            view = self.phys.view_run(runs[0][1], size)
+            view = view_run(self.phys, runs[0][1], size)
             if view is not None:
                 return np.frombuffer(view, dtype=np.uint8), []
         return scratch, self._fill(vaddr, scratch, runs)
@@ -190,41 +188,13 @@ class KernelMemory:
             offset = run_vaddr - vaddr
             if offset > cursor:
                 missing.append((cursor, offset - cursor))
-            missing.extend(self._copy_phys(paddr, out, offset, run_size))
+            missing.extend((offset + ext.paddr - paddr, ext.size)
+                           for ext in fill(self.phys, paddr, out[offset : offset + run_size]))
             cursor = offset + run_size
         if cursor < size:
             missing.append((cursor, size - cursor))
         for offset, length in missing:
             out[offset : offset + length] = 0
-        return missing
-
-    def _copy_phys(
-        self, paddr: int, out: npt.NDArray[np.uint8], offset: int, size: int
-    ) -> list[tuple[int, int]]:
-        """Copy physical [paddr, paddr+size) into out[offset:]; return unreadable parts."""
-        missing: list[tuple[int, int]] = []
-        pieces = self.phys.pieces
-        end = paddr + size
-        cur = paddr
-        while cur < end:
-            i = bisect.bisect_right(self._piece_starts, cur) - 1
-            if i < 0 or cur >= pieces[i].mem_end:  # a hole up to the next piece
-                stop = min(end, pieces[i + 1].paddr) if i + 1 < len(pieces) else end
-                missing.append((offset + cur - paddr, stop - cur))
-                cur = stop
-                continue
-            piece = pieces[i]
-            stop = min(end, piece.file_end)
-            if cur < stop:
-                view = self.phys.file.view(piece.file_offset + (cur - piece.paddr), stop - cur,
-                                           "PT_LOAD data")
-                dst = offset + cur - paddr
-                out[dst : dst + (stop - cur)] = np.frombuffer(view, dtype=np.uint8)
-                cur = stop
-            stop = min(end, piece.mem_end)
-            if cur < stop:  # p_filesz < p_memsz: the data is not in the file
-                missing.append((offset + cur - paddr, stop - cur))
-                cur = stop
         return missing
 
 

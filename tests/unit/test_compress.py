@@ -12,15 +12,10 @@ import numpy as np
 import pytest
 import zstandard
 
+from cdbdump import codecs
+from cdbdump.codecs import Codec, codec_for_flags, decompress_page
 from cdbdump.errors import CorruptDumpError, UnsupportedError
-from cdbdump.writers import compress
-from cdbdump.writers.compress import (
-    Codec,
-    PageCompressor,
-    codec_for_flags,
-    decompress_page,
-    require_codec,
-)
+from cdbdump.writers.compress import PageCompressor
 
 PS = 4096
 RNG = np.random.default_rng(20240601)
@@ -111,9 +106,9 @@ def test_compressed_form_kept_only_when_strictly_smaller(
 ) -> None:
     # a fake codec whose output is page_size + delta bytes
     fake = b"\x01" * (PS + delta)
-    monkeypatch.setattr(compress, "_zlib_page", lambda page: fake)
     page = _text_page(7)
     with PageCompressor(Codec.ZLIB, PS, threads=1) as pc:
+        monkeypatch.setattr(pc, "_page_function", lambda page: fake)
         got = pc.compress_pages(page)
     if delta < 0:
         assert (got.flags.tolist(), got.payload) == ([Codec.ZLIB.flag], fake)
@@ -203,13 +198,13 @@ def test_missing_optional_module_names_the_pypi_package(
             raise ImportError(f"No module named {module!r}")
         return real_import(name, *args, **kwargs)
 
-    monkeypatch.setattr(compress.importlib, "import_module",
+    monkeypatch.setattr(codecs.importlib, "import_module",
                         lambda name: fake_import(name))
     with pytest.raises(UnsupportedError, match=package) as info:
-        require_codec(codec)
+        codec.check_available()
     assert codec.makedumpfile_option in str(info.value)
-    require_codec(Codec.ZLIB)  # zlib and zstd are always there
-    require_codec(Codec.ZSTD)
+    Codec.ZLIB.check_available()  # zlib and zstd are always there
+    Codec.ZSTD.check_available()
 
 
 # -- decompression -------------------------------------------------------------------------

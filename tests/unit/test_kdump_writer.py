@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 
 from cdbdump.bitmap import Bitmap
+from cdbdump.codecs import Codec
 from cdbdump.errors import NotInDumpError, OutputError, OutputNoSpaceError
 from cdbdump.fileio import MappedFile
 from cdbdump.vmcore.kdumpfile import KdumpFile
-from cdbdump.writers.compress import Codec
 from cdbdump.writers.kdump import KdumpLayout, KdumpMetadata, mark_incomplete, write_kdump
 from cdbdump.writers.sink import create_output
 from tests.oracles import (

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from cdbdump.codecs import Codec
 from cdbdump.mdopts import (
     DEFAULT_MSG_LEVEL,
     OPTIONS,
@@ -13,7 +14,6 @@ from cdbdump.mdopts import (
     atoi,
     parse,
 )
-from cdbdump.writers.compress import Codec
 
 
 @pytest.mark.parametrize(
