@@ -66,6 +66,9 @@ def _version(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
 @click.option("--no-compress", "codec", flag_value=Codec.NONE.value,
               help="Store pages uncompressed.")
 @click.option("-f", "force", is_flag=True, help="Overwrite an existing DUMPFILE.")
+@click.option("--num-threads", "num_threads", type=click.IntRange(0, 256), default=None,
+              help="Threads compressing pages (default: every usable core; 0 or 1: one). "
+              "The output is the same whatever the number.")
 @click.option("--message-level", type=click.IntRange(0, 31), default=DEFAULT_MESSAGE_LEVEL,
               show_default=True,
               help="Bits: 1 progress, 2 common, 4 error, 8 debug, 16 report.")
@@ -88,6 +91,7 @@ def command(
     dump_level: int,
     codec: str,
     force: bool,
+    num_threads: int | None,
     message_level: int,
     show_stats: bool,
     report_json: Path | None,
@@ -116,6 +120,7 @@ def command(
         use_kernel_bitmap=use_kernel_bitmap,
         force=force,
         split_parts=split_parts,
+        threads=None if num_threads is None else max(1, num_threads),
     )
     try:
         with _ProgressBar(ui) as progress:

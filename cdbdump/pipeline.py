@@ -66,6 +66,7 @@ class DumpOptions:
     use_kernel_bitmap: bool = False  # -q
     force: bool = False  # -f
     split_parts: tuple[Path, ...] = ()  # the other files of a split (--split) input
+    threads: int | None = None  # --num-threads; None: every usable core
 
 
 @dataclass(frozen=True, slots=True)
@@ -367,6 +368,7 @@ def _dump(
                 exclude_zero=bool(applied & DumpLevel.ZERO),
                 progress=writer_progress,
                 allow_incomplete=True,
+                threads=options.threads,
             )
         except CdbdumpError:
             out.discard()  # nothing of the dump was kept: no half file left behind

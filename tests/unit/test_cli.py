@@ -124,3 +124,22 @@ def test_codec_flags(tiny_vmcore: MakeVmcore, tmp_path: Path, codec: str) -> Non
     assert result.exit_code == 0, result.output
     names = {"-c": "zlib", "-l": "lzo", "-p": "snappy", "-z": "zstd", "--no-compress": "none"}
     assert json.loads(js.read_text())["codec"] == names[codec]
+
+
+@pytest.mark.parametrize("codec", ["-c", "-l", "-p", "-z"])
+def test_num_threads_does_not_change_the_file(tiny_vmcore: MakeVmcore, tmp_path: Path,
+                                              codec: str) -> None:
+    kernel, vmcore = tiny_vmcore("6.1", seed=5)
+    assert kernel.max_mapnr > 3 * 64  # enough dumpable pages for chunks on every thread
+    outputs = []
+    for threads in ("0", "1", "2", "3", None):
+        out = tmp_path / f"o{threads}"
+        args = [codec, "-d", "1", str(vmcore), str(out)]
+        if threads is not None:
+            args[:0] = ["--num-threads", threads]
+        result = CliRunner().invoke(command, args)
+        assert result.exit_code == 0, result.output
+        outputs.append(out.read_bytes())
+    assert all(o == outputs[0] for o in outputs[1:])
+    bad = CliRunner().invoke(command, ["--num-threads", "-1", str(vmcore), str(tmp_path / "x")])
+    assert bad.exit_code == 2

@@ -261,13 +261,14 @@ def test_read_back_equals_source(tmp_path: Path,
                         dump.read_page(pfn)
 
 
+@pytest.mark.parametrize("codec", list(Codec))
 def test_window_size_and_threads_do_not_change_the_file(
-    tmp_path: Path, source: tuple[Path, dict[int, bytes], KdumpInputs]
+    tmp_path: Path, source: tuple[Path, dict[int, bytes], KdumpInputs], codec: Codec
 ) -> None:
     _, _, inputs = source
-    ref, _ = _write(tmp_path, inputs, Codec.ZSTD, name="ref")
-    for window, threads in [(1, 1), (3, 2), (7, 1), (1 << 16, 2)]:
-        path, _ = _write(tmp_path, inputs, Codec.ZSTD, name=f"w{window}",
+    ref, _ = _write(tmp_path, inputs, codec, name="ref", threads=1)
+    for window, threads in [(1, 1), (3, 2), (7, 1), (1 << 16, 2), (1 << 16, 3)]:
+        path, _ = _write(tmp_path, inputs, codec, name=f"w{window}-{threads}",
                          window_pages=window, threads=threads)
         assert path.read_bytes() == ref.read_bytes(), (window, threads)
 
