@@ -12,7 +12,7 @@ import sys
 import traceback
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -20,9 +20,10 @@ from cdbdump import __version__
 from cdbdump.codecs import Codec
 from cdbdump.errors import CdbdumpError, IncompleteDumpError
 from cdbdump.mm.levels import MAX_DUMP_LEVEL, DumpLevel
-from cdbdump.mm.scan import MemoryUsage
-from cdbdump.pipeline import DumpOptions, dump, mem_usage
 from cdbdump.report import DumpReport, PathTaken
+
+if TYPE_CHECKING:
+    from cdbdump.mm.scan import MemoryUsage
 
 __all__ = ("main",)
 
@@ -112,6 +113,10 @@ def command(
         return
     if dumpfile is None:
         raise click.UsageError("missing argument DUMPFILE")
+    # the pipeline (numpy and the readers) is imported by runs only: -h, -v and
+    # usage errors start in a fraction of the time
+    from cdbdump.pipeline import DumpOptions, dump
+
     options = DumpOptions(
         vmcore=vmcore,
         dumpfile=dumpfile,
@@ -152,6 +157,8 @@ def command(
 
 
 def _run_mem_usage(vmcore: Path, ui: _Messages, debug: bool) -> None:
+    from cdbdump.pipeline import mem_usage
+
     try:
         with _ProgressBar(ui) as progress:
             usage, page_size = mem_usage(vmcore, progress)

@@ -18,14 +18,13 @@ from __future__ import annotations
 
 import enum
 import importlib
+import sys
 import threading
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from types import ModuleType
 from typing import Any, TypeAlias
-
-import zstandard
 
 from cdbdump.errors import CorruptDumpError, UnsupportedError
 from cdbdump.formats.kdump import (
@@ -149,6 +148,8 @@ _ZSTD_LOCAL = threading.local()
 
 
 def new_zstd_compressor() -> Any:
+    import zstandard  # imported by the runs that use zstd only (start-up time)
+
     # ZSTD_compressCCtx(ctx, ..., 1): level 1, content size written, no checksum
     return zstandard.ZstdCompressor(
         level=1, write_content_size=True, write_checksum=False, write_dict_id=False
@@ -201,9 +202,10 @@ def decompress_page(
 def _codec_errors(module: ModuleType | None) -> tuple[type[BaseException], ...]:
     """What the decompressors raise on bad input: python-lzo's ``lzo.error`` and
     cramjam's ``DecompressionError`` come from the optional modules themselves."""
-    errors: list[type[BaseException]] = [
-        zlib.error, zstandard.ZstdError, ValueError, OverflowError
-    ]
+    errors: list[type[BaseException]] = [zlib.error, ValueError, OverflowError]
+    zstandard = sys.modules.get("zstandard")  # imported by _zstd_decompress when it ran
+    if zstandard is not None:
+        errors.append(zstandard.ZstdError)
     for name in ("error", "DecompressionError"):
         exc_type = getattr(module, name, None)
         if isinstance(exc_type, type) and issubclass(exc_type, BaseException):
@@ -251,6 +253,8 @@ def _snappy_length(head: bytes) -> int:
 
 
 def _zstd_decompress(_module: ModuleType | None, data: BufferLike, page_size: int) -> bytes:
+    import zstandard
+
     size = zstandard.frame_content_size(data)
     if size > page_size:
         # python-zstandard sizes its output by the frame header and ignores

@@ -16,7 +16,6 @@ from types import TracebackType
 
 import numpy as np
 import numpy.typing as npt
-import zstandard
 
 from cdbdump.codecs import BufferLike, Codec, PageFunction, zstd_compressor
 
@@ -77,7 +76,7 @@ class PageCompressor:
             threads = default_threads()
         self.threads = max(1, threads)
         self._zstd_multi = codec is Codec.ZSTD and hasattr(
-            zstandard.ZstdCompressor, "multi_compress_to_buffer"
+            zstd_compressor(), "multi_compress_to_buffer"
         )
         self._pool: ThreadPoolExecutor | None = None
 
@@ -154,6 +153,8 @@ class PageCompressor:
         segments = np.empty((index.size, 2), dtype=np.uint64)
         segments[:, 0] = index.astype(np.uint64) * np.uint64(ps)
         segments[:, 1] = ps
+        import zstandard  # only zstd runs import it (start-up time)
+
         batch = zstandard.BufferWithSegments(flat, segments.tobytes())
         result = zstd_compressor().multi_compress_to_buffer(batch, threads=self.threads)
         outs = [result[i] for i in range(len(result))]
