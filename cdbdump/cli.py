@@ -7,7 +7,6 @@ lines and scripts that scrape the report keep working.
 
 from __future__ import annotations
 
-import json
 import sys
 import traceback
 from collections.abc import Callable
@@ -70,6 +69,9 @@ def _version(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
 @click.option("--num-threads", "num_threads", type=click.IntRange(0, 256), default=None,
               help="Threads compressing pages (default: every usable core; 0 or 1: one). "
               "The output is the same whatever the number.")
+@click.option("--cyclic-buffer", "cyclic_buffer", type=click.IntRange(1, 1 << 30), default=None,
+              help="KiB of bitmap handled per window (8192 pfns per KiB) by the mem_map scan "
+              "and the page writer. The output is the same whatever the size.")
 @click.option("--message-level", type=click.IntRange(0, 31), default=DEFAULT_MESSAGE_LEVEL,
               show_default=True,
               help="Bits: 1 progress, 2 common, 4 error, 8 debug, 16 report.")
@@ -93,6 +95,7 @@ def command(
     codec: str,
     force: bool,
     num_threads: int | None,
+    cyclic_buffer: int | None,
     message_level: int,
     show_stats: bool,
     report_json: Path | None,
@@ -126,6 +129,7 @@ def command(
         force=force,
         split_parts=split_parts,
         threads=None if num_threads is None else max(1, num_threads),
+        cyclic_buffer_kib=cyclic_buffer,
     )
     try:
         with _ProgressBar(ui) as progress:
@@ -147,6 +151,8 @@ def command(
         sys.exit(130)
     _render(report, ui)
     if report_json is not None:
+        import json  # only --report-json needs it
+
         try:
             report_json.write_text(json.dumps(report.as_json(), indent=2) + "\n")
         except OSError as exc:

@@ -67,6 +67,7 @@ class DumpOptions:
     force: bool = False  # -f
     split_parts: tuple[Path, ...] = ()  # the other files of a split (--split) input
     threads: int | None = None  # --num-threads; None: every usable core
+    cyclic_buffer_kib: int | None = None  # --cyclic-buffer: KiB of bitmap per window
 
 
 @dataclass(frozen=True, slots=True)
@@ -369,6 +370,7 @@ def _dump(
                 progress=writer_progress,
                 allow_incomplete=True,
                 threads=options.threads,
+                **_writer_windows(options, image.max_mapnr),
             )
         except CdbdumpError:
             out.discard()  # nothing of the dump was kept: no half file left behind
@@ -447,9 +449,11 @@ def _exclude(
             report.warnings.append(f"hwpoison/offline pages not excluded: {why}")
         return level
     snapshot = bitmap2.copy()
+    window = {} if options.cyclic_buffer_kib is None else {  # struct pages per scan window
+        "window": _cyclic_pfns(options.cyclic_buffer_kib, image.max_mapnr)}
     try:
         result = exclude_unnecessary_pages(
-            image.kernel, info, level, bitmap2, progress, mem_map=image.mem_map
+            image.kernel, info, level, bitmap2, progress, mem_map=image.mem_map, **window
         )
     except _SCAN_ERRORS as exc:
         bitmap2.bits[:] = snapshot.bits  # nothing half-excluded: the report must match
@@ -462,6 +466,18 @@ def _exclude(
     report.counts.add(result.counts)
     report.warnings.extend(result.problems)
     return level
+
+
+def _cyclic_pfns(kib: int, max_mapnr: int) -> int:
+    """Pfns whose bits fill ``kib`` KiB of bitmap (makedumpfile --cyclic-buffer),
+    no more than the machine has (a window is allocated whole)."""
+    return min(max(1, kib) * 1024 * 8, max(8192, max_mapnr))
+
+
+def _writer_windows(options: DumpOptions, max_mapnr: int) -> dict[str, int]:
+    if options.cyclic_buffer_kib is None:
+        return {}
+    return {"bitmap_window_pfns": _cyclic_pfns(options.cyclic_buffer_kib, max_mapnr)}
 
 
 def _degrade(level: DumpLevel, report: DumpReport, why: str) -> DumpLevel:
