@@ -18,6 +18,12 @@ Parts (skip one with --skip NAME); at the end one table of every A/B run
              1st bitmap, kernel bitmap AND) per TiB of RAM, total time, peak RSS.
   scan       the mem_map scan on the same kind of machine: seconds per TiB, and the
              whole run against makedumpfile on it.
+  refilter   makedumpfile -l -d 1 of that machine refiltered to -d 31 by both tools
+             (A/B, peak RSS, byte identity), and `cdbdump verify` of the -d 1 dump.
+  flat       -F to a pipe against writing the dump file directly, on the real vmcore
+             (--flat-vmcore), -d 31 and -d 0: the stream must cost at most 10 % more.
+  dmesg      --dump-dmesg on the real 1 GiB 6.1 vmcore against makedumpfile, and the log
+             reader alone on a full 4 MiB printk ringbuffer (records per second).
 
 Peak RSS comes from wait4() of each child; wall time from a monotonic clock.
 """
@@ -210,11 +216,96 @@ def _same(a: Path, b: Path) -> bool:
     return subprocess.run(["cmp", "-s", str(a), str(b)], check=False).returncode == 0
 
 
+def _cpu_run(cmd: list[str], to_pipe: bool) -> tuple[float, float]:
+    """(wall s, user+sys CPU s of cmd alone): stdout into `cat > /dev/null`, or discarded."""
+    reader = subprocess.Popen(["cat"], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL) \
+        if to_pipe else None
+    start = time.monotonic()
+    proc = subprocess.Popen(cmd, stdout=reader.stdin if reader else subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    if reader is not None and reader.stdin is not None:
+        reader.stdin.close()
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.monotonic() - start
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if reader is not None:
+        reader.wait()
+    if proc.returncode:
+        sys.stderr.write(f"command failed ({proc.returncode}): {' '.join(cmd)}\n")
+    return wall, usage.ru_utime + usage.ru_stime
+
+
+def part_flat(work: Path, rounds: int, name: str) -> None:
+    print(f"== flat: -F to a pipe vs the dump file, {name}, lzo, A/B alternated ==")
+    from fixtures import real_vmcores
+
+    raw = real_vmcores.ensure(name)
+    subprocess.run(["cat", str(raw)], stdout=subprocess.DEVNULL, check=True)
+    direct = work / "direct.kdump"
+    for level in ("31", "0"):
+        opts = ["-l", "-d", level, "--message-level", "0"]
+        runs: dict[str, list[tuple[float, float]]] = {"-F | cat": [], "file": []}
+        for _ in range(rounds):
+            runs["-F | cat"].append(_cpu_run(cdbdump_cmd("-F", *opts, str(raw)), True))
+            direct.unlink(missing_ok=True)
+            runs["file"].append(_cpu_run(cdbdump_cmd(*opts, str(raw), str(direct)), False))
+        print(f" -d {level} (output file {direct.stat().st_size:,} bytes):")
+        for label, values in runs.items():
+            walls, cpus = [w for w, _ in values], [c for _, c in values]
+            print(f"  {label:<9} wall median {statistics.median(walls):6.3f} s (min "
+                  f"{min(walls):.3f}), CPU median {statistics.median(cpus):6.3f} s (min "
+                  f"{min(cpus):.3f})")
+        for i, what in ((0, "wall"), (1, "CPU")):
+            ratio = statistics.median(v[i] for v in runs["-F | cat"]) / statistics.median(
+                v[i] for v in runs["file"])
+            print(f"  -F/file {what} (medians): {ratio:.2f}x")
+        direct.unlink(missing_ok=True)
+
+
+def part_dmesg(work: Path, rounds: int) -> None:
+    print("== dmesg: --dump-dmesg, real Debian 6.1 1 GiB vmcore, A/B alternated ==")
+    if shutil.which("makedumpfile") is None:
+        print("  makedumpfile not installed: skipped")
+        return
+    from fixtures import real_vmcores
+
+    raw = real_vmcores.ensure("debian12-6.1-1g")
+    norm = real_vmcores.ensure_normalized("debian12-6.1-1g")
+    ours, theirs = work / "cdbdump.dmesg", work / "mdf.dmesg"
+    ab("cdbdump", cdbdump_cmd("--message-level", "0", "--dump-dmesg", str(raw), str(ours)),
+       "makedumpfile", ["makedumpfile", "--message-level", "0", "--dump-dmesg", str(norm),
+                        str(theirs)], ours, theirs, rounds)
+    # the reader alone on a full ring (log_buf_len=4M: 2^17 descriptors, 4 MiB of text)
+    import random
+
+    from cdbdump.printk import format_records, read_kernel_log
+    from tests.builders.printk import RingBuilder
+    from tests.flatmem import FlatKernel
+
+    ring = RingBuilder(count_bits=17, size_bits=22)
+    rng = random.Random(1)
+    words = (b"usb", b"pci", b"0000:00:1f.2", b"eth0:", b"link", b"is", b"up", b"ok")
+    for i in range(140_000):
+        ring.add(b" ".join(rng.choices(words, k=rng.randrange(2, 12))), i * 1_000_003, i)
+    flat = FlatKernel()
+    ring.install(flat)  # type: ignore[arg-type]
+    start = time.perf_counter()
+    log = read_kernel_log(flat.memory, flat.info())
+    read_s = time.perf_counter() - start
+    text = b"".join(format_records(log.records))
+    format_s = time.perf_counter() - start - read_s
+    print(f"  reader, full 4 MiB ring: {len(log.records):,} records read in {read_s:.3f} s, "
+          f"formatted ({len(text):,} bytes) in {format_s:.3f} s")
+
+
 def _report(path: Path) -> dict[str, object]:
     return json.loads(path.read_text())
 
 
-def synthetic_machine(work: Path, ram_gib: int, data_fraction: float = 0.01) -> Path:
+DENSE_FRACTION = 0.02  # of the frames holding data: ~300k kept pages at 64 GiB, -d 31
+
+
+def synthetic_machine(work: Path, ram_gib: int, data_fraction: float = DENSE_FRACTION) -> Path:
     """A sparse 6.1-dialect machine with the RFC kernel bitmap (cached in ``work``).
 
     1 % of the frames hold data; the mem_map (64 bytes per frame) is all real, so
@@ -235,9 +326,6 @@ def synthetic_machine(work: Path, ram_gib: int, data_fraction: float = 0.01) -> 
         print(f"  built {vmcore.name} in {time.monotonic() - t0:.1f} s, "
               f"{vmcore.stat().st_blocks * 512 / 2**20:.0f} MiB on disk")
     return vmcore
-
-
-DENSE_FRACTION = 0.02  # of the frames holding data: ~300k kept pages at 64 GiB, -d 31
 
 
 def part_plan(work: Path, ram_gib: int) -> None:
@@ -302,11 +390,33 @@ def part_dense(work: Path, out_dir: Path, rounds: int) -> None:
     theirs.unlink(missing_ok=True)
 
 
+def part_refilter(work: Path, ram_gib: int, rounds: int) -> None:
+    print(f"== refilter: -l -d 1 dump of a sparse synthetic {ram_gib} GiB machine to -d 31 ==")
+    if shutil.which("makedumpfile") is None:
+        print("  makedumpfile not installed: skipped")
+        return
+    vmcore = synthetic_machine(work, ram_gib)
+    d1 = work / f"synthetic-6.1-{ram_gib}g.d1.kdump"
+    if not d1.exists():
+        subprocess.run(["makedumpfile", "-l", "-d", "1", "--message-level", "0", str(vmcore),
+                        str(d1)], check=True)
+    ours, theirs = work / "refilter.kdump", work / "refilter-mdf.kdump"
+    ab("cdbdump", cdbdump_cmd("-l", "-d", "31", "--message-level", "0", str(d1), str(ours)),
+       "makedumpfile", ["makedumpfile", "-l", "-d", "31", "--message-level", "0", str(d1),
+                        str(theirs)], ours, theirs, rounds)
+    print(f"  outputs byte-identical: {ours.read_bytes() == theirs.read_bytes()}")
+    v = run(cdbdump_cmd("verify", str(d1)))
+    print(f"  verify of the -d 1 dump ({d1.stat().st_size / 2**20:.0f} MiB): {v.wall_s:.2f} s, "
+          f"peak RSS {v.max_rss_kib / 1024:.1f} MiB: {v.stdout.strip()}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--skip", action="append", default=[],
-                        choices=["real", "dense", "plan", "scan"])
+                        choices=["real", "dense", "plan", "scan", "refilter", "flat", "dmesg"])
+    parser.add_argument("--flat-vmcore", default="debian12-6.1-4g",
+                        help="catalogue vmcore of the flat part (fixtures/real_vmcores.py)")
     parser.add_argument("--ram-gib", type=int, default=64)
     parser.add_argument("--levels", default="31,1,0", help="dump levels of the real part")
     parser.add_argument("--rounds", type=int, default=3)
@@ -330,6 +440,12 @@ def main() -> None:
             # at 64 GiB the dense part already ran the A/B on the same machine
             part_scan(args.work, args.ram_gib, args.rounds,
                       with_ab=args.ram_gib != 64 or "dense" in args.skip)
+        if "refilter" not in args.skip:
+            part_refilter(args.work, args.ram_gib, args.rounds)
+        if "flat" not in args.skip:
+            part_flat(work, args.rounds, args.flat_vmcore)
+        if "dmesg" not in args.skip:
+            part_dmesg(work, args.rounds)
     print_table(args.json)
 
 

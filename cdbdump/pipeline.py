@@ -1,5 +1,6 @@
 """One dump, start to end: input → 1st bitmap → 2nd bitmap (kernel bitmap or
-mem_map scan) → kdump-compressed output → report.
+mem_map scan) → output (deliver.py: kdump-compressed or ELF, file, -F stream or
+--split set) → report.
 
 Stages are small functions over runs and bitmaps; this module only composes
 them and records what happened in a DumpReport. It never prints.
@@ -12,15 +13,17 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from cdbdump.bitmap import Bitmap
 from cdbdump.codecs import Codec
+from cdbdump.deliver import OutputRequest, cyclic_pfns, deliver
 from cdbdump.errors import (
     AddressError,
     CdbdumpError,
     CorruptDumpError,
-    IncompleteDumpError,
+    InputError,
+    OutputError,
     UnknownFormatError,
     UnsupportedError,
     VmcoreInfoError,
@@ -40,16 +43,26 @@ from cdbdump.mm.crash_bitmap import (
 from cdbdump.mm.levels import DumpLevel
 from cdbdump.mm.memmodel import MemMap, locate_mem_map
 from cdbdump.mm.scan import MemoryUsage, exclude_unnecessary_pages, memory_usage
+from cdbdump.printk import KernelLog, format_records, read_kernel_log
 from cdbdump.report import DumpReport, PathTaken, ProgressCallback
 from cdbdump.vmcore.detect import DumpFormat, sniff
 from cdbdump.vmcore.elfcore import ElfCore
 from cdbdump.vmcore.flattened import FlattenedFile, spool_stdin
 from cdbdump.vmcore.kdumpfile import KdumpFile
 from cdbdump.vmcore.vmcoreinfo import VmcoreInfo
-from cdbdump.writers.kdump import KdumpMetadata, mark_incomplete, write_kdump
+from cdbdump.writers.kdump import KdumpMetadata
 from cdbdump.writers.sink import create_output
 
-__all__ = ("DumpOptions", "InputImage", "dump", "mem_usage", "open_input")
+__all__ = (
+    "DmesgOptions",
+    "DmesgResult",
+    "DumpOptions",
+    "InputImage",
+    "dump",
+    "dump_dmesg",
+    "mem_usage",
+    "open_input",
+)
 
 # Errors after which the mem_map scan degrades instead of failing the run
 _SCAN_ERRORS = (VmcoreInfoError, AddressError, UnsupportedError, CorruptDumpError)
@@ -60,14 +73,22 @@ class DumpOptions:
     """What the user asked for (the CLI builds one of these)."""
 
     vmcore: Path
-    dumpfile: Path
+    dumpfile: Path | None  # None: a flattened stream on stdout (-F)
     dump_level: DumpLevel = DumpLevel.ZERO  # -d; the CLI default is makedumpfile's 0
     codec: Codec = Codec.ZSTD
     use_kernel_bitmap: bool = False  # -q
     force: bool = False  # -f
     split_parts: tuple[Path, ...] = ()  # the other files of a split (--split) input
+    elf: bool = False  # -E
+    split_files: tuple[Path, ...] = ()  # --split: dumpfile is ignored
+    splitblock_bytes: int | None = None  # --splitblock-size
     threads: int | None = None  # --num-threads; None: every usable core
     cyclic_buffer_kib: int | None = None  # --cyclic-buffer: KiB of bitmap per window
+
+    @property
+    def output(self) -> OutputRequest:
+        return OutputRequest(self.dumpfile, self.codec, self.force, self.elf, self.split_files,
+                             self.splitblock_bytes, self.threads, self.cyclic_buffer_kib)
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,6 +111,7 @@ class InputImage:
     problems: tuple[str, ...] = ()
     loads: tuple[LoadSegment, ...] = ()  # an ELF input's PT_LOADs
     kdump: KdumpMemory | None = None  # a kdump-compressed input (refiltering)
+    core: ElfCore | None = None  # an ELF input's headers and notes
 
 
 @contextmanager
@@ -118,8 +140,10 @@ def open_files(path: Path, split_parts: tuple[Path, ...] = ()) -> list[FileView]
     return files
 
 
-def open_input(files: list[FileView]) -> InputImage:
-    """Parse the input's headers and derive the machine's geometry."""
+def open_input(files: FileView | list[FileView]) -> InputImage:
+    """Parse the input's headers (one file, or a split set) and derive the machine's geometry."""
+    if not isinstance(files, list):
+        files = [files]
     file = files[0]
     fmt = sniff(file)
     if fmt is DumpFormat.KDUMP:
@@ -148,7 +172,7 @@ def open_input(files: list[FileView]) -> InputImage:
         lower_max_mapnr=True, loads=core.loads, notes_raw=core.notes_raw,
         vmcoreinfo_desc_offset=core.vmcoreinfo_desc_offset,
         vmcoreinfo_size=note.desc_size if note is not None else 0, nr_cpus=core.nr_cpus,
-        problems=core.problems,
+        problems=core.problems, core=core,
     )
 
 
@@ -236,7 +260,8 @@ def without_nodata(image: InputImage, bitmap1: Bitmap) -> Bitmap:
 
 
 def memory_hole_pages(image: InputImage) -> int:
-    # makedumpfile counts PT_LOAD pages, overlapping segments twice (pitfall 15)
+    # makedumpfile counts PT_LOAD pages, overlapping segments twice
+    # (reference: makedumpfile create_bitmap_from_memhole, pfn_memhole per PT_LOAD)
     shift = image.page_size.bit_length() - 1
     present = 0
     if image.kdump is not None:
@@ -288,7 +313,7 @@ def dump(options: DumpOptions, progress: ProgressCallback | None = None) -> Dump
     level = options.dump_level
     report = DumpReport(
         vmcore=str(options.vmcore),
-        dumpfile=str(options.dumpfile),
+        dumpfile=options.output.name,
         dump_level_requested=int(level),
         codec=options.codec.label,
     )
@@ -315,7 +340,7 @@ def _dump(
     report.bytes_in = sum(f.size for f in files)
     if image.loads:
         report.bytes_in = sum(seg.filesz for seg in image.loads)
-    meta_extra: dict[str, int] = {}
+    meta_extra: dict[str, Any] = {}
     if image.kdump is not None:
         options, meta_extra = _refiltering(options, image.kdump, report)
     with _timed(report, "check memory holes"):
@@ -349,55 +374,25 @@ def _dump(
         vmcoreinfo_size=image.vmcoreinfo_size,
         nr_cpus=image.nr_cpus,
     )
+    if options.elf and image.core is None:
+        # reference: makedumpfile initial()
+        raise UnsupportedError(f"'-E' option is disabled, because {options.vmcore} is kdump "
+                               "compressed format.")
     with _timed(report, "write pages"):
         if isinstance(files[0], MappedFile) and image.kdump is None:
             files[0].advise_streaming()
-        out = create_output(options.dumpfile, options.force,
-                            inputs=[options.vmcore, *options.split_parts])
-        writer_progress = (
-            None if progress is None
-            else lambda done, total: progress("Copying data", done, total)
-        )
-        try:
-            result = write_kdump(
-                out,
-                meta,
-                bitmap1,
-                bitmap2,
-                image.phys,
-                options.codec,
-                exclude_zero=bool(applied & DumpLevel.ZERO),
-                progress=writer_progress,
-                allow_incomplete=True,
-                threads=options.threads,
-                **_writer_windows(options, image.max_mapnr),
-            )
-        except CdbdumpError:
-            out.discard()  # nothing of the dump was kept: no half file left behind
-            raise
-        except BaseException:
-            out.discard()  # interrupted: a partial file must not pass for a dump
-            raise
-        report.counts.zero = result.nr_zero_pages
-        report.pages_written = result.nr_pages_written
-        report.bytes_out = result.bytes_written
-        report.bytes_written = out.bytes_written
-        if result.no_space is not None:
-            # reference: makedumpfile check_and_modify_kdump_headers — keep what
-            # was written, flag the header INCOMPLETE, exit 1
-            mark_incomplete(out, result)
-            out.close()
-            raise IncompleteDumpError(result.nr_pages_lost, result.no_space, report)
-        out.close()
+        deliver(options.output, options.vmcore, image.core, image.phys, meta, bitmap1,
+                bitmap2, bool(applied & DumpLevel.ZERO), report, progress)
     return report
 
 
 def _refiltering(
     options: DumpOptions, kdump: KdumpMemory, report: DumpReport
-) -> tuple[DumpOptions, dict[str, int]]:
+) -> tuple[DumpOptions, dict[str, Any]]:
     """makedumpfile's rules for a kdump-compressed input: the level only rises
-    (update_dump_level), the timestamp carries over (get_kdump_compressed_header_info),
-    and so does an incomplete input's flag."""
+    (update_dump_level), the timestamp and erase information carry over
+    (get_kdump_compressed_header_info, write_kdump_eraseinfo), and so does an
+    incomplete input's flag."""
     head = kdump.header_file
     input_level = head.dump_level or 0
     level = options.dump_level | input_level
@@ -406,8 +401,9 @@ def _refiltering(
             f"dump_level is changed to {int(level)}, because {head.file.path} was created "
             f"by dump_level({input_level})."
         )
-    extra = {"timestamp_sec": head.header.timestamp_sec,
-             "timestamp_usec": head.header.timestamp_usec}
+    extra: dict[str, Any] = {"timestamp_sec": head.header.timestamp_sec,
+                             "timestamp_usec": head.header.timestamp_usec,
+                             "eraseinfo": head.eraseinfo_raw}
     if any(part.is_incomplete for part in kdump.parts):
         extra["status_extra"] = DUMP_DH_COMPRESSED_INCOMPLETE
         report.warnings.append(
@@ -450,7 +446,7 @@ def _exclude(
         return level
     snapshot = bitmap2.copy()
     window = {} if options.cyclic_buffer_kib is None else {  # struct pages per scan window
-        "window": _cyclic_pfns(options.cyclic_buffer_kib, image.max_mapnr)}
+        "window": cyclic_pfns(options.cyclic_buffer_kib, image.max_mapnr)}
     try:
         result = exclude_unnecessary_pages(
             image.kernel, info, level, bitmap2, progress, mem_map=image.mem_map, **window
@@ -466,18 +462,6 @@ def _exclude(
     report.counts.add(result.counts)
     report.warnings.extend(result.problems)
     return level
-
-
-def _cyclic_pfns(kib: int, max_mapnr: int) -> int:
-    """Pfns whose bits fill ``kib`` KiB of bitmap (makedumpfile --cyclic-buffer),
-    no more than the machine has (a window is allocated whole)."""
-    return min(max(1, kib) * 1024 * 8, max(8192, max_mapnr))
-
-
-def _writer_windows(options: DumpOptions, max_mapnr: int) -> dict[str, int]:
-    if options.cyclic_buffer_kib is None:
-        return {}
-    return {"bitmap_window_pfns": _cyclic_pfns(options.cyclic_buffer_kib, max_mapnr)}
 
 
 def _degrade(level: DumpLevel, report: DumpReport, why: str) -> DumpLevel:
@@ -517,3 +501,62 @@ def mem_usage(
     finally:
         for f in files:
             f.close()
+
+
+@dataclass(frozen=True, slots=True)
+class DmesgOptions:
+    """--dump-dmesg: the kernel log of ``vmcore`` into ``logfile`` (None: a stream)."""
+
+    vmcore: Path
+    logfile: Path | None
+    force: bool = False  # -f
+    caller_id: bool = True  # "[      T1] " after the time, as makedumpfile >= 1.7.5 prints
+
+
+@dataclass(frozen=True, slots=True)
+class DmesgResult:
+    log: KernelLog  # the records and the warnings (one line each)
+    vmcoreinfo: VmcoreInfo
+    bytes_written: int
+
+
+def dump_dmesg(options: DmesgOptions, stream: BinaryIO | None = None) -> DmesgResult:
+    """makedumpfile --dump-dmesg: read the log, then write it to the file or ``stream``.
+
+    The log file is created (0600, never over an existing file without ``force``)
+    only once the log has been read; a write that fails leaves what was written.
+
+    Raises:
+        CdbdumpError: no log can be read from the input, or the output fails.
+    """
+    files = open_files(options.vmcore)
+    try:
+        image = open_input(files)
+        if image.vmcoreinfo is None or image.kernel is None:
+            raise VmcoreInfoError(
+                f"{options.vmcore}: cannot read the kernel log: {image.kernel_error}")
+        try:
+            log = read_kernel_log(image.kernel, image.vmcoreinfo)
+        except CdbdumpError as exc:
+            raise InputError(f"{options.vmcore}: cannot read the kernel log: {exc}") from exc
+    finally:
+        for f in files:
+            f.close()
+    log.warnings[:0] = image.problems
+    data = b"".join(format_records(log.records, caller_id=options.caller_id))
+    if options.logfile is None:
+        if stream is None:
+            raise OutputError("no log file and no stream to write the kernel log to")
+        try:
+            stream.write(data)
+            stream.flush()
+        except OSError as exc:
+            raise OutputError(f"cannot write the kernel log: {exc.strerror}",
+                              path="standard output") from exc
+    else:
+        out = create_output(options.logfile, options.force, inputs=[options.vmcore])
+        try:
+            out.pwrite(data, 0)
+        finally:
+            out.close()
+    return DmesgResult(log, image.vmcoreinfo, len(data))

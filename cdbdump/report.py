@@ -48,6 +48,8 @@ class DumpReport:
     warnings: list[str] = field(default_factory=list)
     input_incomplete: bool = False  # a refiltered input was itself flagged incomplete
     kernel_bitmap: dict[str, int] | None = None  # the struct's fields when -q used it
+    elf_excluded_pages: int | None = None  # -E: pages really left out (pfn_elf_excluded)
+    split_ranges: list[tuple[int, int]] | None = None  # --split: [start_pfn, end_pfn) per file
 
     @property
     def original_pages(self) -> int:

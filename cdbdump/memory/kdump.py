@@ -18,7 +18,7 @@ import numpy.typing as npt
 
 from cdbdump.errors import CorruptDumpError
 from cdbdump.memory.physical import Extent, ExtentKind, read_extents
-from cdbdump.vmcore.kdumpfile import KdumpFile
+from cdbdump.vmcore.kdumpfile import KdumpFile, PageDesc
 
 __all__ = ("KdumpMemory",)
 
@@ -105,8 +105,15 @@ class KdumpMemory:
         lo = extent.paddr - (first << self._shift)
         if first == last:
             return memoryview(self.read_page(first))[lo : lo + extent.size]
-        joined = b"".join(self.read_page(pfn) for pfn in range(first, last + 1))
-        return memoryview(joined)[lo : lo + extent.size]
+        pages: list[bytes] = []
+        for part in self.parts:  # one vectorised page_desc lookup per file
+            a, b = max(first, part.start_pfn), min(last + 1, part.end_pfn)
+            if a < b:
+                pfns = np.arange(a, b, dtype=np.int64)
+                descs = part.page_descs(pfns).tolist()
+                pages.extend(part.load_page(pfn, PageDesc(*d))
+                             for pfn, d in zip(pfns.tolist(), descs, strict=True))
+        return memoryview(b"".join(pages))[lo : lo + extent.size]
 
     def read_page(self, pfn: int) -> bytes:
         """One decompressed page; NotInDumpError if excluded or lost."""

@@ -84,7 +84,7 @@ def probe_kernel_bitmap(
         return KernelBitmapRefused("NUMBER(phys_base) is missing, cannot place the kernel image")
     # The symbol is a kernel-image address with KASLR already applied, so its
     # physical address is vaddr - __START_KERNEL_map + phys_base (makedumpfile
-    # reference §4.6; phys_base is signed and often negative).
+    # __pa / get_phys_base_x86_64; phys_base is signed and often negative).
     paddr = vaddr - START_KERNEL_MAP + phys_base
     try:
         raw = phys.read(paddr, CRASH_DUMP_BITMAP_INFO.size)

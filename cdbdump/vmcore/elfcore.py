@@ -1,8 +1,8 @@
 """ELF64 vmcores: /proc/vmcore, saved copies, and QEMU/libvirt dumps.
 
-The ELF and program headers are unpacked with struct (honouring e_phoff, which
-QEMU puts at 192, and PN_XNUM); notes are walked over the raw PT_NOTE bytes; page
-data is never read here (see memory.physical).
+The ELF and program headers are decoded with formats.elf (e_phoff honoured,
+PN_XNUM resolved); notes are walked over the raw PT_NOTE bytes; page data is
+never read here (see memory.physical).
 """
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ from cdbdump.formats.elf import (
     ELF64_SHDR,
     ELFCLASS64,
     ELFDATA2LSB,
-    ELFMAG,
     EM_X86_64,
     NT_PRSTATUS,
     PN_XNUM,
@@ -49,7 +48,7 @@ class ElfCore:
     notes_raw: bytes  # every PT_NOTE segment, concatenated, byte for byte
     notes: tuple[Note, ...]
     vmcoreinfo: VmcoreInfo | None
-    vmcoreinfo_desc_offset: int | None  # offset of the VMCOREINFO text within notes_raw
+    vmcoreinfo_note: Note | None
     problems: tuple[str, ...]  # degradations found while parsing (e.g. truncated file)
 
     @property
@@ -118,13 +117,7 @@ class ElfCore:
                 )
         notes_raw = b"".join(note_chunks)
         notes = tuple(iter_notes(notes_raw))
-        vmcoreinfo: VmcoreInfo | None = None
-        vmcoreinfo_desc_offset: int | None = None
-        for note in notes:
-            if note.name == VMCOREINFO_NOTE_NAME:
-                vmcoreinfo = VmcoreInfo.parse(note.desc(notes_raw))
-                vmcoreinfo_desc_offset = note.desc_offset
-                break
+        note = next((n for n in notes if n.name == VMCOREINFO_NOTE_NAME), None)
         return cls(
             file=file,
             e_machine=e_machine,
@@ -132,59 +125,48 @@ class ElfCore:
             loads=tuple(loads),
             notes_raw=notes_raw,
             notes=notes,
-            vmcoreinfo=vmcoreinfo,
-            vmcoreinfo_desc_offset=vmcoreinfo_desc_offset,
+            vmcoreinfo=VmcoreInfo.parse(note.desc(notes_raw)) if note is not None else None,
+            vmcoreinfo_note=note,
             problems=tuple(problems),
         )
 
     @property
-    def vmcoreinfo_note(self) -> Note | None:
-        for note in self.notes:
-            if note.name == VMCOREINFO_NOTE_NAME:
-                return note
-        return None
+    def vmcoreinfo_desc_offset(self) -> int | None:
+        """Offset of the VMCOREINFO text within notes_raw."""
+        return self.vmcoreinfo_note.desc_offset if self.vmcoreinfo_note is not None else None
 
 
 PhdrTuple = tuple[int, int, int, int, int, int, int, int]
 
 
 def _read_headers(file: MappedFile) -> tuple[int, int, list[PhdrTuple]]:
-    """Ehdr and program headers (struct unpacking: importing pyelftools alone
-    costs more CPU than the rest of a small run's start-up).
+    """Elf64_Ehdr and the program header table, decoded over the mapped file.
 
-    e_phoff is honoured wherever it points (QEMU puts the table at 192, after
-    its section headers) and so is PN_XNUM: with e_phnum 0xffff the real
-    count is sh_info of section header 0 (linux: include/uapi/linux/elf.h).
+    e_phoff is honoured (QEMU puts the table at 192); e_phnum PN_XNUM means the
+    real count is section header 0's sh_info (linux fs/binfmt_elf.c, elf_core_dump).
     """
     if file.size < ELF64_EHDR.size:
-        raise CorruptDumpError(
-            f"{file.path}: bad ELF header: file has {file.size} bytes, the header needs "
-            f"{ELF64_EHDR.size}",
-            file_offset=0,
-        )
-    (ident, _e_type, e_machine, _e_version, _e_entry, e_phoff, e_shoff, _e_flags, _e_ehsize,
-     _e_phentsize, e_phnum, _e_shentsize, _e_shnum, _e_shstrndx) = ELF64_EHDR.unpack(
-        file.view(0, ELF64_EHDR.size, "ELF header"))
-    if ident[:4] != ELFMAG:
-        raise CorruptDumpError(f"{file.path}: bad ELF header: magic {ident[:4].hex()}",
-                               file_offset=0)
-    nr_phdrs = e_phnum
+        raise CorruptDumpError(f"{file.path}: bad ELF header: the file has {file.size} bytes",
+                               file_offset=0, field="Elf64_Ehdr")
+    ehdr = ELF64_EHDR.unpack(file.view(0, ELF64_EHDR.size, "Elf64_Ehdr"))
+    e_machine, e_phoff, e_shoff, e_phentsize, e_phnum = (
+        ehdr[2], ehdr[5], ehdr[6], ehdr[9], ehdr[10])
     if e_phnum == PN_XNUM:
-        if e_shoff + ELF64_SHDR.size > file.size:
+        if e_shoff == 0 or e_shoff + ELF64_SHDR.size > file.size:
             raise CorruptDumpError(
-                f"{file.path}: bad ELF header: e_phnum is PN_XNUM but section header 0 at "
-                f"e_shoff {e_shoff:#x} lies past the end of the file",
-                file_offset=e_shoff,
-                field="section header 0",
-            )
-        nr_phdrs = ELF64_SHDR.unpack(file.view(e_shoff, ELF64_SHDR.size, "section header"))[7]
-    if e_phoff + nr_phdrs * ELF64_PHDR.size > file.size:
+                f"{file.path}: e_phnum is PN_XNUM but section header 0 at e_shoff "
+                f"{e_shoff:#x} is not in the file", file_offset=0x28, field="e_shoff")
+        e_phnum = ELF64_SHDR.unpack(file.view(e_shoff, ELF64_SHDR.size, "section header 0"))[7]
+    if e_phnum and e_phentsize != ELF64_PHDR.size:
+        raise CorruptDumpError(f"{file.path}: bad ELF header: e_phentsize {e_phentsize}, "
+                               f"Elf64_Phdr is {ELF64_PHDR.size}", file_offset=0x36,
+                               field="e_phentsize")
+    if e_phoff + e_phnum * ELF64_PHDR.size > file.size:
         raise CorruptDumpError(
-            f"{nr_phdrs} program headers at e_phoff {e_phoff:#x} run past the end of "
+            f"{e_phnum} program headers at e_phoff {e_phoff:#x} run past the end of "
             f"the file ({file.size:#x} bytes)",
             file_offset=e_phoff,
             field="program header table",
         )
-    table = file.view(e_phoff, nr_phdrs * ELF64_PHDR.size, "program header table")
-    phdrs: list[PhdrTuple] = list(ELF64_PHDR.iter_unpack(table))
-    return e_machine, e_phoff, phdrs
+    table = file.view(e_phoff, e_phnum * ELF64_PHDR.size, "program header table")
+    return e_machine, e_phoff, list(ELF64_PHDR.iter_unpack(table))

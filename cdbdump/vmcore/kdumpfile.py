@@ -275,7 +275,7 @@ class KdumpFile:
         if sub is None or self.header.header_version < 5 or not sub.size_eraseinfo:
             return b""
         return bytes(_region(self.file, sub.offset_eraseinfo, sub.size_eraseinfo,
-                             "eraseinfo", field_offset=self.page_size + 72))
+                             "eraseinfo", field_offset=self.page_size + 64))
 
     def read_page(self, pfn: int) -> bytes:
         """The page's content; NotInDumpError for excluded or lost pages."""

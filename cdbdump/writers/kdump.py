@@ -28,6 +28,7 @@ dump readable, makedumpfile's "incomplete dumpfile").
 
 from __future__ import annotations
 
+import struct
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -71,6 +72,8 @@ DEFAULT_WINDOW_PAGES = 512  # 2 MiB of 4 KiB pages gathered and compressed at a 
 BITMAP_WINDOW_PFNS = 1 << 20  # pfns of the 2nd bitmap unpacked at a time (1 MiB of bools)
 
 ProgressCallback = Callable[[int, int], None]
+_SUB_HEADER_ERASEINFO_OFFSET = 64  # kdump_sub_header.offset_eraseinfo, then size_eraseinfo
+_ERASEINFO_FIELDS = struct.Struct("<qQ")
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,6 +92,7 @@ class KdumpMetadata:
     nr_cpus: int  # "CORE"/NT_PRSTATUS notes
     timestamp_usec: int = 0  # a refiltered dump keeps its input's tv_usec
     status_extra: int = 0  # header status bits carried over (INCOMPLETE of a refiltered input)
+    eraseinfo: bytes = b""  # a refiltered input's erase information, copied after the data
 
     def __post_init__(self) -> None:
         if len(self.utsname) != UTSNAME_SIZE:
@@ -185,6 +189,7 @@ def write_kdump(
     window_pages: int = DEFAULT_WINDOW_PAGES,
     threads: int | None = None,
     allow_incomplete: bool = False,
+    split_range: tuple[int, int] | None = None,
     bitmap_window_pfns: int = BITMAP_WINDOW_PFNS,
 ) -> KdumpWriteResult:
     """Write a complete kdump-compressed dump of ``memory`` to ``sink``.
@@ -201,6 +206,12 @@ def write_kdump(
     ``window_pages`` (pages compressed at a time), ``threads`` and
     ``bitmap_window_pfns`` (pfns of the 2nd bitmap unpacked at a time) bound
     memory and time only: the file is the same whatever they are.
+
+    ``split_range`` = (start_pfn, end_pfn) writes one file of a --split set:
+    the full headers and bitmaps, the sub header's split fields set, and the
+    descriptors (from the start of the table) and data of that range only; the
+    data area still starts after room for every dumpable page's descriptor.
+    reference: makedumpfile write_kdump_header, write_kdump_pages_cyclic (flag_split).
     """
     t_start = time.perf_counter()
     _check_inputs(meta, bitmap1, bitmap2, memory)
@@ -209,13 +220,15 @@ def write_kdump(
     status = codec.flag | meta.status_extra
     result = KdumpWriteResult(layout=layout, status=status)
     with PageCompressor(codec, meta.page_size, threads=threads) as compressor:
-        _write_headers(sink, meta, layout, status)
+        _write_headers(sink, meta, layout, status, split_range)
         _write_bitmap(sink, bitmap1, layout.offset_bitmap1, layout.bitmap_size)
         _write_bitmap(sink, bitmap2, layout.offset_bitmap2, layout.bitmap_size)
         result.timings["headers"] = time.perf_counter() - t_start
         writer = _PageWriter(sink, meta, layout, memory, compressor, exclude_zero, result,
-                             window_pages, bitmap_window_pfns)
+                             window_pages, split_range, bitmap_window_pfns)
         writer.write_all(bitmap2, progress)
+        if meta.eraseinfo and result.no_space is None:
+            _write_eraseinfo(sink, meta, writer.cursor, result)
     result.timings["total"] = time.perf_counter() - t_start
     if result.no_space is not None and not allow_incomplete:
         raise result.no_space
@@ -262,7 +275,14 @@ def _check_inputs(
                 f"pfn {pfn:#x} is dumpable (2nd bitmap) but not present (1st bitmap)")
 
 
-def _write_headers(sink: Sink, meta: KdumpMetadata, layout: KdumpLayout, status: int) -> None:
+def _write_headers(
+    sink: Sink,
+    meta: KdumpMetadata,
+    layout: KdumpLayout,
+    status: int,
+    split_range: tuple[int, int] | None = None,
+) -> None:
+    split, start_pfn, end_pfn = (0, 0, 0) if split_range is None else (1, *split_range)
     header = DISK_DUMP_HEADER.pack(
         KDUMP_SIGNATURE,
         HEADER_VERSION,
@@ -283,17 +303,17 @@ def _write_headers(sink: Sink, meta: KdumpMetadata, layout: KdumpLayout, status:
     sub_header = KDUMP_SUB_HEADER.pack(
         meta.phys_base,
         meta.dump_level,
-        0,  # split
-        0,  # start_pfn
-        0,  # end_pfn
+        split,
+        min(start_pfn, MAX_MAPNR_32),  # start_pfn: truncated, compatibility only
+        min(end_pfn, MAX_MAPNR_32),  # end_pfn
         layout.offset_vmcoreinfo,
         meta.vmcoreinfo_size if meta.vmcoreinfo_desc_offset is not None else 0,
         layout.offset_note,
         len(meta.notes_raw),  # size_note
         0,  # offset_eraseinfo
         0,  # size_eraseinfo
-        0,  # start_pfn_64
-        0,  # end_pfn_64
+        start_pfn,  # start_pfn_64
+        end_pfn,  # end_pfn_64
         meta.max_mapnr,  # max_mapnr_64
     )
     # makedumpfile's order: header, note copy, sub header
@@ -301,6 +321,19 @@ def _write_headers(sink: Sink, meta: KdumpMetadata, layout: KdumpLayout, status:
     if meta.notes_raw:
         sink.pwrite(meta.notes_raw, layout.offset_note)
     sink.pwrite(sub_header, meta.page_size)
+
+
+def _write_eraseinfo(sink: Sink, meta: KdumpMetadata, offset: int,
+                     result: KdumpWriteResult) -> None:
+    """reference: makedumpfile write_kdump_eraseinfo (copy_eraseinfo after the page
+    data) and update_eraseinfo_of_sub_header."""
+    try:
+        sink.pwrite(meta.eraseinfo, offset)
+        sink.pwrite(_ERASEINFO_FIELDS.pack(offset, len(meta.eraseinfo)),
+                    meta.page_size + _SUB_HEADER_ERASEINFO_OFFSET)
+    except OutputNoSpaceError as exc:
+        result.no_space = exc
+    result.bytes_written = sink.size
 
 
 def _write_bitmap(sink: Sink, bitmap: Bitmap, file_offset: int, padded_size: int) -> None:
@@ -328,9 +361,11 @@ class _PageWriter:
         exclude_zero: bool,
         result: KdumpWriteResult,
         window_pages: int,
+        split_range: tuple[int, int] | None = None,
         bitmap_window_pfns: int = BITMAP_WINDOW_PFNS,
     ) -> None:
         self.sink = sink
+        self.split_range = split_range
         self.page_size = meta.page_size
         self.shift = meta.page_size.bit_length() - 1
         self.layout = layout
@@ -354,9 +389,12 @@ class _PageWriter:
         self.zero_offset = 0  # file offset of the shared zero page (exclude_zero only)
         self.flag_counts: dict[int, int] = {}
         self.timings = dict.fromkeys(("read", "zero_test", "compress", "write"), 0.0)
+        self.nr_to_write = layout.nr_dumpable
 
     def write_all(self, bitmap2: Bitmap, progress: ProgressCallback | None) -> None:
         result = self.result
+        if self.split_range is not None:
+            self.nr_to_write = bitmap2.count(*self.split_range)
         try:
             if self.exclude_zero:
                 # reference: makedumpfile write_kdump_pages_and_bitmap_cyclic: the
@@ -368,11 +406,11 @@ class _PageWriter:
                 self._write_window(pfns)
                 nr_queued += int(pfns.size)
                 if progress is not None:
-                    progress(nr_queued, self.layout.nr_dumpable)
+                    progress(nr_queued, self.nr_to_write)
             self._wait_for_io()
         except OutputNoSpaceError as exc:
             result.no_space = exc
-            result.nr_pages_lost = self.layout.nr_dumpable - self.nr_done
+            result.nr_pages_lost = self.nr_to_write - self.nr_done
         finally:
             if self.pending is not None:
                 self.pending.cancel()
@@ -385,6 +423,9 @@ class _PageWriter:
     def _windows(self, bitmap2: Bitmap) -> Iterator[npt.NDArray[np.int64]]:
         w = self.window_pages
         for pfns in bitmap2.iter_set_pfns(self.bitmap_window_pfns):
+            if self.split_range is not None:
+                start, end = self.split_range
+                pfns = pfns[(pfns >= start) & (pfns < end)]
             for lo in range(0, pfns.size, w):
                 yield pfns[lo : lo + w]
 
@@ -521,9 +562,12 @@ class _PageWriter:
         n = int(pfns.size)
         first = int(pfns[0])
         span = int(pfns[-1]) - first + 1
-        # the whole window inside one file-backed piece: no per-run Python work
-        view = view_run(self.memory, first << shift, span * ps)
-        if view is not None:
+        # the whole window one stored extent: no per-run Python work (only where that
+        # costs no decoding of the pages between the window's pfns)
+        ext = next(self.memory.extents(first << shift, span * ps))
+        whole = ext.kind is ExtentKind.DATA and ext.size == span * ps
+        if whole and (span == n or ext.file_offset >= 0):
+            view = self.memory.data(ext)
             if span == n:
                 return view  # one run: zero-copy straight from the input mapping
             rows = np.frombuffer(view, dtype=np.uint8).reshape(span, ps)

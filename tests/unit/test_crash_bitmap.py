@@ -110,3 +110,16 @@ def test_without_q_the_kernel_bitmap_is_ignored(tiny_vmcore: MakeVmcore, tmp_pat
     report, bits = _dump(vmcore, tmp_path / "d.kdump", 31, q=False)
     assert report.path_taken is PathTaken.LEGACY
     assert np.array_equal(bits, kernel.expected_dumpable(31))
+
+
+def test_refiltering_a_kdump_input_uses_its_kernel_bitmap(
+    tiny_vmcore: MakeVmcore, tmp_path: Path
+) -> None:
+    # the -d 0 dump still holds the kernel's bitmap pages, so -q on it takes the
+    # kernel's bitmap and gives the very bytes of -q on the ELF vmcore
+    _kernel, vmcore = tiny_vmcore("6.1", seed=7, crash_dump_bitmap=31, catalog=False)
+    _dump(vmcore, tmp_path / "d0.kdump", 0, q=False)
+    direct, _ = _dump(vmcore, tmp_path / "q.kdump", 31, q=True)
+    refilter, _ = _dump(tmp_path / "d0.kdump", tmp_path / "rq.kdump", 31, q=True)
+    assert direct.path_taken is refilter.path_taken is PathTaken.BITMAP
+    assert (tmp_path / "rq.kdump").read_bytes() == (tmp_path / "q.kdump").read_bytes()
