@@ -160,7 +160,7 @@ def print_table(path: Path) -> None:
     print(f"  written to {path}")
 
 
-def part_real(work: Path, rounds: int, levels: list[int]) -> None:
+def part_real(work: Path, rounds: int, levels: list[int], threads_vs: list[str]) -> None:
     print("== real: Debian 6.1, 4 GiB guest, A/B alternated ==")
     if shutil.which("makedumpfile") is None:
         print("  makedumpfile not installed: skipped")
@@ -190,7 +190,7 @@ def part_real(work: Path, rounds: int, levels: list[int]) -> None:
             continue
         for level in levels:
             variants = [("", [])]
-            if level in (0, 1):  # compression-bound: also against its threads
+            if level in (0, 1) and codec in threads_vs:  # compression-bound: vs its threads
                 variants.append((" vs --num-threads 2", ["--num-threads", "2"]))
             for suffix, extra in variants:
                 label = f"4 GiB real {codec} -d {level}{suffix}"
@@ -420,6 +420,8 @@ def main() -> None:
     parser.add_argument("--ram-gib", type=int, default=64)
     parser.add_argument("--levels", default="31,1,0", help="dump levels of the real part")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--threads-vs", default="-l,-c,-z",
+                        help="codecs run against makedumpfile --num-threads 2 too (-d 0, -d 1)")
     parser.add_argument("--work", type=Path, default=REPO / ".cache" / "bench")
     parser.add_argument("--json", type=Path, default=REPO / ".cache" / "bench" / "bench.json")
     args = parser.parse_args()
@@ -431,7 +433,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory(dir=out_root, prefix="cdbdump-bench-") as tmp:
         work = Path(tmp)
         if "real" not in args.skip:
-            part_real(work, args.rounds, [int(x) for x in args.levels.split(",")])
+            part_real(work, args.rounds, [int(x) for x in args.levels.split(",")],
+                      args.threads_vs.split(","))
         if "dense" not in args.skip:
             part_dense(args.work, work, args.rounds)
         if "plan" not in args.skip:
