@@ -50,8 +50,10 @@ from cdbdump.vmcore.elfcore import ElfCore
 from cdbdump.vmcore.flattened import FlattenedFile, spool_stdin
 from cdbdump.vmcore.kdumpfile import KdumpFile
 from cdbdump.vmcore.vmcoreinfo import VmcoreInfo
+from cdbdump.writers.flattened import RearrangeResult, mark_rebuilt_incomplete, rearrange
 from cdbdump.writers.kdump import KdumpMetadata
 from cdbdump.writers.sink import create_output
+from cdbdump.writers.split import ReassembleResult, reassemble
 
 __all__ = (
     "DmesgOptions",
@@ -62,6 +64,8 @@ __all__ = (
     "dump_dmesg",
     "mem_usage",
     "open_input",
+    "rearrange_stream",
+    "reassemble_files",
 )
 
 # Errors after which the mem_map scan degrades instead of failing the run
@@ -82,13 +86,15 @@ class DumpOptions:
     elf: bool = False  # -E
     split_files: tuple[Path, ...] = ()  # --split: dumpfile is ignored
     splitblock_bytes: int | None = None  # --splitblock-size
+    size_limit: int | None = None  # makedumpfile -L
     threads: int | None = None  # --num-threads; None: every usable core
     cyclic_buffer_kib: int | None = None  # --cyclic-buffer: KiB of bitmap per window
 
     @property
     def output(self) -> OutputRequest:
         return OutputRequest(self.dumpfile, self.codec, self.force, self.elf, self.split_files,
-                             self.splitblock_bytes, self.threads, self.cyclic_buffer_kib)
+                             self.splitblock_bytes, self.size_limit, self.threads,
+                             self.cyclic_buffer_kib)
 
 
 @dataclass(frozen=True, slots=True)
@@ -250,8 +256,9 @@ def without_nodata(image: InputImage, bitmap1: Bitmap) -> Bitmap:
     pages the input excluded stay excluded; lost pages of an incomplete input too)."""
     if image.kdump is not None:
         stored = Bitmap(image.max_mapnr)
-        for lo in range(0, image.max_mapnr, 1 << 20):
-            stored.put_bools(lo, image.kdump.stored_pfns(lo, min(image.max_mapnr, lo + (1 << 20))))
+        for lo in range(0, image.max_mapnr, 1 << 18):
+            stored.put_bools(lo, image.kdump.stored_pfns(lo, min(image.max_mapnr, lo + (1 << 18))))
+            image.kdump.release_all()  # RSS: the page_desc table is read through the mapping
         return bitmap1 & stored
     filebacked = Bitmap(image.max_mapnr)
     for start, end in data_pfn_ranges(image.phys, first_byte=False):
@@ -560,3 +567,45 @@ def dump_dmesg(options: DmesgOptions, stream: BinaryIO | None = None) -> DmesgRe
         finally:
             out.close()
     return DmesgResult(log, image.vmcoreinfo, len(data))
+
+
+def rearrange_stream(dumpfile: Path, force: bool, fd: int = 0) -> RearrangeResult:
+    """makedumpfile -R: the flattened stream on ``fd`` (stdin) becomes ``dumpfile``.
+
+    A stream that stops early leaves the partial file flagged incomplete; one
+    that brought nothing leaves no file.
+
+    Raises:
+        CdbdumpError: the stream is empty, malformed or cut, or the output fails.
+    """
+    out = create_output(dumpfile, force)
+    try:
+        result = rearrange(fd, out)
+    except CdbdumpError:
+        if out.size == 0:
+            out.discard()
+        else:
+            mark_rebuilt_incomplete(out)
+            out.close()
+        raise
+    except BaseException:
+        out.close()
+        raise
+    out.close()
+    return result
+
+
+def reassemble_files(pieces: list[Path], dumpfile: Path, force: bool) -> ReassembleResult:
+    """makedumpfile --reassemble: the --split files become one kdump-compressed file.
+
+    Raises:
+        CdbdumpError: a piece is unusable, or the output fails (no file is left).
+    """
+    out = create_output(dumpfile, force, inputs=pieces)
+    try:
+        result = reassemble(pieces, out)
+    except BaseException:
+        out.discard()
+        raise
+    out.close()
+    return result

@@ -109,10 +109,15 @@ def _check(memory: KdumpMemory, result: VerifyResult, source: PhysicalMemory | N
                            f"{table_end:#x}, the file at {part.file.size:#x}")
         _check_end(part, result)
         result.nr_dumpable += part.nr_descs
+        # makedumpfile's shared zero page sits first in the data area (dump level bit 1)
+        shared_desc: PageDesc | None = None
+        shared_page: bytes | None = None
         for pfns in part.iter_dumpable_pfns(_WINDOW):
             descs = part.page_descs(pfns)
+            part.file.drop_all()  # RSS: the page data and descriptors are read mapped
             compare = None
             if source is not None:
+                source.release_all()
                 compare = np.empty(ps * pfns.size, dtype=np.uint8)
                 _source_pages(source, pfns, compare, ps)
             for i, (pfn, d) in enumerate(zip(pfns.tolist(), descs.tolist(), strict=True)):
@@ -124,7 +129,12 @@ def _check(memory: KdumpMemory, result: VerifyResult, source: PhysicalMemory | N
                                        "the header does not flag the dump incomplete")
                     continue
                 try:
-                    page = part.load_page(pfn, desc)
+                    if desc == shared_desc and shared_page is not None:
+                        page = shared_page  # the shared zero page, checked once
+                    else:
+                        page = part.load_page(pfn, desc)
+                        if desc.offset == part.offset_data:
+                            shared_desc, shared_page = desc, page
                 except TruncatedDumpError as exc:
                     result.problem(f"truncated: pfn {pfn:#x}: {exc}")
                     continue

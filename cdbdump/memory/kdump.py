@@ -52,6 +52,7 @@ class KdumpMemory:
         self._shift = self.page_size.bit_length() - 1
         self._starts = [p.start_pfn for p in self.parts]
         self._cache: OrderedDict[int, bytes] = OrderedDict()
+        self._zero_offsets: dict[KdumpFile, int | None] = {}
 
     @property
     def header_file(self) -> KdumpFile:
@@ -97,7 +98,10 @@ class KdumpMemory:
         self, first: int, last: int
     ) -> Iterator[tuple[int, npt.NDArray[np.bool_]]]:
         for lo in range(first, last, _WINDOW_PFNS):
-            yield lo, self.stored_pfns(lo, min(last, lo + _WINDOW_PFNS))
+            stored = self.stored_pfns(lo, min(last, lo + _WINDOW_PFNS))
+            if last - first > _WINDOW_PFNS:  # RSS: a long walk maps the whole page_desc table
+                self.release(0, 0)
+            yield lo, stored
 
     def data(self, extent: Extent) -> memoryview:
         first = extent.paddr >> self._shift
@@ -110,9 +114,12 @@ class KdumpMemory:
             a, b = max(first, part.start_pfn), min(last + 1, part.end_pfn)
             if a < b:
                 pfns = np.arange(a, b, dtype=np.int64)
-                descs = part.page_descs(pfns).tolist()
-                pages.extend(part.load_page(pfn, PageDesc(*d))
-                             for pfn, d in zip(pfns.tolist(), descs, strict=True))
+                seen: dict[int, bytes] = {}  # pages sharing one stored copy (the zero page)
+                for pfn, d in zip(pfns.tolist(), part.page_descs(pfns).tolist(), strict=True):
+                    page = seen.get(d[0])
+                    if page is None:
+                        page = seen[d[0]] = part.load_page(pfn, PageDesc(*d))
+                    pages.append(page)
         return memoryview(b"".join(pages))[lo : lo + extent.size]
 
     def read_page(self, pfn: int) -> bytes:
@@ -135,7 +142,36 @@ class KdumpMemory:
         return self.header_file.bitmap1.iter_runs()
 
     def known_zero_frames(self, pfns: npt.NDArray[np.int64]) -> npt.NDArray[np.bool_] | None:
-        return None
+        """Frames stored as the dump's shared zero page (dump level bit 1): no decoding.
+
+        reference: makedumpfile write_kdump_pages_and_bitmap_cyclic writes one raw
+        zero page first in the data area and points every zero page at it.
+        """
+        zero = np.zeros(pfns.size, dtype=np.bool_)
+        for part in self.parts:
+            offset = self._zero_page_offset(part)
+            inside = (pfns >= part.start_pfn) & (pfns < part.end_pfn)
+            if offset is None or not inside.any():
+                continue
+            mine = pfns[inside]
+            lo = int(mine[0])
+            stored = part.bitmap2.get_bools(lo, int(mine[-1]) + 1)[mine - lo]
+            descs = part.page_descs(mine[stored])
+            hit = np.zeros(int(inside.sum()), dtype=np.bool_)
+            hit[stored] = (descs["offset"] == offset) & (descs["flags"] == 0)
+            zero[inside] = hit
+        return zero if zero.any() else None
+
+    def _zero_page_offset(self, part: KdumpFile) -> int | None:
+        if part not in self._zero_offsets:
+            offset: int | None = None
+            if part.dump_level is not None and part.dump_level & 1:
+                at = part.offset_data
+                if at + self.page_size <= part.file.size and not any(
+                        part.file.view(at, self.page_size, "shared zero page")):
+                    offset = at
+            self._zero_offsets[part] = offset
+        return self._zero_offsets[part]
 
     def release(self, paddr: int, size: int) -> None:
         for part in self.parts:
