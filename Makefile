@@ -6,7 +6,7 @@ PY     := $(VENV)/bin/python
 CACHE  := .cache
 DEMO   := $(CACHE)/demo
 
-.PHONY: demo test lint typecheck unit bench clean
+.PHONY: demo test lint typecheck unit bench clean real-bitmap-vmcore
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -38,6 +38,11 @@ unit: $(VENV)/.installed
 
 bench: $(VENV)/.installed
 	$(PY) bench/bench.py
+
+# The real /proc/vmcore of the crash-dump-bitmap kernel (kernel/crash_dump_bitmap/);
+# builds or reuses the patched kernel and the vmcore; the last line is its path.
+real-bitmap-vmcore:
+	@bash fixtures/make-real-bitmap-vmcore.sh
 
 clean:
 	rm -rf $(VENV) $(CACHE) build *.egg-info

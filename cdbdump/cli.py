@@ -461,4 +461,9 @@ def main(argv: list[str] | None = None) -> None:
         SUBCOMMANDS[args[0]].main(args=args[1:], prog_name=f"cdbdump {args[0]}",
                                   standalone_mode=True)
         return
+    if args[:1] == ["batch"]:  # `cdbdump batch ...`; a vmcore named batch: ./batch
+        from cdbdump.batch.cli import main as batch_main
+
+        batch_main(args[1:])
+        return
     command.main(args=args, prog_name="cdbdump", standalone_mode=True)

@@ -89,12 +89,14 @@ class DumpOptions:
     size_limit: int | None = None  # makedumpfile -L
     threads: int | None = None  # --num-threads; None: every usable core
     cyclic_buffer_kib: int | None = None  # --cyclic-buffer: KiB of bitmap per window
+    split_only: int | None = None  # write only this file of the --split set (batch --shards)
 
     @property
     def output(self) -> OutputRequest:
         return OutputRequest(self.dumpfile, self.codec, self.force, self.elf, self.split_files,
-                             self.splitblock_bytes, self.size_limit, self.threads,
-                             self.cyclic_buffer_kib)
+                             self.splitblock_bytes, self.size_limit, threads=self.threads,
+                             cyclic_buffer_kib=self.cyclic_buffer_kib,
+                             split_only=self.split_only)
 
 
 @dataclass(frozen=True, slots=True)
