@@ -455,7 +455,7 @@ def main(argv: list[str] | None = None) -> None:
         from cdbdump.mdcli import main as makedumpfile_main
 
         sys.exit(makedumpfile_main(args[1:] if args[:1] == ["--as-makedumpfile"] else args))
-    if args[:1] in (["verify"], ["info"]):
+    if args[:1] in (["verify"], ["info"]):  # a vmcore named verify or info: ./verify
         from cdbdump.subcommands import SUBCOMMANDS
 
         SUBCOMMANDS[args[0]].main(args=args[1:], prog_name=f"cdbdump {args[0]}",

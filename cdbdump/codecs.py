@@ -5,7 +5,7 @@ readpage_kdump_compressed (decompression). Each page is compressed on its own:
 
 * zlib: ``compress2(level Z_BEST_SPEED)``: zlib wrapper, window 15, memLevel 8
   (= ``zlib.compress(page, 1)``; identical bytes need the same zlib build).
-* LZO: ``lzo1x_1_compress``, no python-lzo header.
+* LZO: ``lzo1x_1_compress``, no header (backend choice: :mod:`cdbdump._lzo`).
 * snappy: ``snappy_compress``, the raw (unframed) format.
 * zstd: ``ZSTD_compressCCtx(level 1)``: content size in the frame header, no
   checksum, no dictionary id.
@@ -92,12 +92,15 @@ class Codec(enum.Enum):
         if spec.module is None:
             return None
         try:
-            return importlib.import_module(spec.module)
+            module = importlib.import_module(spec.module)
         except ImportError as exc:
             raise UnsupportedError(
                 f"{self.name} compression ({spec.option}) needs the PyPI package "
                 f"{spec.pypi_package} (pip install 'cdbdump[{self.label}]')"
             ) from exc
+        if spec.ready is not None:
+            spec.ready(module)
+        return module
 
     def page_function(self) -> PageFunction:
         """A compressor of one page (thread-safe: zstd keeps a context per thread)."""
@@ -114,6 +117,7 @@ class CodecSpec:
     option: str  # makedumpfile's command-line option
     module: str | None  # optional module to import (None: part of the base install)
     pypi_package: str | None  # what to pip install for it
+    ready: Callable[[ModuleType], object] | None  # raises UnsupportedError if unusable
     pooled: bool  # worth a thread pool (see PageCompressor)
     compressor: Callable[[ModuleType | None], PageFunction] | None
     decompressor: Callable[[ModuleType | None, BufferLike, int], bytes] | None
@@ -135,9 +139,7 @@ def _zlib_compressor(_module: ModuleType | None) -> PageFunction:
 
 
 def _lzo_compressor(module: ModuleType | None) -> PageFunction:
-    compress = module.compress  # type: ignore[union-attr]
-    # python-lzo parses its input with "s#", which refuses memoryviews
-    return lambda page: compress(bytes(page), 1, False)
+    return module.compress  # type: ignore[union-attr,no-any-return]  # cdbdump._lzo
 
 
 def _snappy_compressor(module: ModuleType | None) -> PageFunction:
@@ -230,8 +232,8 @@ def _zlib_decompress(_module: ModuleType | None, data: BufferLike, page_size: in
 
 
 def _lzo_decompress(module: ModuleType | None, data: BufferLike, page_size: int) -> bytes:
-    out: bytes = module.decompress(bytes(data), False, page_size)  # type: ignore[union-attr]
-    return out
+    out: bytes = module.decompress(bytes(data), page_size)  # type: ignore[union-attr]
+    return out  # cdbdump._lzo: its LzoError is module.error
 
 
 def _snappy_decompress(module: ModuleType | None, data: BufferLike, page_size: int) -> bytes:
@@ -267,17 +269,22 @@ def _zstd_decompress(_module: ModuleType | None, data: BufferLike, page_size: in
     return out
 
 
-# All four libraries release the GIL around the compression call (checked: a
-# Python thread keeps running while another compresses a large buffer), so every
+# zlib, python-lzo, cramjam and python-zstandard release the GIL around the
+# compression call (checked: a Python thread keeps running while another
+# compresses a large buffer; lzallright, cdbdump._lzo's other backend, was not
+# checked: if it holds the GIL, threads only do not help), so every
 # codec runs on the thread pool; LZO and snappy compress a 4 KiB page in ~3 us,
 # close to the cost of the Python call around it, so two threads gain less than
 # 2x there, but never cost CPU time (measured on 128 MiB of a real 6.1 vmcore:
 # LZO 0.12 s CPU on one thread and on two).
 _SPECS: dict[Codec, CodecSpec] = {
-    Codec.NONE: CodecSpec("", None, None, False, None, None),
-    Codec.ZLIB: CodecSpec("-c", None, None, True, _zlib_compressor, _zlib_decompress),
-    Codec.LZO: CodecSpec("-l", "lzo", "python-lzo", True, _lzo_compressor, _lzo_decompress),
-    Codec.SNAPPY: CodecSpec("-p", "cramjam", "cramjam", True, _snappy_compressor,
+    Codec.NONE: CodecSpec("", None, None, None, False, None, None),
+    Codec.ZLIB: CodecSpec("-c", None, None, None, True, _zlib_compressor, _zlib_decompress),
+    # cdbdump._lzo picks python-lzo (makedumpfile's bytes) or the wheel-only lzallright;
+    # its backend() raises UnsupportedError naming what to install
+    Codec.LZO: CodecSpec("-l", "cdbdump._lzo", "python-lzo or lzallright",
+                         lambda m: m.backend(), True, _lzo_compressor, _lzo_decompress),
+    Codec.SNAPPY: CodecSpec("-p", "cramjam", "cramjam", None, True, _snappy_compressor,
                             _snappy_decompress),
-    Codec.ZSTD: CodecSpec("-z", None, None, True, _zstd_compressor, _zstd_decompress),
+    Codec.ZSTD: CodecSpec("-z", None, None, None, True, _zstd_compressor, _zstd_decompress),
 }

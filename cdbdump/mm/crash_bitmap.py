@@ -134,11 +134,18 @@ def probe_kernel_bitmap(
     return KernelBitmap(vaddr, paddr, info)
 
 
-def apply_kernel_bitmap(phys: PhysicalMemory, kernel: KernelBitmap, bitmap2: Bitmap) -> None:
-    """bitmap2 &= kernel bitmap, in bounded windows (bits past max_mapnr stay clear)."""
+def apply_kernel_bitmap(
+    phys: PhysicalMemory, kernel: KernelBitmap, bitmap2: Bitmap, *,
+    window_bytes: int | None = None,
+) -> None:
+    """bitmap2 &= kernel bitmap, in bounded windows (bits past max_mapnr stay clear).
+
+    ``window_bytes`` (default _WINDOW_BYTES) is for tests of the window loop.
+    """
+    window_bytes = window_bytes or _WINDOW_BYTES
     nbytes = bitmap2.bits.size
-    for off in range(0, nbytes, _WINDOW_BYTES):
-        n = min(_WINDOW_BYTES, nbytes - off)
+    for off in range(0, nbytes, window_bytes):
+        n = min(window_bytes, nbytes - off)
         view = view_run(phys, kernel.info.bitmap + off, n)
         window = (
             np.frombuffer(view, dtype=np.uint8)

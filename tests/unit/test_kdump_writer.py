@@ -261,14 +261,20 @@ def test_read_back_equals_source(tmp_path: Path,
                         dump.read_page(pfn)
 
 
-@pytest.mark.parametrize("codec", list(Codec))
+@pytest.mark.parametrize(("codec", "exclude_zero"), [
+    (Codec.ZSTD, True), (Codec.LZO, True), (Codec.ZLIB, False), (Codec.NONE, True),
+    (Codec.SNAPPY, True), (Codec.ZLIB, True),
+])
 def test_window_size_and_threads_do_not_change_the_file(
-    tmp_path: Path, source: tuple[Path, dict[int, bytes], KdumpInputs], codec: Codec
+    tmp_path: Path, source: tuple[Path, dict[int, bytes], KdumpInputs], codec: Codec,
+    exclude_zero: bool,
 ) -> None:
+    # some 30 dumpable pages in two PT_LOADs: windows of 1, 3 and 7 pages cut runs, loads and
+    # the zero-page bookkeeping in different places
     _, _, inputs = source
-    ref, _ = _write(tmp_path, inputs, codec, name="ref", threads=1)
+    ref, _ = _write(tmp_path, inputs, codec, exclude_zero, name="ref", threads=1)
     for window, threads in [(1, 1), (3, 2), (7, 1), (1 << 16, 2), (1 << 16, 3)]:
-        path, _ = _write(tmp_path, inputs, codec, name=f"w{window}-{threads}",
+        path, _ = _write(tmp_path, inputs, codec, exclude_zero, name=f"w{window}-{threads}",
                          window_pages=window, threads=threads)
         assert path.read_bytes() == ref.read_bytes(), (window, threads)
 
