@@ -81,6 +81,12 @@ def _version(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
 @click.option("--no-compress", "codec", flag_value=Codec.NONE.value,
               help="Store pages uncompressed.")
 @click.option("-f", "force", is_flag=True, help="Overwrite an existing DUMPFILE.")
+@click.option("--num-threads", "num_threads", type=click.IntRange(0, 256), default=None,
+              help="Threads compressing pages (default: every usable core; 0 or 1: one). "
+              "The output is the same whatever the number.")
+@click.option("--cyclic-buffer", "cyclic_buffer", type=click.IntRange(1, 1 << 30), default=None,
+              help="KiB of bitmap handled per window (8192 pfns per KiB) by the mem_map scan "
+              "and the page writer. The output is the same whatever the size.")
 @click.option("-E", "elf", is_flag=True, help="Write an ELF dump (makedumpfile -E) instead.")
 @click.option("-F", "flatten", count=True,
               help="Write the dump as a flattened stream to stdout (VMCORE only); with "
@@ -120,6 +126,8 @@ def command(
     dump_level: int,
     codec: str,
     force: bool,
+    num_threads: int | None,
+    cyclic_buffer: int | None,
     elf: bool,
     flatten: int,
     rearrange_stdin: bool,
@@ -181,6 +189,8 @@ def command(
         elf=elf,
         split_files=tuple(files[1:]) if split else (),
         splitblock_bytes=None if splitblock_kib is None else splitblock_kib << 10,
+        threads=None if num_threads is None else max(1, num_threads),
+        cyclic_buffer_kib=cyclic_buffer,
     )
     try:
         with _ProgressBar(ui) as progress:

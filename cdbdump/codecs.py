@@ -18,14 +18,13 @@ from __future__ import annotations
 
 import enum
 import importlib
+import sys
 import threading
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from types import ModuleType
 from typing import Any, TypeAlias
-
-import zstandard
 
 from cdbdump.errors import CorruptDumpError, UnsupportedError
 from cdbdump.formats.kdump import (
@@ -151,6 +150,8 @@ _ZSTD_LOCAL = threading.local()
 
 
 def new_zstd_compressor() -> Any:
+    import zstandard  # imported by the runs that use zstd only (start-up time)
+
     # ZSTD_compressCCtx(ctx, ..., 1): level 1, content size written, no checksum
     return zstandard.ZstdCompressor(
         level=1, write_content_size=True, write_checksum=False, write_dict_id=False
@@ -203,9 +204,10 @@ def decompress_page(
 def _codec_errors(module: ModuleType | None) -> tuple[type[BaseException], ...]:
     """What the decompressors raise on bad input: python-lzo's ``lzo.error`` and
     cramjam's ``DecompressionError`` come from the optional modules themselves."""
-    errors: list[type[BaseException]] = [
-        zlib.error, zstandard.ZstdError, ValueError, OverflowError
-    ]
+    errors: list[type[BaseException]] = [zlib.error, ValueError, OverflowError]
+    zstandard = sys.modules.get("zstandard")  # imported by _zstd_decompress when it ran
+    if zstandard is not None:
+        errors.append(zstandard.ZstdError)
     for name in ("error", "DecompressionError"):
         exc_type = getattr(module, name, None)
         if isinstance(exc_type, type) and issubclass(exc_type, BaseException):
@@ -253,6 +255,8 @@ def _snappy_length(head: bytes) -> int:
 
 
 def _zstd_decompress(_module: ModuleType | None, data: BufferLike, page_size: int) -> bytes:
+    import zstandard
+
     size = zstandard.frame_content_size(data)
     if size > page_size:
         # python-zstandard sizes its output by the frame header and ignores
@@ -265,18 +269,22 @@ def _zstd_decompress(_module: ModuleType | None, data: BufferLike, page_size: in
     return out
 
 
-# All four libraries release the GIL, but LZO and snappy compress a 4 KiB page in
-# ~3 us, about the cost of the Python call around it, so a second thread only adds
-# contention (measured on 1 GiB of a real 6.1 vmcore: LZO 1.4 GB/s on one thread,
-# no gain on two; zlib 98 -> 170 MB/s): only zlib and zstd are pooled.
+# zlib, python-lzo, cramjam and python-zstandard release the GIL around the
+# compression call (checked: a Python thread keeps running while another
+# compresses a large buffer; lzallright, cdbdump._lzo's other backend, was not
+# checked: if it holds the GIL, threads only do not help), so every
+# codec runs on the thread pool; LZO and snappy compress a 4 KiB page in ~3 us,
+# close to the cost of the Python call around it, so two threads gain less than
+# 2x there, but never cost CPU time (measured on 128 MiB of a real 6.1 vmcore:
+# LZO 0.12 s CPU on one thread and on two).
 _SPECS: dict[Codec, CodecSpec] = {
     Codec.NONE: CodecSpec("", None, None, None, False, None, None),
     Codec.ZLIB: CodecSpec("-c", None, None, None, True, _zlib_compressor, _zlib_decompress),
     # cdbdump._lzo picks python-lzo (makedumpfile's bytes) or the wheel-only lzallright;
     # its backend() raises UnsupportedError naming what to install
     Codec.LZO: CodecSpec("-l", "cdbdump._lzo", "python-lzo or lzallright",
-                         lambda m: m.backend(), False, _lzo_compressor, _lzo_decompress),
-    Codec.SNAPPY: CodecSpec("-p", "cramjam", "cramjam", None, False, _snappy_compressor,
+                         lambda m: m.backend(), True, _lzo_compressor, _lzo_decompress),
+    Codec.SNAPPY: CodecSpec("-p", "cramjam", "cramjam", None, True, _snappy_compressor,
                             _snappy_decompress),
     Codec.ZSTD: CodecSpec("-z", None, None, None, True, _zstd_compressor, _zstd_decompress),
 }

@@ -12,6 +12,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from cdbdump.bitmap import Bitmap
 from cdbdump.codecs import Codec
@@ -26,7 +27,7 @@ from cdbdump.writers.kdump import KdumpMetadata, KdumpWriteResult, mark_incomple
 from cdbdump.writers.sink import OutputFile, create_output
 from cdbdump.writers.split import split_ranges, splitblock_pages
 
-__all__ = ("STDOUT_NAME", "OutputRequest", "deliver")
+__all__ = ("STDOUT_NAME", "OutputRequest", "cyclic_pfns", "deliver")
 
 STDOUT_NAME = "STDOUT"  # makedumpfile FILENAME_STDOUT: the name -F reports
 _STDOUT_FD = 1
@@ -43,6 +44,8 @@ class OutputRequest:
     split_files: tuple[Path, ...] = ()  # --split
     splitblock_bytes: int | None = None  # --splitblock-size (bytes)
     size_limit: int | None = None  # makedumpfile -L: bytes per output file, then as ENOSPC
+    threads: int | None = None  # --num-threads; None: every usable core
+    cyclic_buffer_kib: int | None = None  # --cyclic-buffer
     # only this index of split_files is written (the others by other processes, from
     # the same bitmaps and so the same ranges: cdbdump batch --shards)
     split_only: int | None = None
@@ -89,7 +92,7 @@ def deliver(
         else:
             result = write_kdump(out, meta, bitmap1, bitmap2, memory, request.codec,
                                  exclude_zero=exclude_zero, progress=_step(progress),
-                                 allow_incomplete=True)
+                                 allow_incomplete=True, **_tuning(request, meta.max_mapnr))
             _account(report, result)
             if result.no_space is not None:
                 # reference: makedumpfile check_and_modify_kdump_headers — keep what
@@ -105,6 +108,20 @@ def deliver(
         raise
     out.close()
     report.bytes_written = out.bytes_written
+
+
+def cyclic_pfns(kib: int, max_mapnr: int) -> int:
+    """Pfns whose bits fill ``kib`` KiB of bitmap (makedumpfile --cyclic-buffer),
+    no more than the machine has (a window is allocated whole)."""
+    return min(max(1, kib) * 1024 * 8, max(8192, max_mapnr))
+
+
+def _tuning(request: OutputRequest, max_mapnr: int) -> dict[str, Any]:
+    """write_kdump's threads and bitmap window: they never change the file."""
+    tuning: dict[str, Any] = {"threads": request.threads}
+    if request.cyclic_buffer_kib is not None:
+        tuning["bitmap_window_pfns"] = cyclic_pfns(request.cyclic_buffer_kib, max_mapnr)
+    return tuning
 
 
 def _step(progress: ProgressCallback | None) -> Callable[[int, int], None] | None:
@@ -176,7 +193,7 @@ def _deliver_split(
             futures = [
                 pool.submit(write_kdump, out, meta, bitmap1, bitmap2, memory, request.codec,
                             exclude_zero=exclude_zero, allow_incomplete=True,
-                            split_range=r)
+                            split_range=r, **_tuning(request, meta.max_mapnr))
                 for out, r in zip(outs, ranges, strict=True)
             ]
             results = [f.result() for f in futures]

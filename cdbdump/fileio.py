@@ -152,14 +152,22 @@ class MappedFile:
     def advise_streaming(self) -> None:
         """Tune read-ahead for one pass over the page data.
 
-        A dense file is read front to back: MADV_SEQUENTIAL. In a sparse file the
-        reads skip the holes, and read-around on each fault would pull the holes
-        around every data page into the page cache as zero pages (tens of GiB
-        on a mostly empty machine): MADV_RANDOM.
+        A dense file is read front to back: MADV_SEQUENTIAL. In a mostly empty
+        file (a fabricated machine with 1 % data) the reads skip the holes, and
+        read-around on each fault would pull the holes around every data page
+        into the page cache as zero pages (tens of GiB): MADV_RANDOM. A file at
+        least 1/8 data (a real QEMU or saved vmcore) keeps the kernel's
+        read-around: with MADV_RANDOM each fault there is one synchronous 4 KiB
+        read, 2.6x the wall time of a cold -l -d 1 run of a real 1 GiB vmcore.
         """
         if self._map is not None:
-            sparse = self.data_extents() is not None
-            self._map.madvise(mmap.MADV_RANDOM if sparse else mmap.MADV_SEQUENTIAL)
+            extents = self.data_extents()
+            if extents is None:
+                self._map.madvise(mmap.MADV_SEQUENTIAL)
+            elif int((extents[1] - extents[0]).sum()) * 8 < self.size:
+                self._map.madvise(mmap.MADV_RANDOM)
+            else:
+                self._map.madvise(mmap.MADV_NORMAL)
 
     def fileno(self) -> int:
         return self._fd

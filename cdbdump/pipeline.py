@@ -17,7 +17,7 @@ from typing import Any, BinaryIO
 
 from cdbdump.bitmap import Bitmap
 from cdbdump.codecs import Codec
-from cdbdump.deliver import OutputRequest, deliver
+from cdbdump.deliver import OutputRequest, cyclic_pfns, deliver
 from cdbdump.errors import (
     AddressError,
     CdbdumpError,
@@ -87,12 +87,15 @@ class DumpOptions:
     split_files: tuple[Path, ...] = ()  # --split: dumpfile is ignored
     splitblock_bytes: int | None = None  # --splitblock-size
     size_limit: int | None = None  # makedumpfile -L
+    threads: int | None = None  # --num-threads; None: every usable core
+    cyclic_buffer_kib: int | None = None  # --cyclic-buffer: KiB of bitmap per window
     split_only: int | None = None  # write only this file of the --split set (batch --shards)
 
     @property
     def output(self) -> OutputRequest:
         return OutputRequest(self.dumpfile, self.codec, self.force, self.elf, self.split_files,
-                             self.splitblock_bytes, self.size_limit,
+                             self.splitblock_bytes, self.size_limit, threads=self.threads,
+                             cyclic_buffer_kib=self.cyclic_buffer_kib,
                              split_only=self.split_only)
 
 
@@ -451,9 +454,11 @@ def _exclude(
             report.warnings.append(f"hwpoison/offline pages not excluded: {why}")
         return level
     snapshot = bitmap2.copy()
+    window = {} if options.cyclic_buffer_kib is None else {  # struct pages per scan window
+        "window": cyclic_pfns(options.cyclic_buffer_kib, image.max_mapnr)}
     try:
         result = exclude_unnecessary_pages(
-            image.kernel, info, level, bitmap2, progress, mem_map=image.mem_map
+            image.kernel, info, level, bitmap2, progress, mem_map=image.mem_map, **window
         )
     except _SCAN_ERRORS as exc:
         bitmap2.bits[:] = snapshot.bits  # nothing half-excluded: the report must match

@@ -13,9 +13,7 @@ from __future__ import annotations
 
 import bisect
 import os
-import shutil
 import sys
-import tempfile
 from pathlib import Path
 from types import TracebackType
 
@@ -159,6 +157,9 @@ def _disjoint(records: list[tuple[int, int, int]]) -> tuple[list[int], list[int]
 
 def spool_stdin(directory: str | None = None) -> MappedFile:
     """Copy standard input to an unlinked temporary file and map it."""
+    import shutil  # imported by stdin runs only (start-up time: shutil pulls in lzma, bz2)
+    import tempfile
+
     fd, path = tempfile.mkstemp(prefix="cdbdump-stdin-", dir=directory)
     try:
         with os.fdopen(fd, "wb") as out:

@@ -16,11 +16,10 @@ from types import TracebackType
 
 import numpy as np
 import numpy.typing as npt
-import zstandard
 
 from cdbdump.codecs import BufferLike, Codec, PageFunction, zstd_compressor
 
-__all__ = ("CompressedPages", "PageCompressor")
+__all__ = ("CompressedPages", "PageCompressor", "default_threads")
 
 U32 = npt.NDArray[np.uint32]
 
@@ -28,6 +27,11 @@ U32 = npt.NDArray[np.uint32]
 # pages to a pool costs more than it saves.
 _MIN_PAGES_PER_THREAD = 64
 _MAX_THREADS = 8
+
+
+def default_threads() -> int:
+    """Compression threads when --num-threads is not given: the usable cores."""
+    return min(len(os.sched_getaffinity(0)), _MAX_THREADS)
 
 
 # -- compression -------------------------------------------------------------------------
@@ -55,10 +59,11 @@ class PageCompressor:
     zstd batches go through python-zstandard's ``multi_compress_to_buffer``
     (all in C, no GIL, no per-page Python objects on input) when the installed
     version has it: on 1 GiB of a real vmcore it beat a thread pool of
-    per-page ``compress`` calls (1.6 vs 1.36 GB/s on two cores). zlib needs one
-    Python call per page and runs on a small thread pool (zlib releases the GIL;
-    each thread owns its context); LZO and snappy stay on the calling thread
-    (CodecSpec.pooled).
+    per-page ``compress`` calls (1.6 vs 1.36 GB/s on two cores). zlib, LZO and
+    snappy need one Python call per page; a batch is cut into one contiguous
+    chunk per thread on a pool (the libraries release the GIL; each thread owns
+    its context). ``threads`` defaults to every core this process may run on
+    (makedumpfile --num-threads); the output is the same for any number.
     """
 
     def __init__(self, codec: Codec, page_size: int, *, threads: int | None = None) -> None:
@@ -68,10 +73,10 @@ class PageCompressor:
             None if codec is Codec.NONE else codec.page_function()
         )
         if threads is None:
-            threads = min(len(os.sched_getaffinity(0)), _MAX_THREADS)
+            threads = default_threads()
         self.threads = max(1, threads)
         self._zstd_multi = codec is Codec.ZSTD and hasattr(
-            zstandard.ZstdCompressor, "multi_compress_to_buffer"
+            zstd_compressor(), "multi_compress_to_buffer"
         )
         self._pool: ThreadPoolExecutor | None = None
 
@@ -148,6 +153,8 @@ class PageCompressor:
         segments = np.empty((index.size, 2), dtype=np.uint64)
         segments[:, 0] = index.astype(np.uint64) * np.uint64(ps)
         segments[:, 1] = ps
+        import zstandard  # only zstd runs import it (start-up time)
+
         batch = zstandard.BufferWithSegments(flat, segments.tobytes())
         result = zstd_compressor().multi_compress_to_buffer(batch, threads=self.threads)
         outs = [result[i] for i in range(len(result))]

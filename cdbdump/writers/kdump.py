@@ -57,6 +57,7 @@ from cdbdump.writers.compress import PageCompressor
 from cdbdump.writers.sink import Sink
 
 __all__ = (
+    "BITMAP_WINDOW_PFNS",
     "DEFAULT_WINDOW_PAGES",
     "KdumpLayout",
     "KdumpMetadata",
@@ -68,7 +69,7 @@ __all__ = (
 UTSNAME_SIZE = UTS_FIELD_LEN * len(UTS_FIELDS)  # struct new_utsname: 390 bytes
 MAX_MAPNR_32 = 0xFFFFFFFF  # disk_dump_header.max_mapnr is an unsigned int
 DEFAULT_WINDOW_PAGES = 512  # 2 MiB of 4 KiB pages gathered and compressed at a time
-_SCAN_PFNS = 1 << 20  # pfns of the 2nd bitmap unpacked at a time (1 MiB of bools)
+BITMAP_WINDOW_PFNS = 1 << 20  # pfns of the 2nd bitmap unpacked at a time (1 MiB of bools)
 
 ProgressCallback = Callable[[int, int], None]
 _SUB_HEADER_ERASEINFO_OFFSET = 64  # kdump_sub_header.offset_eraseinfo, then size_eraseinfo
@@ -189,6 +190,7 @@ def write_kdump(
     threads: int | None = None,
     allow_incomplete: bool = False,
     split_range: tuple[int, int] | None = None,
+    bitmap_window_pfns: int = BITMAP_WINDOW_PFNS,
 ) -> KdumpWriteResult:
     """Write a complete kdump-compressed dump of ``memory`` to ``sink``.
 
@@ -201,6 +203,9 @@ def write_kdump(
     makedumpfile; then OutputNoSpaceError is raised, or, with
     ``allow_incomplete``, the result is returned with ``no_space`` set so the
     caller can :func:`mark_incomplete` the header or retry at another level.
+    ``window_pages`` (pages compressed at a time), ``threads`` and
+    ``bitmap_window_pfns`` (pfns of the 2nd bitmap unpacked at a time) bound
+    memory and time only: the file is the same whatever they are.
 
     ``split_range`` = (start_pfn, end_pfn) writes one file of a --split set:
     the full headers and bitmaps, the sub header's split fields set, and the
@@ -220,7 +225,7 @@ def write_kdump(
         _write_bitmap(sink, bitmap2, layout.offset_bitmap2, layout.bitmap_size)
         result.timings["headers"] = time.perf_counter() - t_start
         writer = _PageWriter(sink, meta, layout, memory, compressor, exclude_zero, result,
-                             window_pages, split_range)
+                             window_pages, split_range, bitmap_window_pfns)
         writer.write_all(bitmap2, progress)
         if meta.eraseinfo and result.no_space is None:
             _write_eraseinfo(sink, meta, writer.cursor, result)
@@ -258,12 +263,16 @@ def _check_inputs(
         raise OutputError(
             f"memory page size {memory.page_size:#x} differs from {meta.page_size:#x}"
         )
-    stray = bitmap2.bits & ~bitmap1.bits
-    if stray.any():
-        byte = int(np.flatnonzero(stray)[0])
-        low_bit = int(stray[byte]) & -int(stray[byte])
-        pfn = byte * 8 + low_bit.bit_length() - 1
-        raise OutputError(f"pfn {pfn:#x} is dumpable (2nd bitmap) but not present (1st bitmap)")
+    step = BITMAP_WINDOW_PFNS // 8  # bytes at a time: no bitmap-sized temporaries
+    for lo in range(0, bitmap2.bits.size, step):
+        stray = bitmap2.bits[lo : lo + step] & ~bitmap1.bits[lo : lo + step]
+        if stray.any():
+            byte = lo + int(np.flatnonzero(stray)[0])
+            low_bit = int(bitmap2.bits[byte] & ~bitmap1.bits[byte])
+            low_bit &= -low_bit
+            pfn = byte * 8 + low_bit.bit_length() - 1
+            raise OutputError(
+                f"pfn {pfn:#x} is dumpable (2nd bitmap) but not present (1st bitmap)")
 
 
 def _write_headers(
@@ -353,6 +362,7 @@ class _PageWriter:
         result: KdumpWriteResult,
         window_pages: int,
         split_range: tuple[int, int] | None = None,
+        bitmap_window_pfns: int = BITMAP_WINDOW_PFNS,
     ) -> None:
         self.sink = sink
         self.split_range = split_range
@@ -364,6 +374,7 @@ class _PageWriter:
         self.exclude_zero = exclude_zero
         self.result = result
         self.window_pages = max(1, window_pages)
+        self.bitmap_window_pfns = max(8, bitmap_window_pfns - bitmap_window_pfns % 8)
         # two gather buffers: one window is written out while the next is read and
         # compressed (its payload may be a view of its buffer)
         self.gathers = [
@@ -411,7 +422,7 @@ class _PageWriter:
 
     def _windows(self, bitmap2: Bitmap) -> Iterator[npt.NDArray[np.int64]]:
         w = self.window_pages
-        for pfns in bitmap2.iter_set_pfns(_SCAN_PFNS):
+        for pfns in bitmap2.iter_set_pfns(self.bitmap_window_pfns):
             if self.split_range is not None:
                 start, end = self.split_range
                 pfns = pfns[(pfns >= start) & (pfns < end)]

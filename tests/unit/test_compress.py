@@ -148,14 +148,18 @@ def test_batch_equals_page_by_page_and_round_trips(codec: Codec) -> None:
         assert decompress_page(flags, stored, PS) == page
 
 
-@pytest.mark.parametrize("codec", [Codec.ZLIB, Codec.ZSTD, Codec.NONE])
-def test_threads_do_not_change_output(codec: Codec) -> None:
-    data = b"".join(_batch() * 40)
-    with PageCompressor(codec, PS, threads=1) as one, PageCompressor(codec, PS, threads=2) as two:
+@pytest.mark.parametrize("threads", [2, 3, 5])
+@pytest.mark.parametrize("codec", list(Codec))
+def test_threads_do_not_change_output(codec: Codec, threads: int) -> None:
+    data = b"".join(_batch() * 70)  # 420 pages: every thread gets a chunk of >= 64
+    with (PageCompressor(codec, PS, threads=1) as one,
+          PageCompressor(codec, PS, threads=threads) as many):
         a = one.compress_pages(data)
-        b = two.compress_pages(data)
+        b = many.compress_pages(data)
+        assert many._pool is not None or codec in (Codec.NONE, Codec.ZSTD)  # pool really used
     assert bytes(a.payload) == bytes(b.payload)
     assert a.sizes.tolist() == b.sizes.tolist()
+    assert a.flags.tolist() == b.flags.tolist()
 
 
 def test_select_compresses_only_selected_pages() -> None:
