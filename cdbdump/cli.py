@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sys
 import traceback
 from collections.abc import Callable
@@ -376,19 +377,30 @@ class _ProgressBar:
             return None
         from tqdm import tqdm  # only the CLI imports tqdm
 
+        style = _bar_style()
+
         def update(step: str, done: int, total: int) -> None:
             bar = self.bars.get(step)
             if bar is None:
                 bar = self.bars[step] = tqdm(total=total, desc=f"{step:<28}", unit="page",
-                                             unit_scale=True, leave=False, file=sys.stderr)
-            bar.n = done
-            bar.refresh()
+                                             unit_scale=True, leave=False, file=sys.stderr,
+                                             mininterval=0.1, **style)
+            bar.update(done - bar.n)  # tqdm redraws at most every mininterval
 
         return update
 
     def __exit__(self, *exc: object) -> None:
         for bar in self.bars.values():
             bar.close()
+
+
+def _bar_style() -> dict[str, Any]:
+    """ASCII bars where the console cannot show tqdm's blocks (a Linux VT, a non-UTF-8
+    locale), and a sane width where the terminal reports 0 columns (serial consoles)."""
+    encoding = (getattr(sys.stderr, "encoding", None) or "").lower().replace("-", "")
+    plain = encoding != "utf8" or os.environ.get("TERM", "") in ("linux", "vt100", "vt220", "dumb")
+    columns = shutil.get_terminal_size((0, 0)).columns
+    return {"ascii": plain, "ncols": columns if columns >= 40 else 80}
 
 
 def _render(report: DumpReport, ui: _Messages) -> None:

@@ -29,6 +29,10 @@ from cdbdump.formats.elf import (
 from cdbdump.vmcore.notes import Note, iter_notes
 from cdbdump.vmcore.vmcoreinfo import VmcoreInfo
 
+# ELF e_machine values of the architectures kdump runs on (elf.h EM_*)
+_MACHINES = {3: "i386", 8: "mips", 20: "ppc", 21: "ppc64", 22: "s390x", 40: "arm",
+             183: "aarch64", 243: "riscv64", 258: "loongarch64"}
+
 __all__ = ("ElfCore", "LoadSegment")
 
 # fs/proc/kcore.c sets p_paddr to (elf_addr_t)-1 for segments that are not RAM or text
@@ -67,7 +71,8 @@ class ElfCore:
         headers = _read_headers(file)
         e_machine, e_phoff, phdrs = headers
         if e_machine != EM_X86_64:
-            raise UnsupportedError(f"{file.path}: e_machine {e_machine} (only x86_64, 62)")
+            arch = _MACHINES.get(e_machine, f"e_machine {e_machine}")
+            raise UnsupportedError(f"{file.path}: a vmcore of {arch}; cdbdump supports x86_64 only")
 
         problems: list[str] = []
         loads: list[LoadSegment] = []

@@ -162,3 +162,53 @@ def test_cyclic_buffer_does_not_change_the_file(tiny_vmcore: MakeVmcore, tmp_pat
         outputs.append(out.read_bytes())
     assert kernel.max_mapnr > 8 * 8192
     assert all(o == outputs[0] for o in outputs[1:])
+
+
+@pytest.mark.parametrize(("e_machine", "arch"), [(22, "s390x"), (21, "ppc64"), (183, "aarch64"),
+                                                 (4242, "e_machine 4242")])
+def test_other_architecture_is_one_line(tmp_path: Path, e_machine: int, arch: str) -> None:
+    from tests.builders.elfcore import ElfCoreBuilder
+    from tests.builders.vmcoreinfo import make_vmcoreinfo
+
+    b = ElfCoreBuilder()
+    b.add_vmcoreinfo(make_vmcoreinfo("6.1"))
+    b.add_load(0, data=bytes(4096))
+    b.override_ehdr(e_machine=e_machine)
+    vmcore = tmp_path / "vmcore"
+    vmcore.write_bytes(b.build())
+    proc = _run("-d", "31", str(vmcore), str(tmp_path / "out"))
+    assert proc.returncode == 1
+    lines = proc.stderr.strip().splitlines()
+    assert lines == [f"cdbdump: error: unsupported: {vmcore}: a vmcore of {arch}; "
+                     "cdbdump supports x86_64 only"]
+    assert not (tmp_path / "out").exists()
+
+
+def test_progress_bar_style(monkeypatch: pytest.MonkeyPatch) -> None:
+    import io
+    import shutil
+
+    from cdbdump.cli import _bar_style
+
+    class Stream(io.StringIO):
+        def __init__(self, encoding: str) -> None:
+            super().__init__()
+            self._encoding = encoding
+
+        @property
+        def encoding(self) -> str:  # type: ignore[override]
+            return self._encoding
+
+    monkeypatch.setattr(shutil, "get_terminal_size",
+                        lambda fallback=(0, 0): os.terminal_size((0, 0)))
+    monkeypatch.setenv("TERM", "xterm-256color")
+    monkeypatch.setattr(sys, "stderr", Stream("UTF-8"))
+    assert _bar_style() == {"ascii": False, "ncols": 80}  # 0 columns: a sane width
+    monkeypatch.setenv("TERM", "linux")
+    assert _bar_style()["ascii"] is True  # the Linux VT font lacks tqdm's blocks
+    monkeypatch.setenv("TERM", "xterm")
+    monkeypatch.setattr(sys, "stderr", Stream("ANSI_X3.4-1968"))
+    assert _bar_style()["ascii"] is True
+    monkeypatch.setattr(shutil, "get_terminal_size",
+                        lambda fallback=(0, 0): os.terminal_size((132, 40)))
+    assert _bar_style()["ncols"] == 132
