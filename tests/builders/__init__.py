@@ -1,8 +1,8 @@
 """Synthetic crashed x86_64 machines as ELF vmcores, plus the expected answer for each.
 
-Written from the kernel's and makedumpfile's specification (makedumpfile.md §1.5, §4, §9;
-the crash_dump_bitmap RFC), never from cdbdump's reader or scanner. Builders import only
-cdbdump.formats.* and cdbdump.mm.{levels,counts}.
+Written from the kernel's headers and makedumpfile's own rules (diskdump_mod.h,
+__exclude_unnecessary_pages, the crash_dump_bitmap RFC), never from cdbdump's reader or
+scanner. Builders import only cdbdump.formats.* and cdbdump.mm.{levels,counts}.
 
 Quick start (the ``tiny_kernel`` fixture in tests/conftest.py does the first two lines)::
 

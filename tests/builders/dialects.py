@@ -1,8 +1,8 @@
 """Kernel dialects: how each kernel generation encodes struct page and what VMCOREINFO says.
 
 Values come from the kernel headers of each generation (include/linux/page-flags.h,
-include/linux/mm_types.h, kernel/vmcore_info.c) as summarised in makedumpfile.md §4.3/§4.7;
-the 6.1 offsets are those of a real Debian 6.1 VMCOREINFO (real-vmcores.md). Flag bit
+include/linux/mm_types.h, kernel/vmcore_info.c) and makedumpfile's
+isHugetlb/isSlab/page_is_buddy; the 6.1 offsets are those of a real Debian 6.1 VMCOREINFO. Flag bit
 numbers are what the kernel exports; they move between releases, which is the point:
 a scanner must read them from VMCOREINFO.
 

@@ -1,6 +1,6 @@
 """ElfCoreBuilder: fabricate ELF64 x86_64 core files (vmcores), big ones written sparse.
 
-Two layouts, as seen on real files (real-vmcores.md "ELF layouts seen"):
+Two layouts, as seen on real files (QEMU's dump-guest-memory and the kernel's /proc/vmcore):
 
 * ``proc_vmcore`` (the kernel's /proc/vmcore, fs/proc/vmcore.c): Ehdr, program headers at 64,
   the merged PT_NOTE at the next page boundary and padded to whole pages, PT_LOADs at

@@ -1,7 +1,7 @@
 """The expected answer: makedumpfile's page exclusion, computed from the builder's intent.
 
-Reference: makedumpfile.md §4.2 (decision table, first match wins), §4.3 (compound order
-and hugetlb), §4.4 (which pfns are scanned, max_mapnr), §1.5 (bitmaps), §9 (traps). The
+Reference: makedumpfile __exclude_unnecessary_pages (first match wins), its compound
+order and hugetlb tests, get_max_mapnr (which pfns are scanned) and create_1st_bitmap. The
 input is what the builder *decided* each pfn is (PageKind, Role, order), never the bytes
 it wrote, and never cdbdump's scanner.
 

@@ -1,10 +1,10 @@
 """make_vmcoreinfo(): realistic VMCOREINFO note text for each kernel dialect.
 
 The key order follows kernel/vmcore_info.c then arch_crash_save_vmcoreinfo() (x86_64), as
-seen in a real Debian 6.1 vmcore (real-vmcores.md); keys are added or removed per dialect as
-makedumpfile.md §4.7 lists. Formatting follows the kernel: SYMBOL() and KERNELOFFSET are hex
-without 0x, SIZE/OFFSET/LENGTH/NUMBER are signed decimal, CRASHTIME (only written on the
-crash path) is decimal seconds and comes last.
+seen in a real Debian 6.1 vmcore; keys are added or removed per dialect as the kernel
+commits that introduced or dropped them did. Formatting follows the kernel: SYMBOL() and
+KERNELOFFSET are hex without 0x, SIZE/OFFSET/LENGTH/NUMBER are signed decimal, CRASHTIME
+(only written on the crash path) is decimal seconds and comes last.
 
     text = make_vmcoreinfo("6.12", drop=("NUMBER(PG_hwpoison)",),
                            **{"NUMBER(phys_base)": -614465536, "SYMBOL(mem_section)": 0xffff...})

@@ -5,7 +5,7 @@ ELF exactly as QEMU wrote it. Both write lzo kdump files (1.7.2 has no zstd).
 For each dump level the two dumps must have the same dumpable pages, every one
 byte-equal between them and to the source, and the same report counts.
 
-Known makedumpfile 1.7.2 quirks (makedumpfile.md section 9) are xfailed, but
+Known makedumpfile 1.7.2 quirks are xfailed, but
 only after the test has checked that the difference is exactly that quirk:
   * a PT_LOAD that ends inside a page (real /proc/vmcore e820 ranges): 1.7.2
     drops that page, cdbdump keeps it (see _partial_page_quirk);
@@ -60,7 +60,7 @@ def _partial_page_quirk(cmp: dict[str, Any], diffs: dict[str, tuple[int, int]]) 
         return ""
     return (f"makedumpfile 1.7.2 drops the {n} page(s) where a PT_LOAD ends mid-page "
             f"(pfns {sorted(extra)[:8]}; 1.7.6 too, on these vmcores); cdbdump keeps them "
-            f"with the tail zero-filled (makedumpfile.md §9)")
+            f"with the tail zero-filled")
 
 
 def struct_page_kinds(vm: Any, pfns: list[int]) -> dict[str, set[int]]:
@@ -133,8 +133,7 @@ def _kernel_612_quirk(vm: Any, level: int, cmp: dict[str, Any],
             f"{vm.guest['nr_anon_pages']} anon + {vm.guest['HugePages_Total']} huge pages), "
             f"and it drops {cmp['only_ours']} slab pages as user data; the {len(only_ref)} "
             f"pages only it keeps are large-folio tails ({len(only_ref & kinds['tail'])}) "
-            f"and hugetlb pages ({len(only_ref & kinds['hugetlb'])}) (makedumpfile.md "
-            f"§4.3, §9)")
+            f"and hugetlb pages ({len(only_ref & kinds['hugetlb'])})")
 
 
 @pytest.mark.parametrize("level", LEVELS, ids=[f"d{n}" for n in LEVELS])
@@ -210,7 +209,7 @@ def test_counts_match_guest(qemu_vmcore: Any, tool: str, tier: Any) -> None:
     want_user = g["nr_anon_pages"] + g["HugePages_Total"] * g["Hugepagesize"] // 4
     if tool == "makedumpfile" and vmcore.kernel >= (6, 12) and not _near(user, want_user):
         pytest.xfail(f"makedumpfile 1.7.2 on {vmcore.vmcoreinfo['OSRELEASE']}: {user} user "
-                     f"pages, the guest had {want_user} (no 6.12 support; makedumpfile.md §9)")
+                     f"pages, the guest had {want_user} (no 6.12 support)")
     assert _near(cache, g["nr_file_pages"]), (cache, g["nr_file_pages"])
     assert _near(user, want_user), (user, want_user)
     assert run.counts["Private cache pages"] > g["nr_file_pages"] // 20, "no private cache?"

@@ -48,7 +48,7 @@ def test_readers_see_every_page_of_our_dump(vmcore, tmp_path: Path, codec: str) 
     assert flag in header["status"]
 
 
-# 1.7.6 is wrong on 6.12+ (no free pages excluded, makedumpfile.md §8), and drops the page
+# 1.7.6 is wrong on 6.12+ (no free pages excluded), and drops the page
 # where an e820 PT_LOAD ends mid-page on /proc/vmcore (test_real_makedumpfile.py checks
 # that case page by page): compare bytes on the QEMU dumps of the kernels it handles.
 QUIRK_FREE = ["debian12-6.1-1g", "debian11-5.10-1g"]

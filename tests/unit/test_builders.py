@@ -78,7 +78,7 @@ class Dump:
         return int(self.info[f"SYMBOL({name})"], 16)
 
     def vtop(self, vaddr: int) -> int | None:
-        """x86_64 walk from init_top_pgt (makedumpfile.md §4.6)."""
+        """x86_64 walk from init_top_pgt (makedumpfile __vtop4_x86_64)."""
         levels = 5 if self.number("pgtable_l5_enabled") else 4
         mask = 0x000FFFFFFFFFF000 & ~self.number("sme_mask")
         table = self.symbol("init_top_pgt") - START_KERNEL_MAP + self.number("phys_base")
@@ -590,7 +590,7 @@ def test_qemu_machine_reads_back(tiny_kernel, dump_of) -> None:  # type: ignore[
 
 
 @pytest.mark.parametrize(("size", "five_level", "length"), [
-    (16, False, 2048),  # Debian 12's 6.1 (real-vmcores.md)
+    (16, False, 2048),  # Debian 12's 6.1
     (32, False, 4096),  # a Fedora 6.2 sample with a 32-byte struct mem_section
     (16, True, 131072),
     (32, True, 262144),

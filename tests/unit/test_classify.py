@@ -1,7 +1,7 @@
 """DECISION_TABLE row by row on hand-made struct page arrays.
 
 Expected answers are worked out from makedumpfile's rules
-(__exclude_unnecessary_pages, makedumpfile.md §4.2/§4.3), not from the code.
+(makedumpfile __exclude_unnecessary_pages), not from the code.
 """
 
 from __future__ import annotations

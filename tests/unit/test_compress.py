@@ -40,7 +40,7 @@ def _batch() -> list[bytes]:
 
 
 def test_codec_flags_are_makedumpfile_status_bits() -> None:
-    # makedumpfile.md 1.3: zlib 0x1, lzo 0x2, snappy 0x4, zstd 0x20, none 0
+    # diskdump_mod.h DUMP_DH_COMPRESSED_*: zlib 0x1, lzo 0x2, snappy 0x4, zstd 0x20, none 0
     assert [c.flag for c in Codec] == [0, 0x1, 0x2, 0x4, 0x20]
     for codec in Codec:
         assert codec_for_flags(codec.flag) is codec

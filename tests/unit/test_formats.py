@@ -36,7 +36,7 @@ def test_sub_header_and_page_desc() -> None:
 
 
 def test_bitmap_bytes_rounds_to_blocks() -> None:
-    # worked example of the reference §1.1: max_mapnr 4,456,448 → 136 blocks per bitmap
+    # write_kdump_header's arithmetic: max_mapnr 4,456,448 → 136 blocks per bitmap
     assert kdump.bitmap_bytes(4_456_448, 4096) == 136 * 4096
     assert kdump.bitmap_bytes(1, 4096) == 4096
     assert kdump.bitmap_bytes(4096 * 8 + 1, 4096) == 2 * 4096

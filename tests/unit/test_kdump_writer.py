@@ -1,4 +1,5 @@
-"""The kdump-compressed writer: every header field, region and rule of makedumpfile.md §1.
+"""The kdump-compressed writer: every header field, region and rule of makedumpfile's
+diskdump_mod.h and write_kdump_header.
 
 Expected values are taken from the format reference (raw offsets and sizes,
 decoded here with struct at the documented positions), never from the writer.
@@ -76,7 +77,7 @@ def _dumpable(inputs: KdumpInputs) -> Bitmap:
 
 
 def _blocks(inputs: KdumpInputs) -> int:
-    """1 + sub_hdr_size: the block the 1st bitmap starts in (makedumpfile.md 1.1)."""
+    """1 + sub_hdr_size: the block the 1st bitmap starts in (write_kdump_header)."""
     return 1 + -(-(104 + len(inputs.core.notes_raw)) // PS)
 
 
@@ -93,7 +94,7 @@ def _write(tmp_path: Path, inputs: KdumpInputs, codec: Codec, exclude_zero: bool
 
 
 def test_layout_worked_example_from_the_reference() -> None:
-    # makedumpfile.md 1.1: max_mapnr 4,456,448, size_note 6000, 4 KiB blocks
+    # write_kdump_header: max_mapnr 4,456,448, size_note 6000, 4 KiB blocks
     meta = KdumpMetadata(make_utsname(), 0, PS, 4_456_448, 0, 31, bytes(6000), None, 0, 1)
     layout = KdumpLayout.compute(meta, nr_dumpable=10)
     assert layout.sub_hdr_size == 2

@@ -25,7 +25,7 @@ VMEMMAP = 0xFFFFEA0000000000
 PAGES_PER_SECTION = 1 << 15
 SIZE_PAGE = 64
 
-# A 6.1-like VMCOREINFO (offsets of a real Debian 6.1 kernel, makedumpfile.md §4.7)
+# A 6.1-like VMCOREINFO (offsets of a real Debian 6.1 kernel)
 BASE_INFO: dict[str, int | str] = {
     "PAGESIZE": 4096,
     "SIZE(page)": 64,

@@ -384,7 +384,7 @@ def _makedumpfile_2nd_bitmap(vmcore: Path, level: int, out: Path) -> tuple[np.nd
 ])
 def test_same_as_makedumpfile(tiny_vmcore: Any, tmp_path: Path, dialect: str,
                               kwargs: dict[str, Any]) -> None:
-    # Debian's makedumpfile 1.7.2 is right for kernels up to 6.2 (makedumpfile.md §9)
+    # Debian's makedumpfile 1.7.2 is right for kernels up to 6.2
     _, vmcore = tiny_vmcore(dialect, seed=5, **kwargs)
     kernel, info, mm = _open(vmcore)
     labels = {"cache": "Non-private cache pages", "cache_private": "Private cache pages",
