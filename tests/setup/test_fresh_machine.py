@@ -69,19 +69,19 @@ def test_archive_comes_from_the_machines_apt_sources(tmp_path: Path) -> None:
     (deb822 / "sources.list.d" / "other.sources").write_text(
         "Types: deb\nURIs: http://other.invalid/repo\nSuites: nodistro\nComponents: main\n")
     (deb822 / "sources.list.d" / "debian.sources").write_text(
-        f"Types: deb\n# a comment\nURIs: http://main.invalid/debian/\nSuites: {code} "
+        f"Types: deb\n# a comment\nURIs: http://main.invalid/mirror/\nSuites: {code} "
         f"{code}-updates\nComponents: main\n\nTypes: deb\nURIs: http://sec.invalid/ds\n"
         f"Suites: {code}-security\nComponents: main\n")
     proc = _mirrors(deb822)
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.split() == ["http://main.invalid/debian", "http://sec.invalid/ds"]
+    assert proc.stdout.split() == ["http://main.invalid/mirror", "http://sec.invalid/ds"]
 
     oneline = tmp_path / "b"
     oneline.mkdir()
     (oneline / "sources.list").write_text(
-        f"deb [arch=amd64 signed-by=/k.gpg] http://one.invalid/debian {code} main\n")
-    assert _mirrors(oneline).stdout.split() == ["http://one.invalid/debian",
-                                                "http://one.invalid/debian-security"]
+        f"deb [arch=amd64 signed-by=/k.gpg] http://one.invalid/mirror {code} main\n")
+    assert _mirrors(oneline).stdout.split() == ["http://one.invalid/mirror",
+                                                "http://one.invalid/mirror-security"]
     override = _mirrors(oneline, DEBIAN_MIRROR="http://x.invalid/d")
     assert override.stdout.split()[0] == "http://x.invalid/d"
 
