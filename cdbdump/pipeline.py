@@ -7,6 +7,7 @@ them and records what happened in a DumpReport. It never prints.
 
 from __future__ import annotations
 
+import signal
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -16,7 +17,6 @@ from pathlib import Path
 from cdbdump.bitmap import Bitmap
 from cdbdump.errors import (
     AddressError,
-    CdbdumpError,
     CorruptDumpError,
     IncompleteDumpError,
     UnknownFormatError,
@@ -26,6 +26,7 @@ from cdbdump.errors import (
 from cdbdump.fileio import MappedFile
 from cdbdump.formats.kdump import UTS_FIELD_LEN, UTS_FIELDS
 from cdbdump.formats.x86_64 import PAGE_SIZE
+from cdbdump.interrupts import deferred
 from cdbdump.memory.kernel import KernelMemory, phys_base_from_loads
 from cdbdump.memory.physical import PhysicalMemory
 from cdbdump.mm.crash_bitmap import (
@@ -41,8 +42,13 @@ from cdbdump.vmcore.detect import DumpFormat, sniff
 from cdbdump.vmcore.elfcore import ElfCore
 from cdbdump.vmcore.vmcoreinfo import VmcoreInfo
 from cdbdump.writers.compress import Codec
-from cdbdump.writers.kdump import KdumpMetadata, mark_incomplete, write_kdump
-from cdbdump.writers.sink import create_output
+from cdbdump.writers.kdump import (
+    KdumpMetadata,
+    KdumpWriteResult,
+    mark_incomplete,
+    write_kdump,
+)
+from cdbdump.writers.sink import OutputFile, create_output
 
 __all__ = ("DumpOptions", "InputImage", "dump", "mem_usage", "open_input")
 
@@ -212,79 +218,141 @@ def dump(options: DumpOptions, progress: ProgressCallback | None = None) -> Dump
     )
     options.codec.check_available()
     with MappedFile(options.vmcore) as file:
-        with _timed(report, "read headers"):
-            image = open_input(file)
-        report.warnings.extend(image.core.problems)
-        report.max_mapnr = image.max_mapnr
-        report.memory_hole_pages = memory_hole_pages(image)
-        report.bytes_in = sum(seg.filesz for seg in image.core.loads)
-        with _timed(report, "check memory holes"):
-            try:
-                bitmap1 = first_bitmap(image)
-                bitmap2 = without_nodata(image, bitmap1)
-            except MemoryError:
-                raise UnsupportedError(
-                    f"bitmaps for max_mapnr {image.max_mapnr} ({image.max_mapnr // 4} "
-                    "bytes for the two of them) do not fit in memory"
-                ) from None
-        with _timed(report, "exclude pages"):
-            applied = _exclude(image, options, bitmap2, report, progress)
-        report.dump_level_applied = int(applied)
-        utsname, uts_problem = read_utsname(image)
-        if uts_problem:
-            report.warnings.append(uts_problem)
-        report.dumpable_pages = bitmap2.count()
-        meta = KdumpMetadata(
-            utsname=utsname,
-            timestamp_sec=(image.vmcoreinfo.crashtime or 0) if image.vmcoreinfo else 0,
-            page_size=image.page_size,
-            max_mapnr=image.max_mapnr,
-            phys_base=image.phys_base or 0,
-            dump_level=int(applied),
-            notes_raw=image.core.notes_raw,
-            vmcoreinfo_desc_offset=image.core.vmcoreinfo_desc_offset,
-            vmcoreinfo_size=(
-                image.core.vmcoreinfo_note.desc_size if image.core.vmcoreinfo_note else 0
-            ),
-            nr_cpus=image.core.nr_cpus,
+        # output refusals (existing file, symlink, read-only fs, missing directory)
+        # come before any memory is read
+        out = create_output(options.dumpfile, options.force, inputs=[options.vmcore])
+        try:
+            _dump_into(out, file, options, report, progress)
+        except IncompleteDumpError:
+            raise  # what was written is kept, flagged INCOMPLETE
+        except BaseException:
+            out.discard()  # nothing of the dump was kept: no half file left behind
+            raise
+    return report
+
+
+def _dump_into(
+    out: OutputFile,
+    file: MappedFile,
+    options: DumpOptions,
+    report: DumpReport,
+    progress: ProgressCallback | None,
+) -> None:
+    with _timed(report, "read headers"):
+        image = open_input(file)
+    report.warnings.extend(image.core.problems)
+    report.max_mapnr = image.max_mapnr
+    report.memory_hole_pages = memory_hole_pages(image)
+    report.bytes_in = sum(seg.filesz for seg in image.core.loads)
+    with _timed(report, "check memory holes"):
+        try:
+            bitmap1 = first_bitmap(image)
+            bitmap2 = without_nodata(image, bitmap1)
+        except MemoryError:
+            raise UnsupportedError(
+                f"bitmaps for max_mapnr {image.max_mapnr} ({image.max_mapnr // 4} "
+                "bytes for the two of them) do not fit in memory"
+            ) from None
+    with _timed(report, "exclude pages"):
+        applied = _exclude(image, options, bitmap2, report, progress)
+    report.dump_level_applied = int(applied)
+    utsname, uts_problem = read_utsname(image)
+    if uts_problem:
+        report.warnings.append(uts_problem)
+    report.dumpable_pages = bitmap2.count()
+    meta = KdumpMetadata(
+        utsname=utsname,
+        timestamp_sec=_crashtime(image, report),
+        page_size=image.page_size,
+        max_mapnr=image.max_mapnr,
+        phys_base=_header_phys_base(image, report),
+        dump_level=int(applied),
+        notes_raw=image.core.notes_raw,
+        vmcoreinfo_desc_offset=image.core.vmcoreinfo_desc_offset,
+        vmcoreinfo_size=(
+            image.core.vmcoreinfo_note.desc_size if image.core.vmcoreinfo_note else 0
+        ),
+        nr_cpus=image.core.nr_cpus,
+    )
+    with _timed(report, "write pages"):
+        file.advise_streaming()
+        writer_progress = (
+            None if progress is None
+            else lambda done, total: progress("Copying data", done, total)
         )
-        with _timed(report, "write pages"):
-            file.advise_streaming()
-            out = create_output(options.dumpfile, options.force, inputs=[options.vmcore])
-            writer_progress = (
-                None if progress is None
-                else lambda done, total: progress("Copying data", done, total)
-            )
-            try:
-                result = write_kdump(
-                    out,
-                    meta,
-                    bitmap1,
-                    bitmap2,
-                    image.phys,
-                    options.codec,
-                    exclude_zero=bool(applied & DumpLevel.ZERO),
-                    progress=writer_progress,
-                    allow_incomplete=True,
-                )
-            except CdbdumpError:
-                out.discard()  # nothing of the dump was kept: no half file left behind
-                raise
-            except BaseException:
-                out.discard()  # interrupted: a partial file must not pass for a dump
-                raise
-            report.counts.zero = result.nr_zero_pages
-            report.pages_written = result.nr_pages_written
-            report.bytes_out = result.bytes_written
-            report.bytes_written = out.bytes_written
-            if result.no_space is not None:
-                # reference: makedumpfile check_and_modify_kdump_headers — keep what
-                # was written, flag the header INCOMPLETE, exit 1
+        result = write_kdump(
+            out,
+            meta,
+            bitmap1,
+            bitmap2,
+            image.phys,
+            options.codec,
+            exclude_zero=bool(applied & DumpLevel.ZERO),
+            progress=writer_progress,
+            allow_incomplete=True,
+        )
+        report.counts.zero = result.nr_zero_pages
+        report.pages_written = result.nr_pages_written
+        report.bytes_out = result.bytes_written
+        report.bytes_written = out.bytes_written
+        report.pages_unreadable = result.nr_pages_unreadable
+        report.unreadable_pages = [
+            {"pfn": pfn, "file_offset": off, "error": why} for pfn, off, why in result.unreadable
+        ]
+        report.dumpable_pages = bitmap2.count()
+        if result.incomplete:
+            report.pages_lost = result.nr_pages_lost
+            # reference: makedumpfile check_and_modify_kdump_headers — keep what
+            # was written, flag the header INCOMPLETE (it already is: it turns
+            # complete only at the end), exit 1
+            with deferred():
                 mark_incomplete(out, result)
                 out.close()
-                raise IncompleteDumpError(result.nr_pages_lost, result.no_space, report)
-            out.close()
-    return report
+            raise IncompleteDumpError(result.nr_pages_lost, _incomplete_reason(result), report,
+                                      cause=result.no_space, signum=result.interrupted)
+        out.close()
+
+
+def _incomplete_reason(result: KdumpWriteResult) -> str:
+    parts: list[str] = []
+    if result.no_space is not None:
+        parts.append(str(result.no_space))
+    if result.interrupted is not None:
+        parts.append(f"interrupted by {signal.Signals(result.interrupted).name}")
+    if result.nr_pages_unreadable:
+        pfn, file_offset, why = result.unreadable[0]
+        parts.append(
+            f"{result.nr_pages_unreadable} input pages could not be read and are excluded "
+            f"(first: pfn {pfn:#x} at file offset {file_offset:#x}: {why})"
+        )
+    return "; ".join(parts)
+
+
+def _crashtime(image: InputImage, report: DumpReport) -> int:
+    """CRASHTIME for the header's timestamp (a u64 there); 0 with a warning if absurd."""
+    info = image.vmcoreinfo
+    if info is None:
+        return 0
+    try:
+        value = info.crashtime
+    except VmcoreInfoError as exc:
+        report.warnings.append(f"header timestamp left 0: {exc}")
+        return 0
+    if value is None:
+        return 0
+    if not 0 <= value < 1 << 63:
+        report.warnings.append(f"header timestamp left 0: CRASHTIME={value} is out of range")
+        return 0
+    return value
+
+
+def _header_phys_base(image: InputImage, report: DumpReport) -> int:
+    """phys_base for the sub-header (a signed 64-bit field); 0 with a warning if absurd."""
+    value = image.phys_base or 0
+    if not -(1 << 63) <= value < 1 << 63:
+        report.warnings.append(f"sub-header phys_base left 0: {value:#x} does not fit 64 bits")
+        return 0
+    return value
 
 
 def _exclude(

@@ -47,6 +47,9 @@ class DumpReport:
     timings: dict[str, float] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
     kernel_bitmap: dict[str, int] | None = None  # the struct's fields when -q used it
+    pages_unreadable: int = 0  # input pages that could not be read: excluded, not dumped
+    unreadable_pages: list[dict[str, Any]] = field(default_factory=list)  # the first of them
+    pages_lost: int = 0  # dumpable pages of an incomplete dump without data (ENOSPC, signal)
 
     @property
     def original_pages(self) -> int:

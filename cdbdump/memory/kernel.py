@@ -15,14 +15,19 @@ from collections.abc import Iterable, Iterator
 import numpy as np
 import numpy.typing as npt
 
-from cdbdump.errors import BadVmcoreInfoValue, MissingVmcoreInfoKey, NotInDumpError
+from cdbdump.errors import (
+    BadVmcoreInfoValue,
+    InputReadError,
+    MissingVmcoreInfoKey,
+    NotInDumpError,
+)
 from cdbdump.formats.x86_64 import (
     PAGE_OFFSET_L4_DEFAULT,
     PAGE_OFFSET_L5_DEFAULT,
     PTE_PFN_MASK,
     START_KERNEL_MAP,
 )
-from cdbdump.memory.physical import PhysicalMemory
+from cdbdump.memory.physical import PhysicalMemory, Piece
 from cdbdump.memory.x86_64 import PageTableWalker, Run
 from cdbdump.vmcore.elfcore import LoadSegment
 from cdbdump.vmcore.vmcoreinfo import VmcoreInfo
@@ -165,7 +170,10 @@ class KernelMemory:
         size = scratch.size
         runs = list(self.walker.iter_runs(vaddr, vaddr + size, strict=False))
         if len(runs) == 1 and runs[0][0] == vaddr and runs[0][2] == size:
-            view = self.phys.view_run(runs[0][1], size)
+            try:
+                view = self.phys.view_run(runs[0][1], size)
+            except InputReadError:
+                view = None  # _fill below finds which part is unreadable
             if view is not None:
                 return np.frombuffer(view, dtype=np.uint8), []
         return scratch, self._fill(vaddr, scratch, runs)
@@ -216,15 +224,38 @@ class KernelMemory:
             piece = pieces[i]
             stop = min(end, piece.file_end)
             if cur < stop:
-                view = self.phys.file.view(piece.file_offset + (cur - piece.paddr), stop - cur,
-                                           "PT_LOAD data")
                 dst = offset + cur - paddr
-                out[dst : dst + (stop - cur)] = np.frombuffer(view, dtype=np.uint8)
+                try:
+                    self.phys.file.read_into(piece.file_offset + (cur - piece.paddr),
+                                             out[dst : dst + (stop - cur)], "PT_LOAD data")
+                except InputReadError:
+                    # unreadable input (EIO): page by page, so one bad page does not
+                    # hide the struct pages around it; what fails is "missing"
+                    missing.extend(self._copy_pages(piece, cur, stop, out, dst))
                 cur = stop
             stop = min(end, piece.mem_end)
             if cur < stop:  # p_filesz < p_memsz: the data is not in the file
                 missing.append((offset + cur - paddr, stop - cur))
                 cur = stop
+        return missing
+
+
+    def _copy_pages(
+        self, piece: Piece, paddr: int, end: int, out: npt.NDArray[np.uint8], dst: int
+    ) -> list[tuple[int, int]]:
+        """Error path: copy [paddr, end) of one piece page by page; return what failed."""
+        missing: list[tuple[int, int]] = []
+        step = self.phys.page_size
+        cur = paddr
+        while cur < end:
+            stop = min(end, (cur // step + 1) * step)
+            at = dst + cur - paddr
+            try:
+                self.phys.file.read_into(piece.file_offset + (cur - piece.paddr),
+                                         out[at : at + (stop - cur)], "PT_LOAD data")
+            except InputReadError:
+                missing.append((at, stop - cur))
+            cur = stop
         return missing
 
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from elftools.common.exceptions import ELFError
 from elftools.elf.elffile import ELFFile
 
-from cdbdump.errors import CorruptDumpError, UnsupportedError
+from cdbdump.errors import CorruptDumpError, InputReadError, UnsupportedError
 from cdbdump.fileio import MappedFile
 from cdbdump.formats.elf import (
     CORE_NOTE_NAME,
@@ -194,6 +194,9 @@ def _read_headers(file: MappedFile) -> tuple[int, int, list[PhdrTuple]]:
         raise CorruptDumpError(f"{file.path}: bad ELF header: {exc}", file_offset=0) from exc
     except (struct.error, ValueError) as exc:
         raise CorruptDumpError(f"{file.path}: bad ELF header: {exc}", file_offset=0) from exc
+    except OSError as exc:  # EIO in the header region: nothing can be dumped
+        raise InputReadError(file.path, 0, file.size, f"ELF headers unreadable: "
+                             f"{exc.strerror or exc}") from exc
     e_machine = EM_X86_64 if e_machine_raw == "EM_X86_64" else _machine_number(e_machine_raw)
     return e_machine, e_phoff, phdrs
 
