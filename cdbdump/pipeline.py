@@ -31,8 +31,12 @@ from cdbdump.memory.kernel import KernelMemory, phys_base_from_loads
 from cdbdump.memory.physical import PhysicalMemory
 from cdbdump.mm.crash_bitmap import (
     KernelBitmap,
+    KernelBitmapRefused,
     apply_kernel_bitmap,
+    mem_map_page_ranges,
     probe_kernel_bitmap,
+    protected_pfn_ranges,
+    verify_kernel_bitmap,
 )
 from cdbdump.mm.levels import DumpLevel
 from cdbdump.mm.memmodel import MemMap, locate_mem_map
@@ -365,9 +369,17 @@ def _exclude(
     """Clear excluded frames from bitmap2; return the dump level really applied."""
     level = options.dump_level
     if options.use_kernel_bitmap:
-        probe = probe_kernel_bitmap(
-            image.phys, image.vmcoreinfo, image.phys_base, image.max_mapnr, level
-        )
+        probe: KernelBitmap | KernelBitmapRefused
+        try:
+            probe = probe_kernel_bitmap(
+                image.phys, image.vmcoreinfo, image.phys_base, image.max_mapnr, level
+            )
+        except AddressError as exc:  # an unreadable struct (EIO): not provable
+            probe = KernelBitmapRefused(f"crash_dump_bitmap_info cannot be read: {exc}")
+        if isinstance(probe, KernelBitmap):
+            refused = _verify_kernel_bitmap(image, probe)
+            if refused is not None:
+                probe = refused
         if isinstance(probe, KernelBitmap):
             apply_kernel_bitmap(image.phys, probe, bitmap2)
             report.path_taken = PathTaken.BITMAP
@@ -401,6 +413,24 @@ def _exclude(
     report.counts.add(result.counts)
     report.warnings.extend(result.problems)
     return level
+
+
+def _verify_kernel_bitmap(image: InputImage, probe: KernelBitmap) -> KernelBitmapRefused | None:
+    """The bitmap's content against what the dump proves (crash_bitmap.verify_kernel_bitmap)."""
+    mem_map_pages: list[tuple[int, int]] = []
+    if image.kernel is not None and image.mem_map is not None:
+        mem_map_pages = mem_map_page_ranges(
+            image.kernel.translate,
+            ((r.start_pfn, r.end_pfn, r.mem_map_vaddr) for r in image.mem_map.runs),
+            image.mem_map.struct_page_size, image.page_size,
+        )
+    assert image.vmcoreinfo is not None and image.phys_base is not None  # probe passed
+    protected = protected_pfn_ranges(image.phys, image.vmcoreinfo, image.phys_base, probe,
+                                     image.max_mapnr, mem_map_pages)
+    try:
+        return verify_kernel_bitmap(image.phys, probe, image.max_mapnr, protected)
+    except AddressError as exc:
+        return KernelBitmapRefused(f"the kernel bitmap cannot be read: {exc}")
 
 
 def _degrade(level: DumpLevel, report: DumpReport, why: str) -> DumpLevel:
