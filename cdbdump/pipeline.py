@@ -86,6 +86,7 @@ class InputImage:
     mem_map: MemMap | None  # None when struct page cannot be located
     mem_map_error: str | None  # why mem_map is None
     max_mapnr: int
+    problems: tuple[str, ...] = ()  # degradations found while deriving the geometry
 
 
 @contextmanager
@@ -120,10 +121,16 @@ def open_input(file: MappedFile) -> InputImage:
         )
     info = core.vmcoreinfo
     page_size = (info.page_size if info is not None else None) or PAGE_SIZE
+    if page_size != PAGE_SIZE:
+        # x86_64 has 4 KiB base pages only; a kdump block size that is not the
+        # page size gives dumps crash and libkdumpfile misread
+        raise UnsupportedError(f"{file.path}: VMCOREINFO PAGESIZE={page_size} on x86_64 "
+                               f"(only {PAGE_SIZE})")
     phys = PhysicalMemory(file, core.loads, page_size)
     phys_base = info.phys_base if info is not None else None
     if phys_base is None:
         phys_base = phys_base_from_loads(core.loads)
+    problems: list[str] = []
     kernel: KernelMemory | None = None
     kernel_error: str | None = None
     if info is None:
@@ -133,7 +140,7 @@ def open_input(file: MappedFile) -> InputImage:
             kernel = KernelMemory.from_vmcoreinfo(phys, info, loads=core.loads)
         except (VmcoreInfoError, AddressError) as exc:
             kernel_error = str(exc)
-    max_mapnr = (phys.end_paddr + page_size - 1) // page_size
+    max_mapnr = _justified_max_mapnr(file, phys, page_size, problems)
     mem_map: MemMap | None = None
     mem_map_error: str | None = kernel_error
     if kernel is not None and info is not None:
@@ -146,7 +153,44 @@ def open_input(file: MappedFile) -> InputImage:
         else:
             max_mapnr = mem_map.max_mapnr
     return InputImage(core, phys, info, page_size, phys_base, kernel, kernel_error, mem_map,
-                      mem_map_error, max_mapnr)
+                      mem_map_error, max_mapnr, tuple(problems))
+
+
+# Bytes one bitmap may take whatever the file: a few bitmaps live at once, and a
+# capture kernel has about 256 MiB. Beyond it the file must justify the size.
+_BITMAP_BUDGET = 8 << 20
+
+
+def _justified_max_mapnr(
+    file: MappedFile, phys: PhysicalMemory, page_size: int, problems: list[str]
+) -> int:
+    """max_mapnr from the PT_LOADs, sized by what the file can justify.
+
+    reference: makedumpfile get_max_mapnr (end of the highest PT_LOAD). A header
+    may claim memory up to 2^52 bytes; every bitmap is max_mapnr / 8 bytes. A
+    tail of p_memsz beyond every p_filesz holds no data (exclude_nodata_pages
+    would drop it): it is cut off when it alone would blow the budget. Frames
+    that are file-backed must be backed by a file big enough for them: a bitmap
+    larger than the budget and than 1/64 of the file is refused.
+    """
+    max_mapnr = (phys.end_paddr + page_size - 1) // page_size
+    budget = max(_BITMAP_BUDGET, file.size // 64)
+    if max_mapnr // 8 <= budget:
+        return max_mapnr
+    file_end = max((p.file_end for p in phys.pieces if p.file_end > p.paddr), default=0)
+    backed = (file_end + page_size - 1) // page_size
+    if backed // 8 <= budget:
+        problems.append(
+            f"PT_LOADs claim memory up to paddr {phys.end_paddr:#x}, but no file data lies "
+            f"beyond {file_end:#x}: max_mapnr cut from {max_mapnr} to {backed} (the rest "
+            "would be excluded as no-data pages anyway)"
+        )
+        return backed
+    raise UnsupportedError(
+        f"{file.path}: PT_LOADs span {backed} page frames (bitmaps of {backed // 8 >> 20} "
+        f"MiB each) but the file holds {file.size >> 20} MiB; refusing to size memory by "
+        "a header the file does not justify"
+    )
 
 
 def first_bitmap(image: InputImage) -> Bitmap:
@@ -245,6 +289,7 @@ def _dump_into(
     with _timed(report, "read headers"):
         image = open_input(file)
     report.warnings.extend(image.core.problems)
+    report.warnings.extend(image.problems)
     report.max_mapnr = image.max_mapnr
     report.memory_hole_pages = memory_hole_pages(image)
     report.bytes_in = sum(seg.filesz for seg in image.core.loads)
