@@ -6,7 +6,7 @@ PY     := $(VENV)/bin/python
 CACHE  := .cache
 DEMO   := $(CACHE)/demo
 
-.PHONY: demo test lint typecheck unit bench clean
+.PHONY: demo test lint typecheck unit bench fuzz clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -38,6 +38,13 @@ unit: $(VENV)/.installed
 
 bench: $(VENV)/.installed
 	$(PY) bench/bench.py
+
+# Long fuzz run (tests/fuzz/fuzz.py): FUZZ_INPUTS mutated vmcores, both -q and the scan,
+# plus the real 5.10 vmcore when the cache has it. `make test` runs a short form.
+FUZZ_INPUTS ?= 10000
+FUZZ_REAL   ?= $(wildcard $(or $(CDBDUMP_VMCORE_CACHE),$(CACHE)/vmcores)/debian11-5.10-1g.elf)
+fuzz: $(VENV)/.installed
+	$(PY) -m tests.fuzz.fuzz --inputs $(FUZZ_INPUTS) $(if $(FUZZ_REAL),--real $(FUZZ_REAL))
 
 clean:
 	rm -rf $(VENV) $(CACHE) build *.egg-info

@@ -227,13 +227,22 @@ def read_utsname(image: InputImage) -> tuple[bytes, str | None]:
     if info is None:
         reason = "no VMCOREINFO"
     else:
-        sym = info.get_symbol("init_uts_ns")
-        # reference: makedumpfile check_release — kernels before 5.11 do not
-        # export OFFSET(uts_namespace.name); there name follows struct kref (an int)
-        off = info.get_offset("uts_namespace.name")
-        if off is None:
+        sym: int | None = None
+        off: int | None = None
+        try:
+            sym = info.get_symbol("init_uts_ns")
+            # reference: makedumpfile check_release — kernels before 5.11 do not
+            # export OFFSET(uts_namespace.name); there name follows struct kref (an int)
+            off = info.get_offset("uts_namespace.name")
+        except VmcoreInfoError as exc:  # cosmetic: degrade to the stand-in
+            info_error: str | None = str(exc)
+        else:
+            info_error = None
+        if off is None or not 0 <= off < 1 << 16:
             off = 4
-        if sym is None:
+        if info_error is not None:
+            reason = info_error
+        elif sym is None:
             reason = "VMCOREINFO has no SYMBOL(init_uts_ns)"
         elif image.kernel is None:
             reason = image.kernel_error or "no page tables"
