@@ -9,6 +9,8 @@ Parts (each prints its own table; skip one with --skip NAME):
              1st bitmap, kernel bitmap AND) per TiB of RAM, total time, peak RSS.
   scan       the mem_map scan on the same kind of machine: seconds per TiB, and the
              whole run against makedumpfile on it.
+  dmesg      --dump-dmesg on the real 1 GiB 6.1 vmcore against makedumpfile, and the log
+             reader alone on a full 4 MiB printk ringbuffer (records per second).
 
 Peak RSS comes from wait4() of each child; wall time from a monotonic clock.
 """
@@ -107,6 +109,42 @@ def part_real(work: Path, rounds: int) -> None:
         print(f"  outputs byte-identical: {same}")
 
 
+def part_dmesg(work: Path, rounds: int) -> None:
+    print("== dmesg: --dump-dmesg, real Debian 6.1 1 GiB vmcore, A/B alternated ==")
+    if shutil.which("makedumpfile") is None:
+        print("  makedumpfile not installed: skipped")
+        return
+    from fixtures import real_vmcores
+
+    raw = real_vmcores.ensure("debian12-6.1-1g")
+    norm = real_vmcores.ensure_normalized("debian12-6.1-1g")
+    ours, theirs = work / "cdbdump.dmesg", work / "mdf.dmesg"
+    ab("cdbdump", cdbdump_cmd("--message-level", "0", "--dump-dmesg", str(raw), str(ours)),
+       "makedumpfile", ["makedumpfile", "--message-level", "0", "--dump-dmesg", str(norm),
+                        str(theirs)], ours, theirs, rounds)
+    # the reader alone on a full ring (log_buf_len=4M: 2^17 descriptors, 4 MiB of text)
+    import random
+
+    from cdbdump.printk import format_records, read_kernel_log
+    from tests.builders.printk import RingBuilder
+    from tests.flatmem import FlatKernel
+
+    ring = RingBuilder(count_bits=17, size_bits=22)
+    rng = random.Random(1)
+    words = (b"usb", b"pci", b"0000:00:1f.2", b"eth0:", b"link", b"is", b"up", b"ok")
+    for i in range(140_000):
+        ring.add(b" ".join(rng.choices(words, k=rng.randrange(2, 12))), i * 1_000_003, i)
+    flat = FlatKernel()
+    ring.install(flat)  # type: ignore[arg-type]
+    start = time.perf_counter()
+    log = read_kernel_log(flat.memory, flat.info())
+    read_s = time.perf_counter() - start
+    text = b"".join(format_records(log.records))
+    format_s = time.perf_counter() - start - read_s
+    print(f"  reader, full 4 MiB ring: {len(log.records):,} records read in {read_s:.3f} s, "
+          f"formatted ({len(text):,} bytes) in {format_s:.3f} s")
+
+
 def _report(path: Path) -> dict[str, object]:
     return json.loads(path.read_text())
 
@@ -177,7 +215,8 @@ def part_scan(work: Path, ram_gib: int, rounds: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--skip", action="append", default=[], choices=["real", "plan", "scan"])
+    parser.add_argument("--skip", action="append", default=[],
+                        choices=["real", "plan", "scan", "dmesg"])
     parser.add_argument("--ram-gib", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--work", type=Path, default=REPO / ".cache" / "bench")
@@ -191,6 +230,8 @@ def main() -> None:
             part_plan(args.work, args.ram_gib)
         if "scan" not in args.skip:
             part_scan(args.work, args.ram_gib, args.rounds)
+        if "dmesg" not in args.skip:
+            part_dmesg(work, args.rounds)
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ from cdbdump import __version__, interrupts
 from cdbdump.errors import CdbdumpError, IncompleteDumpError, Interrupted
 from cdbdump.mm.levels import MAX_DUMP_LEVEL, DumpLevel
 from cdbdump.mm.scan import MemoryUsage
-from cdbdump.pipeline import DumpOptions, dump, mem_usage
+from cdbdump.pipeline import DmesgOptions, DumpOptions, dump, dump_dmesg, mem_usage
 from cdbdump.report import DumpReport, PathTaken
 from cdbdump.writers.compress import Codec
 from cdbdump.writers.sink import check_output, create_output
@@ -76,6 +76,11 @@ def _version(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
               help="Also write the report as JSON to this file.")
 @click.option("--mem-usage", is_flag=True,
               help="Print the pages per class of VMCORE (a vmcore or /proc/kcore) and exit.")
+@click.option("--dump-dmesg", "dump_dmesg_mode", is_flag=True,
+              help="Write the kernel log of VMCORE to DUMPFILE (a text file), as "
+              "makedumpfile --dump-dmesg does.")
+@click.option("-F", "flatten", is_flag=True,
+              help="Write to standard output, messages to stderr (with --dump-dmesg).")
 @click.option("-D", "debug", is_flag=True, help="Debug messages, tracebacks on errors.")
 @click.option("-v", "--version", is_flag=True, expose_value=False, is_eager=True,
               callback=_version, help="Print the version and the codecs available.")
@@ -91,6 +96,8 @@ def command(
     show_stats: bool,
     report_json: Path | None,
     mem_usage: bool,
+    dump_dmesg_mode: bool,
+    flatten: bool,
     debug: bool,
 ) -> None:
     """Filter and compress the crash dump VMCORE into the kdump-compressed DUMPFILE."""
@@ -98,7 +105,16 @@ def command(
         message_level |= ML_REPORT
     if debug:
         message_level |= ML_DEBUG
-    ui = _Messages(message_level)
+    ui = _Messages(message_level, stderr=flatten)
+    if dump_dmesg_mode:
+        if mem_usage:
+            raise click.UsageError("--dump-dmesg and --mem-usage exclude each other")
+        if flatten == (dumpfile is not None):
+            raise click.UsageError("--dump-dmesg takes VMCORE LOGFILE, or -F and VMCORE only")
+        _run_dump_dmesg(DmesgOptions(vmcore, dumpfile, force=force), ui, debug)
+        return
+    if flatten:
+        raise click.UsageError("-F is only supported with --dump-dmesg")
     if mem_usage:
         if dumpfile is not None:
             raise click.UsageError("--mem-usage takes only VMCORE")
@@ -176,6 +192,21 @@ def _run_mem_usage(vmcore: Path, ui: _Messages, debug: bool) -> None:
     print_mem_usage(usage, page_size, click.echo)
 
 
+def _run_dump_dmesg(options: DmesgOptions, ui: _Messages, debug: bool) -> None:
+    try:
+        result = dump_dmesg(options, sys.stdout.buffer)
+    except CdbdumpError as exc:
+        if debug:
+            traceback.print_exc()
+        ui.error(str(exc))
+        ui.common("cdbdump Failed.")
+        sys.exit(EXIT_FAILED)
+    for warning in result.log.warnings:
+        ui.warning(warning)
+    ui.common(f"The dmesg log is saved to {options.logfile or 'STDOUT'}.")
+    ui.common("cdbdump Completed.")
+
+
 def print_mem_usage(usage: MemoryUsage, page_size: int, out: Callable[[str], None]) -> None:
     """makedumpfile print_mem_usage's table, same columns and labels."""
     out("")
@@ -194,12 +225,13 @@ def print_mem_usage(usage: MemoryUsage, page_size: int, out: Callable[[str], Non
 class _Messages:
     """makedumpfile's message classes, gated by --message-level."""
 
-    def __init__(self, level: int) -> None:
+    def __init__(self, level: int, *, stderr: bool = False) -> None:
         self.level = level
+        self.stderr = stderr  # -F: standard output carries data, messages go to stderr
 
     def common(self, text: str) -> None:
         if self.level & ML_COMMON:
-            click.echo(text)
+            click.echo(text, err=self.stderr)
 
     def error(self, text: str) -> None:
         # errors are always shown: the exit code alone does not say what went wrong
@@ -215,7 +247,7 @@ class _Messages:
 
     def report(self, text: str) -> None:
         if self.level & ML_REPORT:
-            click.echo(text)
+            click.echo(text, err=self.stderr)
 
     @property
     def progress(self) -> bool:

@@ -13,12 +13,15 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 from cdbdump.bitmap import Bitmap
 from cdbdump.errors import (
     AddressError,
     CorruptDumpError,
     IncompleteDumpError,
+    InputError,
+    OutputError,
     UnknownFormatError,
     UnsupportedError,
     VmcoreInfoError,
@@ -41,6 +44,7 @@ from cdbdump.mm.crash_bitmap import (
 from cdbdump.mm.levels import DumpLevel
 from cdbdump.mm.memmodel import MemMap, locate_mem_map
 from cdbdump.mm.scan import MemoryUsage, exclude_unnecessary_pages, memory_usage
+from cdbdump.printk import KernelLog, format_records, read_kernel_log
 from cdbdump.report import DumpReport, PathTaken, ProgressCallback
 from cdbdump.vmcore.detect import DumpFormat, sniff
 from cdbdump.vmcore.elfcore import ElfCore
@@ -54,7 +58,16 @@ from cdbdump.writers.kdump import (
 )
 from cdbdump.writers.sink import OutputFile, create_output
 
-__all__ = ("DumpOptions", "InputImage", "dump", "mem_usage", "open_input")
+__all__ = (
+    "DmesgOptions",
+    "DmesgResult",
+    "DumpOptions",
+    "InputImage",
+    "dump",
+    "dump_dmesg",
+    "mem_usage",
+    "open_input",
+)
 
 # Errors after which the mem_map scan degrades instead of failing the run
 _SCAN_ERRORS = (VmcoreInfoError, AddressError, UnsupportedError, CorruptDumpError)
@@ -520,3 +533,58 @@ def mem_usage(
         usage = memory_usage(image.kernel, image.vmcoreinfo, bitmap1, progress,
                              mem_map=image.mem_map)
         return usage, image.page_size
+
+
+@dataclass(frozen=True, slots=True)
+class DmesgOptions:
+    """--dump-dmesg: the kernel log of ``vmcore`` into ``logfile`` (None: a stream)."""
+
+    vmcore: Path
+    logfile: Path | None
+    force: bool = False  # -f
+    caller_id: bool = True  # "[      T1] " after the time, as makedumpfile >= 1.7.5 prints
+
+
+@dataclass(frozen=True, slots=True)
+class DmesgResult:
+    log: KernelLog  # the records and the warnings (one line each)
+    vmcoreinfo: VmcoreInfo
+    bytes_written: int
+
+
+def dump_dmesg(options: DmesgOptions, stream: BinaryIO | None = None) -> DmesgResult:
+    """makedumpfile --dump-dmesg: read the log, then write it to the file or ``stream``.
+
+    The log file is created (0600, never over an existing file without ``force``)
+    only once the log has been read; a write that fails leaves what was written.
+
+    Raises:
+        CdbdumpError: no log can be read from the input, or the output fails.
+    """
+    with MappedFile(options.vmcore) as file:
+        image = open_input(file)
+        if image.vmcoreinfo is None or image.kernel is None:
+            raise VmcoreInfoError(
+                f"{options.vmcore}: cannot read the kernel log: {image.kernel_error}")
+        try:
+            log = read_kernel_log(image.kernel, image.vmcoreinfo)
+        except CdbdumpError as exc:
+            raise InputError(f"{options.vmcore}: cannot read the kernel log: {exc}") from exc
+    log.warnings[:0] = image.core.problems
+    data = b"".join(format_records(log.records, caller_id=options.caller_id))
+    if options.logfile is None:
+        if stream is None:
+            raise OutputError("no log file and no stream to write the kernel log to")
+        try:
+            stream.write(data)
+            stream.flush()
+        except OSError as exc:
+            raise OutputError(f"cannot write the kernel log: {exc.strerror}",
+                              path="standard output") from exc
+    else:
+        out = create_output(options.logfile, options.force, inputs=[options.vmcore])
+        try:
+            out.pwrite(data, 0)
+        finally:
+            out.close()
+    return DmesgResult(log, image.vmcoreinfo, len(data))

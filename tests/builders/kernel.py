@@ -236,6 +236,8 @@ class SyntheticKernel:
         self.vmcoreinfo = self._make_vmcoreinfo()
         self._classifier: Classifier | None = None
         self._kernel_bitmap: bytes | None = None
+        self._place_cursor: int | None = None  # place(): next free byte in the .bss area
+        self._placed_pages: dict[int, bytearray] = {}
 
     # ================================================================ layout
     def _plan_loads(self) -> None:
@@ -857,6 +859,34 @@ class SyntheticKernel:
             crash_dump_bitmap=self.crash_dump_bitmap_level is not None,
             **overrides,  # type: ignore[arg-type]
         )
+
+    # ================================================================ kernel data for tests
+    def place(self, data: bytes) -> int:
+        """Put ``data`` (8-byte aligned) into the kernel image's .bss; return its vaddr.
+
+        The area is the zero pages 0x10..0xff of the image's data chunk (960 KiB).
+        """
+        base = self.image_paddr + self.image_size - PAGE_2M
+        cursor = self._place_cursor or base + 0x10 * PAGE_SIZE
+        if cursor + len(data) > base + 0x100 * PAGE_SIZE:
+            raise ValueError("the kernel's .bss area is full")
+        pages = self._placed_pages
+        done = 0
+        while done < len(data):
+            paddr = cursor + done
+            pfn, offset = divmod(paddr, PAGE_SIZE)
+            n = min(len(data) - done, PAGE_SIZE - offset)
+            page = pages.setdefault(pfn, bytearray(PAGE_SIZE))
+            page[offset : offset + n] = data[done : done + n]
+            self.phys.set_page(pfn, bytes(page))
+            done += n
+        self._place_cursor = (cursor + len(data) + 7) // 8 * 8
+        return self.kvaddr(cursor)
+
+    def set_vmcoreinfo(self, entries: Mapping[str, int | str | None]) -> None:
+        """Change VMCOREINFO keys (None drops one) and rebuild the note text."""
+        self.vmcoreinfo_overrides.update(entries)
+        self.vmcoreinfo = self._make_vmcoreinfo()
 
     # ================================================================ the RFC kernel side
     def crash_dump_bitmap_info_values(self) -> dict[str, int]:
