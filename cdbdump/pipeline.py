@@ -18,6 +18,7 @@ from typing import BinaryIO
 from cdbdump.bitmap import Bitmap
 from cdbdump.errors import (
     AddressError,
+    CdbdumpError,
     CorruptDumpError,
     IncompleteDumpError,
     InputError,
