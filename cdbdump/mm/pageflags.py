@@ -49,6 +49,15 @@ def flag_test_mask(nr: int) -> int:
     return 0xFFFFFFFF80000000 if bit == 31 else 1 << bit
 
 
+def _release(info: VmcoreInfo) -> tuple[int, int]:
+    """(major, minor) of OSRELEASE, (0, 0) when absent or unparsable."""
+    parts = (info.osrelease or "").split(".")
+    try:
+        return int(parts[0]), int("".join(c for c in parts[1] if c.isdigit()) or "0")
+    except (ValueError, IndexError):
+        return 0, 0
+
+
 def is_page_type_value(value: int) -> bool:
     """A 32-bit page_type word the kernel can define, never a real _mapcount.
 
@@ -134,11 +143,12 @@ class PageDialect:
                 return None
             return value & _U32
 
-        # Kernels with page._refcount (v4.7+) export PG_swapbacked with PG_swapcache;
-        # without it PG_swapcache (PG_owner_priv_1, also a file-system flag) alone
-        # would call file-system pages cache: keep them instead.
+        # Linux kernel commit 1cbf29da3628 ("kdump: export PG_swapbacked to
+        # VMCOREINFO") (in v4.17): from then on its absence is damage, and
+        # PG_swapcache (PG_owner_priv_1, also a file-system flag) alone would call
+        # file-system pages cache: keep them instead. Older kernels: swapcache decides.
         swapcache_trusted = True
-        if (info.get_number("PG_swapbacked") is None and "OFFSET(page._refcount)" in info
+        if (info.get_number("PG_swapbacked") is None and _release(info) >= (4, 17)
                 and info.get_number("PG_swapcache") is not None):
             swapcache_trusted = False
             problems.append("NUMBER(PG_swapbacked) is missing on a kernel that exports it; "

@@ -505,7 +505,7 @@ def fuzz(n_inputs: int, seed: int, workdir: Path, real: Path | None = None,
                 if undo:
                     restore(base, undo)
             if (i + 1) % 500 == 0:
-                log(f"{i + 1} inputs, {stats.nr_findings} findings")
+                log(f"-- after {i + 1} inputs --\n{render(stats)}")
     finally:
         runner.close()
     return stats
@@ -542,7 +542,8 @@ def main() -> None:
         if not real.exists():
             subprocess.run(["cp", "--sparse=always", str(args.real), str(real)], check=True)
     try:
-        stats = fuzz(args.inputs, args.seed, workdir, real)
+        stats = fuzz(args.inputs, args.seed, workdir, real,
+                     log=lambda line: print(line, flush=True))
     finally:
         if args.workdir is None:
             shutil.rmtree(workdir, ignore_errors=True)
