@@ -14,6 +14,9 @@ read(2) reaches us and nothing is served from the page cache):
   signal at a known point).
 * ``--shrink-at OFF --shrink-to SIZE`` — once a read reaches OFF the file
   behaves as truncated to SIZE (reads past it return nothing, stat says SIZE).
+* ``--patches JSON`` — a file of ``[[offset, "hex bytes"], ...]`` laid over the
+  backing file, re-read whenever it changes (the fuzz harness mutates a real
+  1 GiB vmcore this way without copying or touching it).
 
 Ready when MOUNTPOINT/vmcore exists; stop with ``fusermount3 -u MOUNTPOINT``.
 """
@@ -22,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import json
 import os
 import stat
 import threading
@@ -50,6 +54,9 @@ class FaultyFile(mfusepy.Operations):  # type: ignore[misc]
         self.shrink_at = shrink_at
         self.shrink_to = shrink_to
         self.mutex = threading.Lock()
+        self.patches_path: Path | None = None
+        self.patches: list[tuple[int, bytes]] = []
+        self.patches_mtime = -1
 
     def getattr(self, path: str, fh: Any = None) -> dict[str, int]:
         now = time.time_ns()
@@ -87,7 +94,30 @@ class FaultyFile(mfusepy.Operations):  # type: ignore[misc]
                 raise mfusepy.FuseOSError(errno.EIO)
         if offset >= self.size:
             return b""
-        return os.pread(self.fd, min(size, self.size - offset), offset)
+        data = os.pread(self.fd, min(size, self.size - offset), offset)
+        patches = self._current_patches()
+        if patches:
+            buf = bytearray(data)
+            for at, raw in patches:
+                lo, hi = max(at, offset), min(at + len(raw), offset + len(buf))
+                if lo < hi:
+                    buf[lo - offset : hi - offset] = raw[lo - at : hi - at]
+            data = bytes(buf)
+        return data
+
+    def _current_patches(self) -> list[tuple[int, bytes]]:
+        if self.patches_path is None:
+            return []
+        try:
+            mtime = self.patches_path.stat().st_mtime_ns
+        except FileNotFoundError:
+            return []
+        if mtime != self.patches_mtime:
+            with self.mutex:
+                raw = json.loads(self.patches_path.read_text() or "[]")
+                self.patches = [(int(o), bytes.fromhex(h)) for o, h in raw]
+                self.patches_mtime = mtime
+        return self.patches
 
 
 def main() -> None:
@@ -98,6 +128,7 @@ def main() -> None:
     ap.add_argument("--gate", type=lambda v: int(v, 0))
     ap.add_argument("--gate-dir", type=Path)
     ap.add_argument("--gate-min-size", type=lambda v: int(v, 0), default=0)
+    ap.add_argument("--patches", type=Path)
     ap.add_argument("--shrink-at", type=lambda v: int(v, 0))
     ap.add_argument("--shrink-to", type=lambda v: int(v, 0))
     args = ap.parse_args()
@@ -107,6 +138,7 @@ def main() -> None:
         eio.append((int(off, 0), int(length, 0)))
     ops = FaultyFile(args.backing, eio, args.gate, args.gate_dir, args.shrink_at, args.shrink_to,
                      args.gate_min_size)
+    ops.patches_path = args.patches
     mfusepy.FUSE(ops, str(args.mountpoint), foreground=True, ro=True, direct_io=True,
                  nothreads=False)
 

@@ -31,6 +31,7 @@ import struct
 import subprocess
 import sys
 import tempfile
+import time
 from collections import Counter, defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -79,11 +80,13 @@ class Base:
     phdrs: list[Phdr]
     vmcoreinfo: tuple[int, int]  # file offset, size of the VMCOREINFO desc
     vmcoreinfo_text: bytes
-    copyable: bool  # small: each input is a copy; else patched in place and restored
+    copyable: bool  # small: each input is a copy; else served through a patching FUSE mount
     excluded_data: list[int]  # file offsets of pages the pristine runs excluded
     metadata: list[tuple[int, str]] = field(default_factory=list)  # (offset, what) to corrupt
     kept: dict[str, np.ndarray] = field(default_factory=dict)  # mode -> pristine 2nd bitmap
     info_offset: int | None = None  # file offset of crash_dump_bitmap_info
+    mounted: Path | None = None  # the FUSE view of path (real bases)
+    patches_file: Path | None = None
 
 
 def parse_elf(path: Path) -> tuple[list[Phdr], tuple[int, int], bytes]:
@@ -322,8 +325,24 @@ def synthetic_base(workdir: Path, seed: int) -> Base:
     return base
 
 
-def real_base(path: Path) -> Base:
-    return _base(f"real {path.name}", path, copyable=False)
+def real_base(path: Path, workdir: Path) -> tuple[Base, subprocess.Popen[bytes]]:
+    """A real vmcore served read-only through tests/faults/fusefile.py with patches laid
+    over it: never copied (1 GiB), never written (it is a shared cache)."""
+    base = _base(f"real {path.name}", path, copyable=False)
+    base.patches_file = workdir / "patches.json"
+    base.patches_file.write_text("[]")
+    mnt = workdir / "real-mnt"
+    mnt.mkdir(exist_ok=True)
+    proc = subprocess.Popen([sys.executable, "-m", "tests.faults.fusefile", str(path), str(mnt),
+                             "--patches", str(base.patches_file)], cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 30
+    while not (mnt / "vmcore").exists():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise SystemExit("cannot mount the real vmcore through FUSE")
+        time.sleep(0.05)
+    base.mounted = mnt / "vmcore"
+    return base, proc
 
 
 def _base(name: str, path: Path, *, copyable: bool) -> Base:
@@ -335,7 +354,7 @@ def learn_pristine(base: Base, runner: Runner, workdir: Path) -> None:
     """Run both modes on the pristine file: the oracle's kept sets and excluded pages."""
     excluded: set[int] = set()
     for mode in ("q", "scan"):
-        res = runner.run(base.path, mode, workdir / "pristine.kdump")
+        res = runner.run(base.mounted or base.path, mode, workdir / "pristine.kdump")
         if res["exit"] != 0:
             raise SystemExit(f"pristine {base.name} fails in mode {mode}: {res}")
         with MappedFile(workdir / "pristine.kdump") as f:
@@ -387,6 +406,11 @@ class Runner:
 def prepare(base: Base, mutation: Mutation, work: Path) -> tuple[Path, list[Patch]]:
     """The mutated file; for in-place bases, the patches that restore the original."""
     _, _, patches, truncate_to, _ = mutation
+    if base.mounted is not None and base.patches_file is not None:
+        tmp = base.patches_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps([[o, d.hex()] for o, d in patches if o < base.size]))
+        tmp.replace(base.patches_file)
+        return base.mounted, []
     if base.copyable:
         with base.path.open("rb") as src, work.open("wb") as dst:
             length = base.size if truncate_to is None else truncate_to
@@ -481,10 +505,12 @@ def fuzz(n_inputs: int, seed: int, workdir: Path, real: Path | None = None,
     rng = random.Random(seed)
     runner = Runner(workdir)
     stats = Stats()
+    mount: subprocess.Popen[bytes] | None = None
     try:
         bases = [synthetic_base(workdir, s) for s in (seed % 7 + 1,)]
         if real is not None:
-            bases.append(real_base(real))
+            real_one, mount = real_base(real, workdir)
+            bases.append(real_one)
         for base in bases:
             learn_pristine(base, runner, workdir)
         mutators, weights = zip(*MUTATORS, strict=True)
@@ -508,6 +534,9 @@ def fuzz(n_inputs: int, seed: int, workdir: Path, real: Path | None = None,
                 log(f"-- after {i + 1} inputs --\n{render(stats)}")
     finally:
         runner.close()
+        if mount is not None:
+            subprocess.run(["fusermount3", "-u", "-z", str(workdir / "real-mnt")], check=False)
+            mount.wait(timeout=30)
     return stats
 
 
@@ -536,13 +565,8 @@ def main() -> None:
     args = ap.parse_args()
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="cdbdump-fuzz-"))
     workdir.mkdir(parents=True, exist_ok=True)
-    real = None
-    if args.real is not None:
-        real = workdir / "real.elf"
-        if not real.exists():
-            subprocess.run(["cp", "--sparse=always", str(args.real), str(real)], check=True)
     try:
-        stats = fuzz(args.inputs, args.seed, workdir, real,
+        stats = fuzz(args.inputs, args.seed, workdir, args.real,
                      log=lambda line: print(line, flush=True))
     finally:
         if args.workdir is None:
