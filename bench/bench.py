@@ -9,6 +9,8 @@ Parts (each prints its own table; skip one with --skip NAME):
              1st bitmap, kernel bitmap AND) per TiB of RAM, total time, peak RSS.
   scan       the mem_map scan on the same kind of machine: seconds per TiB, and the
              whole run against makedumpfile on it.
+  flat       -F to a pipe against writing the dump file directly, on the real vmcore
+             (--flat-vmcore), -d 31 and -d 0: the stream must cost at most 10 % more.
   dmesg      --dump-dmesg on the real 1 GiB 6.1 vmcore against makedumpfile, and the log
              reader alone on a full 4 MiB printk ringbuffer (records per second).
 
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import statistics
 import subprocess
@@ -107,6 +110,52 @@ def part_real(work: Path, rounds: int) -> None:
            ours, theirs, rounds)
         same = ours.read_bytes() == theirs.read_bytes()
         print(f"  outputs byte-identical: {same}")
+
+
+def _cpu_run(cmd: list[str], to_pipe: bool) -> tuple[float, float]:
+    """(wall s, user+sys CPU s of cmd alone): stdout into `cat > /dev/null`, or discarded."""
+    reader = subprocess.Popen(["cat"], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL) \
+        if to_pipe else None
+    start = time.monotonic()
+    proc = subprocess.Popen(cmd, stdout=reader.stdin if reader else subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    if reader is not None and reader.stdin is not None:
+        reader.stdin.close()
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.monotonic() - start
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if reader is not None:
+        reader.wait()
+    if proc.returncode:
+        sys.stderr.write(f"command failed ({proc.returncode}): {' '.join(cmd)}\n")
+    return wall, usage.ru_utime + usage.ru_stime
+
+
+def part_flat(work: Path, rounds: int, name: str) -> None:
+    print(f"== flat: -F to a pipe vs the dump file, {name}, lzo, A/B alternated ==")
+    from fixtures import real_vmcores
+
+    raw = real_vmcores.ensure(name)
+    subprocess.run(["cat", str(raw)], stdout=subprocess.DEVNULL, check=True)
+    direct = work / "direct.kdump"
+    for level in ("31", "0"):
+        opts = ["-l", "-d", level, "--message-level", "0"]
+        runs: dict[str, list[tuple[float, float]]] = {"-F | cat": [], "file": []}
+        for _ in range(rounds):
+            runs["-F | cat"].append(_cpu_run(cdbdump_cmd("-F", *opts, str(raw)), True))
+            direct.unlink(missing_ok=True)
+            runs["file"].append(_cpu_run(cdbdump_cmd(*opts, str(raw), str(direct)), False))
+        print(f" -d {level} (output file {direct.stat().st_size:,} bytes):")
+        for label, values in runs.items():
+            walls, cpus = [w for w, _ in values], [c for _, c in values]
+            print(f"  {label:<9} wall median {statistics.median(walls):6.3f} s (min "
+                  f"{min(walls):.3f}), CPU median {statistics.median(cpus):6.3f} s (min "
+                  f"{min(cpus):.3f})")
+        for i, what in ((0, "wall"), (1, "CPU")):
+            ratio = statistics.median(v[i] for v in runs["-F | cat"]) / statistics.median(
+                v[i] for v in runs["file"])
+            print(f"  -F/file {what} (medians): {ratio:.2f}x")
+        direct.unlink(missing_ok=True)
 
 
 def part_dmesg(work: Path, rounds: int) -> None:
@@ -216,7 +265,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--skip", action="append", default=[],
-                        choices=["real", "plan", "scan", "dmesg"])
+                        choices=["real", "plan", "scan", "flat", "dmesg"])
+    parser.add_argument("--flat-vmcore", default="debian12-6.1-4g",
+                        help="catalogue vmcore of the flat part (fixtures/real_vmcores.py)")
     parser.add_argument("--ram-gib", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--work", type=Path, default=REPO / ".cache" / "bench")
@@ -230,6 +281,8 @@ def main() -> None:
             part_plan(args.work, args.ram_gib)
         if "scan" not in args.skip:
             part_scan(args.work, args.ram_gib, args.rounds)
+        if "flat" not in args.skip:
+            part_flat(work, args.rounds, args.flat_vmcore)
         if "dmesg" not in args.skip:
             part_dmesg(work, args.rounds)
 

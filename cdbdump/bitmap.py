@@ -103,7 +103,13 @@ class Bitmap:
         if start == 0 and end == self.nr_bits:
             # bits past nr_bits are kept zero, so a byte popcount is exact
             return int(np.bitwise_count(self.bits).sum(dtype=np.int64))
-        return int(self.get_bools(start, end).sum())
+        first_byte, last_byte = (start + 7) >> 3, end >> 3
+        if first_byte >= last_byte:
+            return int(self.get_bools(start, end).sum())
+        # whole bytes by popcount, the partial bytes at both ends bit by bit
+        middle = int(np.bitwise_count(self.bits[first_byte:last_byte]).sum(dtype=np.int64))
+        return (middle + int(self.get_bools(start, first_byte * 8).sum())
+                + int(self.get_bools(last_byte * 8, end).sum()))
 
     def iter_set_pfns(self, window: int = 1 << 20) -> Iterator[npt.NDArray[np.int64]]:
         """Yield the set pfns in ascending order, a bounded window at a time."""

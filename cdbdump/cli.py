@@ -1,13 +1,18 @@
 """The command line: a thin click layer over cdbdump.pipeline.
 
-Spelled like makedumpfile (-q -d -c -l -p -z -f --message-level --show-stats
--D -v), with its report lines and exit codes, so kdump.conf core_collector
-lines and scripts that scrape the report keep working.
+Spelled like makedumpfile (-q -d -c -l -p -z -f -E -F -R --split --reassemble
+--message-level --show-stats -D -v), with its report lines and exit codes, so
+kdump.conf core_collector lines and scripts that scrape the report keep working.
+
+One rule for text: every message, the report and progress go to stderr (as
+makedumpfile does with -F, flag_strerr_message), so stdout only ever carries
+data: the -F stream, and the text products of --mem-usage and -v.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import signal
 import sys
 import traceback
@@ -18,13 +23,16 @@ from typing import Any
 import click
 
 from cdbdump import __version__, interrupts
+from cdbdump.deliver import STDOUT_NAME
 from cdbdump.errors import CdbdumpError, IncompleteDumpError, Interrupted
 from cdbdump.mm.levels import MAX_DUMP_LEVEL, DumpLevel
 from cdbdump.mm.scan import MemoryUsage
 from cdbdump.pipeline import DmesgOptions, DumpOptions, dump, dump_dmesg, mem_usage
 from cdbdump.report import DumpReport, PathTaken
 from cdbdump.writers.compress import Codec
+from cdbdump.writers.flattened import mark_rebuilt_incomplete, rearrange
 from cdbdump.writers.sink import check_output, create_output
+from cdbdump.writers.split import reassemble
 
 __all__ = ("main",)
 
@@ -54,6 +62,7 @@ def _version(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("vmcore", type=click.Path(path_type=Path, dir_okay=False))
 @click.argument("dumpfile", type=click.Path(path_type=Path, dir_okay=False), required=False)
+@click.argument("more_files", nargs=-1, type=click.Path(path_type=Path, dir_okay=False))
 @click.option("-q", "use_kernel_bitmap", is_flag=True,
               help="Use the kernel's crash dump bitmap (crash_dump_bitmap_info); "
               "falls back to the mem_map scan when it is unusable.")
@@ -68,6 +77,19 @@ def _version(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
 @click.option("--no-compress", "codec", flag_value=Codec.NONE.value,
               help="Store pages uncompressed.")
 @click.option("-f", "force", is_flag=True, help="Overwrite an existing DUMPFILE.")
+@click.option("-E", "elf", is_flag=True, help="Write an ELF dump (makedumpfile -E) instead.")
+@click.option("-F", "flatten", count=True,
+              help="Write the dump as a flattened stream to stdout (VMCORE only); with "
+              "--dump-dmesg, the log.")
+@click.option("-R", "rearrange_stdin", is_flag=True,
+              help="Rebuild DUMPFILE from a flattened stream on stdin.")
+@click.option("--split", "split", is_flag=True,
+              help="Write VMCORE into DUMPFILE1 DUMPFILE2 ... (pfn ranges, concurrently).")
+@click.option("--splitblock-size", "splitblock_kib", type=click.IntRange(min=1),
+              help="--split balances whole blocks of this many KiB (default: 1 GiB or "
+              "smaller on small machines).")
+@click.option("--reassemble", "reassemble_files", is_flag=True,
+              help="Join the --split files DUMPFILE1 ... into the last file named.")
 @click.option("--message-level", type=click.IntRange(0, 31), default=DEFAULT_MESSAGE_LEVEL,
               show_default=True,
               help="Bits: 1 progress, 2 common, 4 error, 8 debug, 16 report.")
@@ -79,8 +101,6 @@ def _version(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
 @click.option("--dump-dmesg", "dump_dmesg_mode", is_flag=True,
               help="Write the kernel log of VMCORE to DUMPFILE (a text file), as "
               "makedumpfile --dump-dmesg does.")
-@click.option("-F", "flatten", is_flag=True,
-              help="Write to standard output, messages to stderr (with --dump-dmesg).")
 @click.option("-D", "debug", is_flag=True, help="Debug messages, tracebacks on errors.")
 @click.option("-v", "--version", is_flag=True, expose_value=False, is_eager=True,
               callback=_version, help="Print the version and the codecs available.")
@@ -88,59 +108,83 @@ def command(
     *,
     vmcore: Path,
     dumpfile: Path | None,
+    more_files: tuple[Path, ...],
     use_kernel_bitmap: bool,
     dump_level: int,
     codec: str,
     force: bool,
+    elf: bool,
+    flatten: int,
+    rearrange_stdin: bool,
+    split: bool,
+    splitblock_kib: int | None,
+    reassemble_files: bool,
     message_level: int,
     show_stats: bool,
     report_json: Path | None,
     mem_usage: bool,
     dump_dmesg_mode: bool,
-    flatten: bool,
     debug: bool,
 ) -> None:
-    """Filter and compress the crash dump VMCORE into the kdump-compressed DUMPFILE."""
+    """Filter and compress the crash dump VMCORE into the kdump-compressed DUMPFILE.
+
+    \b
+    cdbdump [OPTIONS] VMCORE DUMPFILE             kdump-compressed (or ELF with -E) file
+    cdbdump -F [OPTIONS] VMCORE > STREAM          flattened stream on stdout
+    cdbdump -R DUMPFILE < STREAM                  a flattened stream back into a file
+    cdbdump --split [OPTIONS] VMCORE DUMPFILE...  one dump in pfn ranges, written at once
+    cdbdump --reassemble DUMPFILE... DUMPFILE     split files joined into the last one
+    """
     if show_stats:
         message_level |= ML_REPORT
     if debug:
         message_level |= ML_DEBUG
-    ui = _Messages(message_level, stderr=flatten)
+    ui = _Messages(message_level)
+    files = [vmcore, *([dumpfile] if dumpfile is not None else []), *more_files]
     if dump_dmesg_mode:
         if mem_usage:
             raise click.UsageError("--dump-dmesg and --mem-usage exclude each other")
-        if flatten == (dumpfile is not None):
+        if more_files or bool(flatten) == (dumpfile is not None):
             raise click.UsageError("--dump-dmesg takes VMCORE LOGFILE, or -F and VMCORE only")
         _run_dump_dmesg(DmesgOptions(vmcore, dumpfile, force=force), ui, debug)
         return
-    if flatten:
-        raise click.UsageError("-F is only supported with --dump-dmesg")
     if mem_usage:
-        if dumpfile is not None:
+        if len(files) != 1:
             raise click.UsageError("--mem-usage takes only VMCORE")
         _run_mem_usage(vmcore, ui, debug)
         return
-    if dumpfile is None:
-        raise click.UsageError("missing argument DUMPFILE")
+    ctx = click.get_current_context()
+    _check_modes(ctx, files, elf=elf, flatten=bool(flatten), rearrange=rearrange_stdin,
+                 split=split, reassemble=reassemble_files)
+    if rearrange_stdin:
+        _run_rearrange(vmcore, force, ui, debug)
+        return
+    if reassemble_files:
+        _run_reassemble(files[:-1], files[-1], force, ui, debug)
+        return
     options = DumpOptions(
         vmcore=vmcore,
-        dumpfile=dumpfile,
+        dumpfile=None if flatten else dumpfile,
         dump_level=DumpLevel(dump_level),
         codec=Codec(codec),
         use_kernel_bitmap=use_kernel_bitmap,
         force=force,
+        elf=elf,
+        split_files=tuple(files[1:]) if split else (),
+        splitblock_bytes=None if splitblock_kib is None else splitblock_kib << 10,
     )
     interrupts.install()  # SIGTERM/SIGINT/SIGHUP: keep what is written, flag it INCOMPLETE
+    json_inputs = [vmcore, *([dumpfile] if dumpfile else []), *options.split_files]
     try:
         if report_json is not None:  # refused before any memory is read
-            check_output(report_json, force, inputs=[vmcore, dumpfile])
+            check_output(report_json, force, inputs=json_inputs)
         with _ProgressBar(ui) as progress:
             report = dump(options, progress)
     except IncompleteDumpError as exc:
         if isinstance(exc.report, DumpReport):
             _render(exc.report, ui)
             if report_json is not None:
-                _write_json(report_json, exc.report, force, vmcore, dumpfile, ui)
+                _write_json(report_json, exc.report, force, json_inputs, ui)
         ui.error(str(exc))
         ui.common("This is an incomplete dumpfile, but might be analyzable.")
         sys.exit(_signal_exit(exc.signum) if exc.signum is not None else EXIT_FAILED)
@@ -148,7 +192,6 @@ def command(
         if debug:
             traceback.print_exc()
         ui.error(str(exc))
-        ui.common("cdbdump Failed.")
         sys.exit(EXIT_FAILED)
     except Interrupted as exc:
         ui.error(f"interrupted by {signal.Signals(exc.signum).name} before any page was "
@@ -156,7 +199,98 @@ def command(
         sys.exit(_signal_exit(exc.signum))
     _render(report, ui)
     if report_json is not None:
-        _write_json(report_json, report, force, vmcore, dumpfile, ui)
+        _write_json(report_json, report, force, json_inputs, ui)
+    ui.common("")
+    if options.split_files:
+        names = [str(p) for p in options.split_files]
+        ui.common(f"The dumpfiles are saved to {', '.join(names[:-1])}, and {names[-1]}.")
+    else:
+        ui.common(f"The dumpfile is saved to {options.dumpfile or STDOUT_NAME}.")
+    ui.common("cdbdump Completed.")
+
+
+def _check_modes(ctx: click.Context, files: list[Path], *, elf: bool, flatten: bool,
+                 rearrange: bool, split: bool, reassemble: bool) -> None:
+    """makedumpfile's check_param_for_*: which options and how many files go together."""
+    codec_given = ctx.get_parameter_source("codec") is not click.core.ParameterSource.DEFAULT
+    if sum((flatten, rearrange, split, reassemble)) > 1:
+        raise click.UsageError("-F, -R, --split and --reassemble exclude each other")
+    if elf and codec_given:
+        raise click.UsageError("-E writes an uncompressed ELF dump: drop -c/-l/-p/-z")
+    if rearrange or reassemble:
+        if elf or codec_given or ctx.get_parameter_source("dump_level") is not (
+                click.core.ParameterSource.DEFAULT):
+            raise click.UsageError("-R and --reassemble take no -E, -d or compression option")
+    if rearrange and len(files) != 1:
+        raise click.UsageError("-R takes one DUMPFILE (the stream comes on stdin)")
+    if flatten and len(files) != 1:
+        raise click.UsageError("-F takes only VMCORE (the stream goes to stdout)")
+    if split:
+        if elf:
+            raise click.UsageError("--split writes kdump-compressed files: drop -E")
+        if len(files) < 3:
+            raise click.UsageError("--split needs VMCORE and at least two DUMPFILEs")
+    if reassemble and len(files) < 3:
+        raise click.UsageError("--reassemble needs at least two split files and DUMPFILE")
+    if not (flatten or rearrange or split or reassemble) and len(files) != 2:
+        raise click.UsageError("expected VMCORE and DUMPFILE" if len(files) < 2
+                               else f"unexpected extra argument {files[2]}")
+    if flatten and os.isatty(1):
+        raise click.UsageError("-F writes binary data to stdout, which is a terminal: "
+                               "redirect or pipe it")
+
+
+def _run_rearrange(dumpfile: Path, force: bool, ui: _Messages, debug: bool) -> None:
+    """-R: the flattened stream on stdin becomes DUMPFILE."""
+    try:
+        out = create_output(dumpfile, force)
+        try:
+            result = rearrange(0, out)
+        except CdbdumpError:
+            if out.size == 0:
+                out.discard()  # nothing arrived: leave no empty file behind
+            else:
+                mark_rebuilt_incomplete(out)
+                out.close()
+            raise
+        except BaseException:
+            out.close()
+            raise
+        out.close()
+    except CdbdumpError as exc:
+        if debug:
+            traceback.print_exc()
+        ui.error(str(exc))
+        sys.exit(EXIT_FAILED)
+    ui.report(f"Records: {result.nr_records}, stream bytes: {result.stream_bytes}, "
+              f"file size: {result.file_size}")
+    ui.common("")
+    ui.common(f"The dumpfile is saved to {dumpfile}.")
+    ui.common("cdbdump Completed.")
+
+
+def _run_reassemble(pieces: list[Path], dumpfile: Path, force: bool, ui: _Messages,
+                    debug: bool) -> None:
+    """--reassemble: the split files become one kdump-compressed DUMPFILE."""
+    try:
+        out = create_output(dumpfile, force, inputs=pieces)
+        try:
+            result = reassemble(pieces, out)
+        except BaseException:
+            out.discard()
+            raise
+        out.close()
+    except CdbdumpError as exc:
+        if debug:
+            traceback.print_exc()
+        ui.error(str(exc))
+        sys.exit(EXIT_FAILED)
+    if result.incomplete:
+        ui.error(f"{dumpfile}: a split file was incomplete ({result.nr_lost} pages lost); "
+                 "so is the reassembled dump")
+        ui.common("This is an incomplete dumpfile, but might be analyzable.")
+        sys.exit(EXIT_FAILED)
+    ui.common("")
     ui.common(f"The dumpfile is saved to {dumpfile}.")
     ui.common("cdbdump Completed.")
 
@@ -165,12 +299,12 @@ def _signal_exit(signum: int) -> int:
     return 128 + signum  # the shell's convention: 143 SIGTERM, 130 SIGINT, 129 SIGHUP
 
 
-def _write_json(path: Path, report: DumpReport, force: bool, vmcore: Path, dumpfile: Path,
+def _write_json(path: Path, report: DumpReport, force: bool, inputs: list[Path],
                 ui: _Messages) -> None:
     """The JSON report, created like the dump: 0600, O_EXCL, never through a symlink."""
     data = (json.dumps(report.as_json(), indent=2) + "\n").encode()
     try:
-        out = create_output(path, force, inputs=[vmcore, dumpfile])
+        out = create_output(path, force, inputs=inputs)
         try:
             out.pwrite(data, 0)
         finally:
@@ -199,7 +333,6 @@ def _run_dump_dmesg(options: DmesgOptions, ui: _Messages, debug: bool) -> None:
         if debug:
             traceback.print_exc()
         ui.error(str(exc))
-        ui.common("cdbdump Failed.")
         sys.exit(EXIT_FAILED)
     for warning in result.log.warnings:
         ui.warning(warning)
@@ -225,13 +358,12 @@ def print_mem_usage(usage: MemoryUsage, page_size: int, out: Callable[[str], Non
 class _Messages:
     """makedumpfile's message classes, gated by --message-level."""
 
-    def __init__(self, level: int, *, stderr: bool = False) -> None:
-        self.level = level
-        self.stderr = stderr  # -F: standard output carries data, messages go to stderr
+    def __init__(self, level: int) -> None:
+        self.level = level  # every message goes to stderr: stdout carries only data
 
     def common(self, text: str) -> None:
         if self.level & ML_COMMON:
-            click.echo(text, err=self.stderr)
+            click.echo(text, err=True)
 
     def error(self, text: str) -> None:
         # errors are always shown: the exit code alone does not say what went wrong
@@ -247,7 +379,7 @@ class _Messages:
 
     def report(self, text: str) -> None:
         if self.level & ML_REPORT:
-            click.echo(text, err=self.stderr)
+            click.echo(text, err=True)
 
     @property
     def progress(self) -> bool:
@@ -303,6 +435,7 @@ def _render(report: DumpReport, ui: _Messages) -> None:
     if report.pages_unreadable > len(report.unreadable_pages):
         ui.warning(f"... {report.pages_unreadable - len(report.unreadable_pages)} more "
                    "unreadable pages not listed")
+
     for step, seconds in report.timings.items():
         ui.report(f"STEP [{step:<27}] : {seconds:.6f} seconds")
     print_report(report, ui.report)
@@ -316,6 +449,9 @@ def print_report(report: DumpReport, out: Callable[[str], None]) -> None:
     out("")
     out(f"Original pages  : 0x{original:016x}")
     out(f"  Excluded pages   : 0x{report.excluded_pages:016x}")
+    elf_excluded = report.elf_excluded_pages
+    if elf_excluded is not None:  # -E: what the 256-page rule really left out
+        out(f"     in ELF format : 0x{elf_excluded:016x}")
     out(f"    Pages filled with zero  : 0x{c.zero:016x}")
     out(f"    Non-private cache pages : 0x{c.cache:016x}")
     out(f"    Private cache pages     : 0x{c.cache_private:016x}")
@@ -324,6 +460,9 @@ def print_report(report: DumpReport, out: Callable[[str], None]) -> None:
     out(f"    Hwpoison pages          : 0x{c.hwpoison:016x}")
     out(f"    Offline pages           : 0x{c.offline:016x}")
     out(f"  Remaining pages  : 0x{remaining:016x}")
+    if elf_excluded is not None:
+        out(f"     in ELF format : 0x{original - elf_excluded:016x}")
+        remaining = original - elf_excluded
     if original:
         out(f"  (The number of pages is reduced to {remaining * 100 // original}%.)")
     if report.pages_unreadable:

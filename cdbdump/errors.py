@@ -200,12 +200,15 @@ class IncompleteDumpError(OutputError):
     def __init__(
         self,
         nr_pages_lost: int,
-        reason: str,
+        reason: str | OutputNoSpaceError,
         report: object = None,
         *,
         cause: OutputNoSpaceError | None = None,
         signum: int | None = None,
     ) -> None:
+        if isinstance(reason, OutputNoSpaceError):
+            cause = cause or reason
+            reason = str(reason)
         self.nr_pages_lost = nr_pages_lost
         self.reason = reason
         self.report = report

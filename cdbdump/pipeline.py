@@ -1,5 +1,6 @@
 """One dump, start to end: input → 1st bitmap → 2nd bitmap (kernel bitmap or
-mem_map scan) → kdump-compressed output → report.
+mem_map scan) → output (deliver.py: kdump-compressed or ELF, file, -F stream or
+--split set) → report.
 
 Stages are small functions over runs and bitmaps; this module only composes
 them and records what happened in a DumpReport. It never prints.
@@ -7,7 +8,6 @@ them and records what happened in a DumpReport. It never prints.
 
 from __future__ import annotations
 
-import signal
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -16,11 +16,11 @@ from pathlib import Path
 from typing import BinaryIO
 
 from cdbdump.bitmap import Bitmap
+from cdbdump.deliver import OutputRequest, deliver
 from cdbdump.errors import (
     AddressError,
     CdbdumpError,
     CorruptDumpError,
-    IncompleteDumpError,
     InputError,
     OutputError,
     UnknownFormatError,
@@ -30,7 +30,6 @@ from cdbdump.errors import (
 from cdbdump.fileio import MappedFile
 from cdbdump.formats.kdump import UTS_FIELD_LEN, UTS_FIELDS
 from cdbdump.formats.x86_64 import PAGE_SIZE
-from cdbdump.interrupts import deferred
 from cdbdump.memory.kernel import KernelMemory, phys_base_from_loads
 from cdbdump.memory.physical import PhysicalMemory
 from cdbdump.mm.crash_bitmap import (
@@ -51,13 +50,8 @@ from cdbdump.vmcore.detect import DumpFormat, sniff
 from cdbdump.vmcore.elfcore import ElfCore
 from cdbdump.vmcore.vmcoreinfo import VmcoreInfo
 from cdbdump.writers.compress import Codec
-from cdbdump.writers.kdump import (
-    KdumpMetadata,
-    KdumpWriteResult,
-    mark_incomplete,
-    write_kdump,
-)
-from cdbdump.writers.sink import OutputFile, create_output
+from cdbdump.writers.kdump import KdumpMetadata
+from cdbdump.writers.sink import check_output, create_output
 
 __all__ = (
     "DmesgOptions",
@@ -79,11 +73,19 @@ class DumpOptions:
     """What the user asked for (the CLI builds one of these)."""
 
     vmcore: Path
-    dumpfile: Path
+    dumpfile: Path | None  # None: a flattened stream on stdout (-F)
     dump_level: DumpLevel = DumpLevel.ZERO  # -d; the CLI default is makedumpfile's 0
     codec: Codec = Codec.ZSTD
     use_kernel_bitmap: bool = False  # -q
     force: bool = False  # -f
+    elf: bool = False  # -E
+    split_files: tuple[Path, ...] = ()  # --split: dumpfile is ignored
+    splitblock_bytes: int | None = None  # --splitblock-size
+
+    @property
+    def output(self) -> OutputRequest:
+        return OutputRequest(self.dumpfile, self.codec, self.force, self.elf, self.split_files,
+                             self.splitblock_bytes)
 
 
 @dataclass(frozen=True, slots=True)
@@ -207,6 +209,9 @@ def _justified_max_mapnr(
     )
 
 
+
+
+
 def first_bitmap(image: InputImage) -> Bitmap:
     """Frames present in the dump (reference: makedumpfile create_bitmap_from_memhole)."""
     bitmap = Bitmap(image.max_mapnr)
@@ -283,121 +288,58 @@ def dump(options: DumpOptions, progress: ProgressCallback | None = None) -> Dump
     level = options.dump_level
     report = DumpReport(
         vmcore=str(options.vmcore),
-        dumpfile=str(options.dumpfile),
+        dumpfile=options.output.name,
         dump_level_requested=int(level),
         codec=options.codec.label,
     )
     options.codec.check_available()
+    # output refusals (existing file, symlink, read-only fs, missing directory, the
+    # input itself) come before any memory is read
+    for path in options.split_files or ((options.dumpfile,) if options.dumpfile else ()):
+        check_output(path, options.force, inputs=[options.vmcore])
     with MappedFile(options.vmcore) as file:
-        # output refusals (existing file, symlink, read-only fs, missing directory)
-        # come before any memory is read
-        out = create_output(options.dumpfile, options.force, inputs=[options.vmcore])
-        try:
-            _dump_into(out, file, options, report, progress)
-        except IncompleteDumpError:
-            raise  # what was written is kept, flagged INCOMPLETE
-        except BaseException:
-            out.discard()  # nothing of the dump was kept: no half file left behind
-            raise
-    return report
-
-
-def _dump_into(
-    out: OutputFile,
-    file: MappedFile,
-    options: DumpOptions,
-    report: DumpReport,
-    progress: ProgressCallback | None,
-) -> None:
-    with _timed(report, "read headers"):
-        image = open_input(file)
-    report.warnings.extend(image.core.problems)
-    report.warnings.extend(image.problems)
-    report.max_mapnr = image.max_mapnr
-    report.memory_hole_pages = memory_hole_pages(image)
-    report.bytes_in = sum(seg.filesz for seg in image.core.loads)
-    with _timed(report, "check memory holes"):
-        try:
-            bitmap1 = first_bitmap(image)
-            bitmap2 = without_nodata(image, bitmap1)
-        except MemoryError:
-            raise UnsupportedError(
-                f"bitmaps for max_mapnr {image.max_mapnr} ({image.max_mapnr // 4} "
-                "bytes for the two of them) do not fit in memory"
-            ) from None
-    with _timed(report, "exclude pages"):
-        applied = _exclude(image, options, bitmap2, report, progress)
-    report.dump_level_applied = int(applied)
-    utsname, uts_problem = read_utsname(image)
-    if uts_problem:
-        report.warnings.append(uts_problem)
-    report.dumpable_pages = bitmap2.count()
-    meta = KdumpMetadata(
-        utsname=utsname,
-        timestamp_sec=_crashtime(image, report),
-        page_size=image.page_size,
-        max_mapnr=image.max_mapnr,
-        phys_base=_header_phys_base(image, report),
-        dump_level=int(applied),
-        notes_raw=image.core.notes_raw,
-        vmcoreinfo_desc_offset=image.core.vmcoreinfo_desc_offset,
-        vmcoreinfo_size=(
-            image.core.vmcoreinfo_note.desc_size if image.core.vmcoreinfo_note else 0
-        ),
-        nr_cpus=image.core.nr_cpus,
-    )
-    with _timed(report, "write pages"):
-        file.advise_streaming()
-        writer_progress = (
-            None if progress is None
-            else lambda done, total: progress("Copying data", done, total)
-        )
-        result = write_kdump(
-            out,
-            meta,
-            bitmap1,
-            bitmap2,
-            image.phys,
-            options.codec,
-            exclude_zero=bool(applied & DumpLevel.ZERO),
-            progress=writer_progress,
-            allow_incomplete=True,
-        )
-        report.counts.zero = result.nr_zero_pages
-        report.pages_written = result.nr_pages_written
-        report.bytes_out = result.bytes_written
-        report.bytes_written = out.bytes_written
-        report.pages_unreadable = result.nr_pages_unreadable
-        report.unreadable_pages = [
-            {"pfn": pfn, "file_offset": off, "error": why} for pfn, off, why in result.unreadable
-        ]
+        with _timed(report, "read headers"):
+            image = open_input(file)
+        report.warnings.extend(image.core.problems)
+        report.warnings.extend(image.problems)
+        report.max_mapnr = image.max_mapnr
+        report.memory_hole_pages = memory_hole_pages(image)
+        report.bytes_in = sum(seg.filesz for seg in image.core.loads)
+        with _timed(report, "check memory holes"):
+            try:
+                bitmap1 = first_bitmap(image)
+                bitmap2 = without_nodata(image, bitmap1)
+            except MemoryError:
+                raise UnsupportedError(
+                    f"bitmaps for max_mapnr {image.max_mapnr} ({image.max_mapnr // 4} "
+                    "bytes for the two of them) do not fit in memory"
+                ) from None
+        with _timed(report, "exclude pages"):
+            applied = _exclude(image, options, bitmap2, report, progress)
+        report.dump_level_applied = int(applied)
+        utsname, uts_problem = read_utsname(image)
+        if uts_problem:
+            report.warnings.append(uts_problem)
         report.dumpable_pages = bitmap2.count()
-        if result.incomplete:
-            report.pages_lost = result.nr_pages_lost
-            # reference: makedumpfile check_and_modify_kdump_headers — keep what
-            # was written, flag the header INCOMPLETE (it already is: it turns
-            # complete only at the end), exit 1
-            with deferred():
-                mark_incomplete(out, result)
-                out.close()
-            raise IncompleteDumpError(result.nr_pages_lost, _incomplete_reason(result), report,
-                                      cause=result.no_space, signum=result.interrupted)
-        out.close()
-
-
-def _incomplete_reason(result: KdumpWriteResult) -> str:
-    parts: list[str] = []
-    if result.no_space is not None:
-        parts.append(str(result.no_space))
-    if result.interrupted is not None:
-        parts.append(f"interrupted by {signal.Signals(result.interrupted).name}")
-    if result.nr_pages_unreadable:
-        pfn, file_offset, why = result.unreadable[0]
-        parts.append(
-            f"{result.nr_pages_unreadable} input pages could not be read and are excluded "
-            f"(first: pfn {pfn:#x} at file offset {file_offset:#x}: {why})"
+        meta = KdumpMetadata(
+            utsname=utsname,
+            timestamp_sec=_crashtime(image, report),
+            page_size=image.page_size,
+            max_mapnr=image.max_mapnr,
+            phys_base=_header_phys_base(image, report),
+            dump_level=int(applied),
+            notes_raw=image.core.notes_raw,
+            vmcoreinfo_desc_offset=image.core.vmcoreinfo_desc_offset,
+            vmcoreinfo_size=(
+                image.core.vmcoreinfo_note.desc_size if image.core.vmcoreinfo_note else 0
+            ),
+            nr_cpus=image.core.nr_cpus,
         )
-    return "; ".join(parts)
+        with _timed(report, "write pages"):
+            file.advise_streaming()
+            deliver(options.output, options.vmcore, image.core, image.phys, meta, bitmap1,
+                    bitmap2, bool(applied & DumpLevel.ZERO), report, progress)
+    return report
 
 
 def _crashtime(image: InputImage, report: DumpReport) -> int:
@@ -427,6 +369,24 @@ def _header_phys_base(image: InputImage, report: DumpReport) -> int:
     return value
 
 
+def _verify_kernel_bitmap(image: InputImage, probe: KernelBitmap) -> KernelBitmapRefused | None:
+    """The bitmap's content against what the dump proves (crash_bitmap.verify_kernel_bitmap)."""
+    mem_map_pages: list[tuple[int, int]] = []
+    if image.kernel is not None and image.mem_map is not None:
+        mem_map_pages = mem_map_page_ranges(
+            image.kernel.translate,
+            ((r.start_pfn, r.end_pfn, r.mem_map_vaddr) for r in image.mem_map.runs),
+            image.mem_map.struct_page_size, image.page_size,
+        )
+    assert image.vmcoreinfo is not None and image.phys_base is not None  # probe passed
+    protected = protected_pfn_ranges(image.phys, image.vmcoreinfo, image.phys_base, probe,
+                                     image.max_mapnr, mem_map_pages)
+    try:
+        return verify_kernel_bitmap(image.phys, probe, image.max_mapnr, protected)
+    except AddressError as exc:
+        return KernelBitmapRefused(f"the kernel bitmap cannot be read: {exc}")
+
+
 def _exclude(
     image: InputImage,
     options: DumpOptions,
@@ -450,6 +410,7 @@ def _exclude(
                 probe = refused
         if isinstance(probe, KernelBitmap):
             apply_kernel_bitmap(image.phys, probe, bitmap2)
+
             report.path_taken = PathTaken.BITMAP
             report.counts.add(probe.counts)
             report.kernel_bitmap = probe.info._asdict()
@@ -481,24 +442,6 @@ def _exclude(
     report.counts.add(result.counts)
     report.warnings.extend(result.problems)
     return level
-
-
-def _verify_kernel_bitmap(image: InputImage, probe: KernelBitmap) -> KernelBitmapRefused | None:
-    """The bitmap's content against what the dump proves (crash_bitmap.verify_kernel_bitmap)."""
-    mem_map_pages: list[tuple[int, int]] = []
-    if image.kernel is not None and image.mem_map is not None:
-        mem_map_pages = mem_map_page_ranges(
-            image.kernel.translate,
-            ((r.start_pfn, r.end_pfn, r.mem_map_vaddr) for r in image.mem_map.runs),
-            image.mem_map.struct_page_size, image.page_size,
-        )
-    assert image.vmcoreinfo is not None and image.phys_base is not None  # probe passed
-    protected = protected_pfn_ranges(image.phys, image.vmcoreinfo, image.phys_base, probe,
-                                     image.max_mapnr, mem_map_pages)
-    try:
-        return verify_kernel_bitmap(image.phys, probe, image.max_mapnr, protected)
-    except AddressError as exc:
-        return KernelBitmapRefused(f"the kernel bitmap cannot be read: {exc}")
 
 
 def _degrade(level: DumpLevel, report: DumpReport, why: str) -> DumpLevel:

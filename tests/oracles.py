@@ -299,15 +299,22 @@ def drgn_check(
     *,
     pfns: Iterable[int] | None = None,
     max_report: int = 100,
+    page_size: int | None = None,
 ) -> OracleResult:
-    """Probe pfns through drgn (all below max_mapnr by default); compare with ``source``."""
+    """Probe pfns through drgn (all below max_mapnr by default); compare with ``source``.
+
+    ``page_size`` is given for dumps without a kdump header (ELF), with ``pfns``.
+    """
     try:
         import drgn
     except ImportError:
         oracle_unavailable("drgn is not installed (pip install drgn)")
     prog = drgn.Program()
     prog.set_core_dump(os.fspath(dump))
-    page_size, max_mapnr = _header_max_mapnr(dump)
+    if page_size is None:
+        page_size, max_mapnr = _header_max_mapnr(dump)
+    else:
+        max_mapnr = 0
     src = SourceElf(os.fspath(source), page_size)
     readable: list[int] = []
     mismatched: list[int] = []

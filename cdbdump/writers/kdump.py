@@ -195,6 +195,7 @@ def write_kdump(
     window_pages: int = DEFAULT_WINDOW_PAGES,
     threads: int | None = None,
     allow_incomplete: bool = False,
+    split_range: tuple[int, int] | None = None,
 ) -> KdumpWriteResult:
     """Write a complete kdump-compressed dump of ``memory`` to ``sink``.
 
@@ -216,29 +217,40 @@ def write_kdump(
     writing the same way (``interrupted``). An input page that cannot be read
     is excluded (its 2nd-bitmap bit cleared, in ``bitmap2`` and on disk) and
     listed in ``unreadable``; the rest is dumped and the header stays INCOMPLETE.
+
+    ``split_range`` = (start_pfn, end_pfn) writes one file of a --split set:
+    the full headers and bitmaps, the sub header's split fields set, and the
+    descriptors (from the start of the table) and data of that range only; the
+    data area still starts after room for every dumpable page's descriptor.
+    reference: makedumpfile write_kdump_header, write_kdump_pages_cyclic (flag_split).
     """
     t_start = time.perf_counter()
     _check_inputs(meta, bitmap1, bitmap2, memory)
     nr_dumpable = bitmap2.count()
     layout = KdumpLayout.compute(meta, nr_dumpable)
     status = codec.flag
-    result = KdumpWriteResult(layout=layout, status=status | DUMP_DH_COMPRESSED_INCOMPLETE)
+    # a file says INCOMPLETE until its data is durable; a stream (-F) cannot be
+    # rewritten in place, and a cut one is flagged when it is rebuilt (-R)
+    durable = callable(getattr(sink, "sync", None))
+    result = KdumpWriteResult(
+        layout=layout, status=status | DUMP_DH_COMPRESSED_INCOMPLETE if durable else status)
     with PageCompressor(codec, meta.page_size, threads=threads) as compressor:
         try:
             with deferred():  # headers and bitmaps whole, or nothing that a reader opens
-                _write_headers(sink, meta, layout, result.status)
+                _write_headers(sink, meta, layout, result.status, split_range)
                 _write_bitmap(sink, bitmap1, layout.offset_bitmap1, layout.bitmap_size)
                 _write_bitmap(sink, bitmap2, layout.offset_bitmap2, layout.bitmap_size)
         except Interrupted as exc:
             result.interrupted = exc.signum
-            result.nr_pages_lost = nr_dumpable
+            result.nr_pages_lost = (nr_dumpable if split_range is None
+                                    else bitmap2.count(*split_range))
             result.bytes_written = sink.size
         else:
             result.timings["headers"] = time.perf_counter() - t_start
             writer = _PageWriter(sink, meta, layout, memory, compressor, exclude_zero, result,
-                                 window_pages)
+                                 window_pages, split_range)
             writer.write_all(bitmap2, progress)
-    if not result.incomplete:
+    if durable and not result.incomplete:
         with deferred():
             # reference: makedumpfile writes the status once; here it turns complete
             # only once the data it vouches for is durable
@@ -297,7 +309,14 @@ def _check_inputs(
         raise OutputError(f"pfn {pfn:#x} is dumpable (2nd bitmap) but not present (1st bitmap)")
 
 
-def _write_headers(sink: Sink, meta: KdumpMetadata, layout: KdumpLayout, status: int) -> None:
+def _write_headers(
+    sink: Sink,
+    meta: KdumpMetadata,
+    layout: KdumpLayout,
+    status: int,
+    split_range: tuple[int, int] | None = None,
+) -> None:
+    split, start_pfn, end_pfn = (0, 0, 0) if split_range is None else (1, *split_range)
     header = DISK_DUMP_HEADER.pack(
         KDUMP_SIGNATURE,
         HEADER_VERSION,
@@ -318,17 +337,17 @@ def _write_headers(sink: Sink, meta: KdumpMetadata, layout: KdumpLayout, status:
     sub_header = KDUMP_SUB_HEADER.pack(
         meta.phys_base,
         meta.dump_level,
-        0,  # split
-        0,  # start_pfn
-        0,  # end_pfn
+        split,
+        min(start_pfn, MAX_MAPNR_32),  # start_pfn: truncated, compatibility only
+        min(end_pfn, MAX_MAPNR_32),  # end_pfn
         layout.offset_vmcoreinfo,
         meta.vmcoreinfo_size if meta.vmcoreinfo_desc_offset is not None else 0,
         layout.offset_note,
         len(meta.notes_raw),  # size_note
         0,  # offset_eraseinfo
         0,  # size_eraseinfo
-        0,  # start_pfn_64
-        0,  # end_pfn_64
+        start_pfn,  # start_pfn_64
+        end_pfn,  # end_pfn_64
         meta.max_mapnr,  # max_mapnr_64
     )
     # makedumpfile's order: header, note copy, sub header
@@ -363,8 +382,10 @@ class _PageWriter:
         exclude_zero: bool,
         result: KdumpWriteResult,
         window_pages: int,
+        split_range: tuple[int, int] | None = None,
     ) -> None:
         self.sink = sink
+        self.split_range = split_range
         self.page_size = meta.page_size
         self.shift = meta.page_size.bit_length() - 1
         self.layout = layout
@@ -388,10 +409,13 @@ class _PageWriter:
         self.zero_offset = 0  # file offset of the shared zero page (exclude_zero only)
         self.flag_counts: dict[int, int] = {}
         self.timings = dict.fromkeys(("read", "zero_test", "compress", "write"), 0.0)
+        self.nr_to_write = layout.nr_dumpable
 
     def write_all(self, bitmap2: Bitmap, progress: ProgressCallback | None) -> None:
         result = self.result
         self.bitmap2 = bitmap2
+        if self.split_range is not None:
+            self.nr_to_write = bitmap2.count(*self.split_range)
         try:
             if self.exclude_zero:
                 # reference: makedumpfile write_kdump_pages_and_bitmap_cyclic: the
@@ -403,7 +427,7 @@ class _PageWriter:
                 self._write_window(pfns)
                 nr_queued += int(pfns.size)
                 if progress is not None:
-                    progress(nr_queued, self.layout.nr_dumpable)
+                    progress(nr_queued, self.nr_to_write)
             self._wait_for_io()
         except OutputNoSpaceError as exc:
             result.no_space = exc
@@ -415,7 +439,7 @@ class _PageWriter:
             # the window in flight finishes (data, then its descriptors): nr_done is exact
             self.io.shutdown(wait=True)
         if result.no_space is not None or result.interrupted is not None:
-            result.nr_pages_lost = (self.layout.nr_dumpable - self.nr_done
+            result.nr_pages_lost = (self.nr_to_write - self.nr_done
                                     - result.nr_pages_unreadable)
         result.nr_pages_written = self.nr_done
         result.nr_pages_by_flags = dict(sorted(self.flag_counts.items()))
@@ -425,6 +449,9 @@ class _PageWriter:
     def _windows(self, bitmap2: Bitmap) -> Iterator[npt.NDArray[np.int64]]:
         w = self.window_pages
         for pfns in bitmap2.iter_set_pfns(_SCAN_PFNS):
+            if self.split_range is not None:
+                start, end = self.split_range
+                pfns = pfns[(pfns >= start) & (pfns < end)]
             for lo in range(0, pfns.size, w):
                 yield pfns[lo : lo + w]
 

@@ -104,7 +104,7 @@ def test_same_dump_as_makedumpfile(vmcore: Any, level: int, tier: Any) -> None:
     assert cmp["ref_vs_source"] == 0, "makedumpfile's own dump differs from the source"
     assert cmp["ref_vs_ours"] == 0
     assert ref.counts, f"no report from makedumpfile:\n{ref.stdout[-2000:]}"
-    assert ours.counts, f"no page-count report from cdbdump:\n{ours.stdout[-2000:]}"
+    assert ours.counts, f"no page-count report from cdbdump:\n{ours.stderr[-2000:]}"
 
     diffs = _count_diffs(tier.count_lines, ref.counts, ours.counts)
     same_pages = not cmp["only_ref"] and not cmp["only_ours"]
@@ -135,7 +135,8 @@ def test_counts_match_guest(qemu_vmcore: Any, tool: str, tier: Any) -> None:
     vmcore = qemu_vmcore
     run = tier.report(vmcore, tool, 31)
     assert run.returncode == 0, f"{tool} failed:\n{run.stderr[-2000:]}"
-    assert USER in run.counts, f"no page-count report from {tool}:\n{run.stdout[-2000:]}"
+    assert USER in run.counts, (f"no page-count report from {tool}:\n"
+                                f"{(run.stdout + run.stderr)[-2000:]}")
     g = vmcore.guest
     cache = run.counts["Non-private cache pages"] + run.counts["Private cache pages"]
     user = run.counts[USER]

@@ -1,0 +1,235 @@
+"""Where the filtered dump goes: a kdump-compressed or ELF file, a flattened
+stream on stdout (-F), or a --split set written concurrently.
+
+Called by the pipeline once the bitmaps are final; it fills the write-side
+facts of the DumpReport and never prints.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+from cdbdump.bitmap import Bitmap
+from cdbdump.errors import CdbdumpError, IncompleteDumpError, OutputError
+from cdbdump.formats.elf import ELF64_EHDR
+from cdbdump.interrupts import deferred
+from cdbdump.memory.physical import PhysicalMemory
+from cdbdump.report import DumpReport, ProgressCallback
+from cdbdump.vmcore.elfcore import ElfCore
+from cdbdump.writers.compress import Codec
+from cdbdump.writers.elf import exclude_zero_pages, mark_elf_incomplete, plan_elf, write_elf
+from cdbdump.writers.flattened import FlattenedSink
+from cdbdump.writers.kdump import KdumpMetadata, KdumpWriteResult, mark_incomplete, write_kdump
+from cdbdump.writers.sink import OutputFile, create_output
+from cdbdump.writers.split import split_ranges, splitblock_pages
+
+__all__ = ("STDOUT_NAME", "OutputRequest", "deliver")
+
+STDOUT_NAME = "STDOUT"  # makedumpfile FILENAME_STDOUT: the name -F reports
+_STDOUT_FD = 1
+
+
+@dataclass(frozen=True, slots=True)
+class OutputRequest:
+    """The output half of the options."""
+
+    dumpfile: Path | None  # None: flattened stream on stdout (-F)
+    codec: Codec
+    force: bool = False
+    elf: bool = False  # -E
+    split_files: tuple[Path, ...] = ()  # --split
+    splitblock_bytes: int | None = None  # --splitblock-size (bytes)
+
+    @property
+    def flatten(self) -> bool:
+        return self.dumpfile is None and not self.split_files
+
+    @property
+    def name(self) -> str:
+        if self.split_files:
+            return ", ".join(map(str, self.split_files))
+        return STDOUT_NAME if self.dumpfile is None else str(self.dumpfile)
+
+
+def deliver(
+    request: OutputRequest,
+    vmcore: Path,
+    core: ElfCore,
+    memory: PhysicalMemory,
+    meta: KdumpMetadata,
+    bitmap1: Bitmap,
+    bitmap2: Bitmap,
+    exclude_zero: bool,
+    report: DumpReport,
+    progress: ProgressCallback | None,
+) -> None:
+    """Write the dump; raises IncompleteDumpError when the output filled up."""
+    if request.split_files:
+        _deliver_split(request, vmcore, memory, meta, bitmap1, bitmap2, exclude_zero, report,
+                       progress)
+        return
+    out: OutputFile | FlattenedSink
+    if request.dumpfile is None:
+        out = FlattenedSink(_STDOUT_FD, STDOUT_NAME)
+    else:
+        out = create_output(request.dumpfile, request.force, inputs=[vmcore])
+    try:
+        if request.elf:
+            _write_elf(out, core, memory, bitmap2, exclude_zero, report, progress)
+        else:
+            result = write_kdump(out, meta, bitmap1, bitmap2, memory, request.codec,
+                                 exclude_zero=exclude_zero, progress=_step(progress),
+                                 allow_incomplete=True)
+            _account(report, result)
+            if result.incomplete:
+                # reference: makedumpfile check_and_modify_kdump_headers — keep what
+                # was written, flag the header INCOMPLETE (it already is: it turns
+                # complete only at the end), exit 1 (128 + signal when interrupted)
+                with deferred():
+                    mark_incomplete(out, result)
+                    report.bytes_written = out.bytes_written
+                    out.close()
+                raise IncompleteDumpError(result.nr_pages_lost, incomplete_reason(result),
+                                          report, cause=result.no_space,
+                                          signum=result.interrupted)
+    except IncompleteDumpError:
+        raise
+    except BaseException:
+        out.discard()  # a failed or interrupted run leaves no half dump behind
+        raise
+    out.close()
+    report.bytes_written = out.bytes_written
+
+
+def _step(progress: ProgressCallback | None) -> Callable[[int, int], None] | None:
+    if progress is None:
+        return None
+    return lambda done, total: progress("Copying data", done, total)
+
+
+def _account(report: DumpReport, result: KdumpWriteResult) -> None:
+    report.counts.zero += result.nr_zero_pages
+    report.pages_written += result.nr_pages_written
+    report.bytes_out = max(report.bytes_out, result.bytes_written)
+    report.pages_unreadable += result.nr_pages_unreadable
+    report.unreadable_pages.extend(
+        {"pfn": pfn, "file_offset": off, "error": why} for pfn, off, why in result.unreadable)
+    report.pages_lost += result.nr_pages_lost
+    if result.nr_pages_unreadable:
+        report.dumpable_pages -= result.nr_pages_unreadable
+
+
+def incomplete_reason(result: KdumpWriteResult) -> str:
+    """One line: why the dump is incomplete (full disk, signal, unreadable input)."""
+    parts: list[str] = []
+    if result.no_space is not None:
+        parts.append(str(result.no_space))
+    if result.interrupted is not None:
+        parts.append(f"interrupted by {signal.Signals(result.interrupted).name}")
+    if result.nr_pages_unreadable:
+        pfn, file_offset, why = result.unreadable[0]
+        parts.append(
+            f"{result.nr_pages_unreadable} input pages could not be read and are excluded "
+            f"(first: pfn {pfn:#x} at file offset {file_offset:#x}: {why})"
+        )
+    return "; ".join(parts)
+
+
+def _write_elf(
+    out: OutputFile | FlattenedSink,
+    core: ElfCore,
+    memory: PhysicalMemory,
+    bitmap2: Bitmap,
+    exclude_zero: bool,
+    report: DumpReport,
+    progress: ProgressCallback | None,
+) -> None:
+    if exclude_zero:
+        zero_progress = (None if progress is None
+                         else lambda done, total: progress("Excluding zero pages", done, total))
+        report.counts.zero += exclude_zero_pages(memory, bitmap2, zero_progress)
+    plan = plan_elf(core.loads, memory, bitmap2, len(core.notes_raw), exclude_zero=exclude_zero)
+    input_ehdr = bytes(core.file.view(0, ELF64_EHDR.size, "ELF header"))
+    result = write_elf(out, input_ehdr, core.notes_raw, plan, memory, _step(progress),
+                       reserve=isinstance(out, OutputFile))
+    report.elf_excluded_pages = plan.nr_pages_elf_excluded
+    report.pages_written = plan.nr_pages_to_write
+    report.bytes_out = result.bytes_written
+    if result.no_space is not None:
+        mark_elf_incomplete(out, input_ehdr)
+        report.bytes_written = out.bytes_written
+        out.close()
+        raise IncompleteDumpError(result.nr_pages_lost, result.no_space, report)
+
+
+def _deliver_split(
+    request: OutputRequest,
+    vmcore: Path,
+    memory: PhysicalMemory,
+    meta: KdumpMetadata,
+    bitmap1: Bitmap,
+    bitmap2: Bitmap,
+    exclude_zero: bool,
+    report: DumpReport,
+    progress: ProgressCallback | None,
+) -> None:
+    paths = request.split_files
+    block = splitblock_pages(meta.max_mapnr, meta.page_size, len(paths),
+                             request.splitblock_bytes)
+    ranges = split_ranges(bitmap2, len(paths), block)
+    report.split_ranges = ranges
+    _check_distinct(paths)
+    outs: list[OutputFile] = []
+    try:
+        # extend keeps the files created before a failure, for the clean-up below
+        outs.extend(create_output(path, request.force, inputs=[vmcore]) for path in paths)
+        with ThreadPoolExecutor(max_workers=len(paths),
+                                thread_name_prefix="cdbdump-split") as pool:
+            futures = [
+                pool.submit(write_kdump, out, meta, bitmap1, bitmap2, memory, request.codec,
+                            exclude_zero=exclude_zero, allow_incomplete=True,
+                            split_range=r)
+                for out, r in zip(outs, ranges, strict=True)
+            ]
+            results = [f.result() for f in futures]
+    except BaseException:
+        for out in outs:
+            try:
+                out.discard()
+            except CdbdumpError:
+                pass  # report the first failure, not the clean-up
+        raise
+    lost = 0
+    first_full = None
+    reasons: list[str] = []
+    for out, result in zip(outs, results, strict=True):
+        _account(report, result)
+        if result.incomplete:
+            mark_incomplete(out, result)
+            lost += result.nr_pages_lost
+            first_full = first_full or result.no_space
+            reasons.append(f"{out.path}: {incomplete_reason(result)}")
+    report.bytes_written = sum(out.bytes_written for out in outs)
+    report.bytes_out = sum(out.size for out in outs)
+    for out in outs:
+        out.close()
+    if reasons:
+        raise IncompleteDumpError(lost, "; ".join(reasons), report, cause=first_full,
+                                  signum=next((r.interrupted for r in results
+                                               if r.interrupted is not None), None))
+    if progress is not None:
+        progress("Copying data", report.dumpable_pages, report.dumpable_pages)
+
+
+def _check_distinct(paths: Sequence[Path]) -> None:
+    seen: set[str] = set()
+    for p in paths:
+        key = os.path.realpath(p)
+        if key in seen:
+            raise OutputError("named twice among the --split files", path=str(p))
+        seen.add(key)
