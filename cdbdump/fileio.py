@@ -133,6 +133,11 @@ class MappedFile:
                 offset = end
         except OSError:
             return None  # SEEK_DATA unsupported here: treat the file as all data
+        if os.fstat(self._fd).st_size < self.size:
+            # shrunk since it was opened: the "hole" at its end is missing data, to be
+            # read (and reported lost), not zeros
+            self._extents_known = False
+            return None
         if len(starts) == 1 and starts[0] == 0 and ends[0] >= self.size:
             return None
         self._extents = (np.array(starts, dtype=np.int64), np.array(ends, dtype=np.int64))

@@ -176,7 +176,7 @@ def check_output(
     path = os.fspath(path)
     for source in inputs:
         if is_same_file(path, source) or Path(path).absolute() == Path(source).absolute():
-            raise OutputError(f"is the same file as {os.fspath(source)}", path=path)
+            raise OutputError(f"is the same file as the input {os.fspath(source)}", path=path)
     try:
         st = os.lstat(path)
     except FileNotFoundError:

@@ -189,7 +189,7 @@ def test_enospc_on_a_small_tmpfs(machine: tuple[SyntheticKernel, Path],
 def test_output_refusals_before_reading(machine: tuple[SyntheticKernel, Path],
                                         tmp_path: Path) -> None:
     _, vmcore = machine
-    for target, why in ((tmp_path / "missing" / "out", "cannot create"),
+    for target, why in ((tmp_path / "missing" / "out", "does not exist"),
                         (vmcore, "same file")):
         proc = _cdbdump("-d", "31", str(vmcore), str(target))
         assert proc.returncode == 1 and why in proc.stderr, proc.stderr
