@@ -6,7 +6,7 @@ PY     := $(VENV)/bin/python
 CACHE  := .cache
 DEMO   := $(CACHE)/demo
 
-.PHONY: demo test lint typecheck unit bench fuzz clean
+.PHONY: demo test lint typecheck unit bench fuzz clean real-bitmap-vmcore
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -45,6 +45,11 @@ FUZZ_INPUTS ?= 10000
 FUZZ_REAL   ?= $(wildcard $(or $(CDBDUMP_VMCORE_CACHE),$(CACHE)/vmcores)/debian11-5.10-1g.elf)
 fuzz: $(VENV)/.installed
 	$(PY) -m tests.fuzz.fuzz --inputs $(FUZZ_INPUTS) $(if $(FUZZ_REAL),--real $(FUZZ_REAL))
+
+# The real /proc/vmcore of the crash-dump-bitmap kernel (kernel/crash_dump_bitmap/);
+# builds or reuses the patched kernel and the vmcore; the last line is its path.
+real-bitmap-vmcore:
+	@bash fixtures/make-real-bitmap-vmcore.sh
 
 clean:
 	rm -rf $(VENV) $(CACHE) build *.egg-info

@@ -13,6 +13,9 @@ Parts (each prints its own table; skip one with --skip NAME):
              (--flat-vmcore), -d 31 and -d 0: the stream must cost at most 10 % more.
   dmesg      --dump-dmesg on the real 1 GiB 6.1 vmcore against makedumpfile, and the log
              reader alone on a full 4 MiB printk ringbuffer (records per second).
+  kernel     the real /proc/vmcore of the crash-dump-bitmap kernel (kernel/crash_dump_bitmap/,
+             built on first use): its panic-time pass per TiB of RAM (the RFC: 17.5 s
+             per TB), cdbdump's -q plan and mem_map scan on the same vmcore.
 
 Peak RSS comes from wait4() of each child; wall time from a monotonic clock.
 """
@@ -261,11 +264,38 @@ def part_scan(work: Path, ram_gib: int, rounds: int) -> None:
                             str(vmcore), str(theirs)], out, theirs, rounds)
 
 
+def part_kernel(work: Path) -> None:
+    print("== kernel: the crash dump bitmap filled at panic by a real 6.1 kernel (QEMU TCG) ==")
+    from fixtures import real_bitmap_vmcore
+
+    vmcore = real_bitmap_vmcore.ensure()
+    print(f"  {real_bitmap_vmcore.measure(vmcore)}; the RFC: 17.5 s per TB on hardware")
+    subprocess.run(["cat", str(vmcore)], stdout=subprocess.DEVNULL, check=True)
+    for tag, args in (("-q plan", ["-q"]), ("mem_map scan", [])):
+        out, js = work / "kernel.kdump", work / "kernel.json"
+        took = []  # best of 4 (the first one warms up): a 1 GiB run is milliseconds
+        for _ in range(4):
+            out.unlink(missing_ok=True)
+            run(cdbdump_cmd(*args, "-l", "-d", "31", "--message-level", "0", "--report-json",
+                            str(js), str(vmcore), str(out)))
+            rep = _report(js)
+            timings = rep["timings"]
+            assert isinstance(timings, dict)
+            steps = (("read headers", "check memory holes", "exclude pages") if args
+                     else ("exclude pages",))
+            took.append(sum(timings[k] for k in steps))
+        best = min(took[1:])
+        ram = int(str(rep["max_mapnr"])) * 4096
+        print(f"  cdbdump {tag}: path {rep['path_taken']}, {best * 1e3:.1f} ms for "
+              f"{ram / 2**30:.2f} GiB = {best * TIB / ram:.2f} s per TiB"
+              + (" (mostly fixed costs at this size; see the plan part)" if args else ""))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--skip", action="append", default=[],
-                        choices=["real", "plan", "scan", "flat", "dmesg"])
+                        choices=["real", "plan", "scan", "flat", "dmesg", "kernel"])
     parser.add_argument("--flat-vmcore", default="debian12-6.1-4g",
                         help="catalogue vmcore of the flat part (fixtures/real_vmcores.py)")
     parser.add_argument("--ram-gib", type=int, default=64)
@@ -285,6 +315,8 @@ def main() -> None:
             part_flat(work, args.rounds, args.flat_vmcore)
         if "dmesg" not in args.skip:
             part_dmesg(work, args.rounds)
+        if "kernel" not in args.skip:
+            part_kernel(work)
 
 
 if __name__ == "__main__":

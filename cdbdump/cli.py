@@ -27,12 +27,18 @@ from cdbdump.deliver import STDOUT_NAME
 from cdbdump.errors import CdbdumpError, IncompleteDumpError, Interrupted
 from cdbdump.mm.levels import MAX_DUMP_LEVEL, DumpLevel
 from cdbdump.mm.scan import MemoryUsage
-from cdbdump.pipeline import DmesgOptions, DumpOptions, dump, dump_dmesg, mem_usage
+from cdbdump.pipeline import (
+    DmesgOptions,
+    DumpOptions,
+    dump,
+    dump_dmesg,
+    mem_usage,
+    rearrange_stream,
+    reassemble_files,
+)
 from cdbdump.report import DumpReport, PathTaken
 from cdbdump.writers.compress import Codec
-from cdbdump.writers.flattened import mark_rebuilt_incomplete, rearrange
 from cdbdump.writers.sink import check_output, create_output
-from cdbdump.writers.split import reassemble
 
 __all__ = ("main",)
 
@@ -243,20 +249,7 @@ def _check_modes(ctx: click.Context, files: list[Path], *, elf: bool, flatten: b
 def _run_rearrange(dumpfile: Path, force: bool, ui: _Messages, debug: bool) -> None:
     """-R: the flattened stream on stdin becomes DUMPFILE."""
     try:
-        out = create_output(dumpfile, force)
-        try:
-            result = rearrange(0, out)
-        except CdbdumpError:
-            if out.size == 0:
-                out.discard()  # nothing arrived: leave no empty file behind
-            else:
-                mark_rebuilt_incomplete(out)
-                out.close()
-            raise
-        except BaseException:
-            out.close()
-            raise
-        out.close()
+        result = rearrange_stream(dumpfile, force)
     except CdbdumpError as exc:
         if debug:
             traceback.print_exc()
@@ -273,13 +266,7 @@ def _run_reassemble(pieces: list[Path], dumpfile: Path, force: bool, ui: _Messag
                     debug: bool) -> None:
     """--reassemble: the split files become one kdump-compressed DUMPFILE."""
     try:
-        out = create_output(dumpfile, force, inputs=pieces)
-        try:
-            result = reassemble(pieces, out)
-        except BaseException:
-            out.discard()
-            raise
-        out.close()
+        result = reassemble_files(pieces, dumpfile, force)
     except CdbdumpError as exc:
         if debug:
             traceback.print_exc()
@@ -475,5 +462,14 @@ def print_report(report: DumpReport, out: Callable[[str], None]) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Entry point of the cdbdump command."""
-    command.main(args=argv, prog_name="cdbdump", standalone_mode=True)
+    """Entry point of the cdbdump command.
+
+    Under the name ``makedumpfile`` (a link the administrator makes) or with
+    ``--as-makedumpfile`` first, the command line is makedumpfile's.
+    """
+    args = sys.argv[1:] if argv is None else argv
+    if Path(sys.argv[0]).name == "makedumpfile" or args[:1] == ["--as-makedumpfile"]:
+        from cdbdump.mdcli import main as makedumpfile_main
+
+        sys.exit(makedumpfile_main(args[1:] if args[:1] == ["--as-makedumpfile"] else args))
+    command.main(args=args, prog_name="cdbdump", standalone_mode=True)

@@ -44,6 +44,7 @@ class OutputRequest:
     elf: bool = False  # -E
     split_files: tuple[Path, ...] = ()  # --split
     splitblock_bytes: int | None = None  # --splitblock-size (bytes)
+    size_limit: int | None = None  # makedumpfile -L: bytes per output file, then as ENOSPC
 
     @property
     def flatten(self) -> bool:
@@ -77,7 +78,8 @@ def deliver(
     if request.dumpfile is None:
         out = FlattenedSink(_STDOUT_FD, STDOUT_NAME)
     else:
-        out = create_output(request.dumpfile, request.force, inputs=[vmcore])
+        out = create_output(request.dumpfile, request.force, inputs=[vmcore],
+                            limit=request.size_limit)
     try:
         if request.elf:
             _write_elf(out, core, memory, bitmap2, exclude_zero, report, progress)
@@ -187,7 +189,8 @@ def _deliver_split(
     outs: list[OutputFile] = []
     try:
         # extend keeps the files created before a failure, for the clean-up below
-        outs.extend(create_output(path, request.force, inputs=[vmcore]) for path in paths)
+        outs.extend(create_output(path, request.force, inputs=[vmcore], limit=request.size_limit)
+                    for path in paths)
         with ThreadPoolExecutor(max_workers=len(paths),
                                 thread_name_prefix="cdbdump-split") as pool:
             futures = [

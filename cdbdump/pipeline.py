@@ -50,8 +50,10 @@ from cdbdump.vmcore.detect import DumpFormat, sniff
 from cdbdump.vmcore.elfcore import ElfCore
 from cdbdump.vmcore.vmcoreinfo import VmcoreInfo
 from cdbdump.writers.compress import Codec
+from cdbdump.writers.flattened import RearrangeResult, mark_rebuilt_incomplete, rearrange
 from cdbdump.writers.kdump import KdumpMetadata
 from cdbdump.writers.sink import check_output, create_output
+from cdbdump.writers.split import ReassembleResult, reassemble
 
 __all__ = (
     "DmesgOptions",
@@ -62,6 +64,8 @@ __all__ = (
     "dump_dmesg",
     "mem_usage",
     "open_input",
+    "rearrange_stream",
+    "reassemble_files",
 )
 
 # Errors after which the mem_map scan degrades instead of failing the run
@@ -81,11 +85,12 @@ class DumpOptions:
     elf: bool = False  # -E
     split_files: tuple[Path, ...] = ()  # --split: dumpfile is ignored
     splitblock_bytes: int | None = None  # --splitblock-size
+    size_limit: int | None = None  # makedumpfile -L
 
     @property
     def output(self) -> OutputRequest:
         return OutputRequest(self.dumpfile, self.codec, self.force, self.elf, self.split_files,
-                             self.splitblock_bytes)
+                             self.splitblock_bytes, self.size_limit)
 
 
 @dataclass(frozen=True, slots=True)
@@ -532,3 +537,45 @@ def dump_dmesg(options: DmesgOptions, stream: BinaryIO | None = None) -> DmesgRe
         finally:
             out.close()
     return DmesgResult(log, image.vmcoreinfo, len(data))
+
+
+def rearrange_stream(dumpfile: Path, force: bool, fd: int = 0) -> RearrangeResult:
+    """makedumpfile -R: the flattened stream on ``fd`` (stdin) becomes ``dumpfile``.
+
+    A stream that stops early leaves the partial file flagged incomplete; one
+    that brought nothing leaves no file.
+
+    Raises:
+        CdbdumpError: the stream is empty, malformed or cut, or the output fails.
+    """
+    out = create_output(dumpfile, force)
+    try:
+        result = rearrange(fd, out)
+    except CdbdumpError:
+        if out.size == 0:
+            out.discard()
+        else:
+            mark_rebuilt_incomplete(out)
+            out.close()
+        raise
+    except BaseException:
+        out.close()
+        raise
+    out.close()
+    return result
+
+
+def reassemble_files(pieces: list[Path], dumpfile: Path, force: bool) -> ReassembleResult:
+    """makedumpfile --reassemble: the --split files become one kdump-compressed file.
+
+    Raises:
+        CdbdumpError: a piece is unusable, or the output fails (no file is left).
+    """
+    out = create_output(dumpfile, force, inputs=pieces)
+    try:
+        result = reassemble(pieces, out)
+    except BaseException:
+        out.discard()
+        raise
+    out.close()
+    return result
