@@ -191,19 +191,19 @@ def protected_pfn_ranges(
 ) -> list[tuple[int, int, str]]:
     """[start_pfn, end_pfn) ranges the kernel bitmap must keep, with what they hold.
 
-    What the dump itself proves to be kernel data: the kernel image (from the
-    lowest to the highest kernel-image SYMBOL in VMCOREINFO, which spans text,
-    data and the top-level page table), the struct and the bitmap themselves,
-    and the pages holding struct pages (``mem_map_pages``, pfn ranges).
+    What the dump itself proves to be kernel data: the pages of the kernel-image
+    SYMBOLs in VMCOREINFO (text, data, the top-level page table), the struct and
+    the bitmap themselves, and the pages holding struct pages (``mem_map_pages``).
     """
     shift = phys.page_size.bit_length() - 1
     ranges: list[tuple[int, int, str]] = []
-    image = [v for k, v in _symbols(vmcoreinfo) if v >= START_KERNEL_MAP]
-    if image:
-        lo = min(image) - START_KERNEL_MAP + phys_base
-        hi = max(image) - START_KERNEL_MAP + phys_base
-        if 0 <= lo <= hi:
-            ranges.append((lo >> shift, (hi >> shift) + 1, "the kernel image"))
+    # the page of every kernel-image symbol VMCOREINFO names (_stext, init_uts_ns,
+    # the top-level page table, ...): live data, never free. Not the span between
+    # them: the freed __init sections lie there and a kernel may exclude them.
+    for key, vaddr in _symbols(vmcoreinfo):
+        paddr = vaddr - START_KERNEL_MAP + phys_base
+        if vaddr >= START_KERNEL_MAP and paddr >= 0:
+            ranges.append((paddr >> shift, (paddr >> shift) + 1, f"the kernel image ({key})"))
     info_pfn = kernel_bitmap.info_paddr >> shift
     ranges.append((info_pfn, info_pfn + 1, "crash_dump_bitmap_info itself"))
     needed = (max_mapnr + 7) // 8
