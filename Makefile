@@ -1,49 +1,70 @@
-# cdbdump developer entry points. `make demo` and `make test` work on a fresh Debian
-# machine once the packages in .ci/run are installed (the venv is made here).
+# cdbdump developer entry points; nothing is needed before them.
+#   make demo  Python >= 3.11 and make only: a venv of wheels (no compiler, no apt).
+#   make test  the rest: missing Debian packages (scripts/install-system-deps.sh, as
+#              root), the venv with every extra, the real-vmcore fixtures, the suite.
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip install -q --disable-pip-version-check
 CACHE  := .cache
 DEMO   := $(CACHE)/demo
 
-.PHONY: demo test lint typecheck unit bench fuzz clean real-bitmap-vmcore
+.PHONY: demo test system-deps fixtures lint typecheck unit bench fuzz clean venv real-bitmap-vmcore
 
-$(VENV)/.installed: pyproject.toml
-	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[dev,lzo,snappy]'
+# Wheels only: python-lzo (sdist) is left out, LZO comes from the lzallright wheel.
+$(VENV)/.base: pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
+	  { echo "make: $(PYTHON) is older than 3.11 (set PYTHON=...)" >&2; exit 1; }
+	@$(PYTHON) -m venv $(VENV) || { echo "make: '$(PYTHON) -m venv' failed" \
+	  "(Debian/Ubuntu: apt-get install python3-venv)" >&2; exit 1; }
+	$(PIP) --only-binary :all: --upgrade pip
+	$(PIP) --only-binary :all: -e '.[lzo,snappy]'
 	touch $@
 
-venv: $(VENV)/.installed
+# Every extra; python-lzo builds against liblzo2-dev (installed by system-deps).
+$(VENV)/.full: $(VENV)/.base | system-deps
+	$(PIP) -e '.[dev,lzo,lzo-exact,snappy]'
+	touch $@
 
-demo: $(VENV)/.installed
+venv: $(VENV)/.full
+
+system-deps:
+	bash scripts/install-system-deps.sh
+
+demo: $(VENV)/.base
 	@mkdir -p $(DEMO)
 	$(PY) fixtures/make_demo_vmcore.py $(DEMO)/demo.vmcore
 	$(VENV)/bin/cdbdump -q -d 31 -f --show-stats --report-json $(DEMO)/demo.report.json \
 		$(DEMO)/demo.vmcore $(DEMO)/demo.kdump
 	@ls -ls $(DEMO)/demo.vmcore $(DEMO)/demo.kdump
 
-lint: $(VENV)/.installed
+lint: $(VENV)/.full
 	$(VENV)/bin/ruff check cdbdump tests fixtures bench
 
-typecheck: $(VENV)/.installed
+typecheck: $(VENV)/.full
 	$(VENV)/bin/mypy --strict cdbdump
 
-# The whole suite, real-vmcore tier included (vmcores are built once into .cache/).
-test: $(VENV)/.installed lint typecheck
+# Real vmcores (QEMU/TCG, cached in .cache/) and Debian 13's makedumpfile, built up
+# front so that a missing piece stops here with its reason.
+fixtures: $(VENV)/.full
+	$(PY) fixtures/real_vmcores.py --tested
+	$(PY) fixtures/makedumpfile_trixie.py >/dev/null
+
+# The whole suite, real-vmcore tier included.
+test: system-deps $(VENV)/.full lint typecheck fixtures
 	$(PY) -m pytest -q tests
 
-unit: $(VENV)/.installed
+unit: $(VENV)/.full
 	$(PY) -m pytest -q tests -m 'not real'
 
-bench: $(VENV)/.installed
+bench: $(VENV)/.full
 	$(PY) bench/bench.py
 
 # Long fuzz run (tests/fuzz/fuzz.py): FUZZ_INPUTS mutated vmcores, both -q and the scan,
 # plus the real 5.10 vmcore when the cache has it. `make test` runs a short form.
 FUZZ_INPUTS ?= 10000
 FUZZ_REAL   ?= $(wildcard $(or $(CDBDUMP_VMCORE_CACHE),$(CACHE)/vmcores)/debian11-5.10-1g.elf)
-fuzz: $(VENV)/.installed
+fuzz: $(VENV)/.full
 	$(PY) -m tests.fuzz.fuzz --inputs $(FUZZ_INPUTS) $(if $(FUZZ_REAL),--real $(FUZZ_REAL))
 
 # The real /proc/vmcore of the crash-dump-bitmap kernel (kernel/crash_dump_bitmap/);

@@ -16,6 +16,8 @@ Parts (each prints its own table; skip one with --skip NAME):
   kernel     the real /proc/vmcore of the crash-dump-bitmap kernel (kernel/crash_dump_bitmap/,
              built on first use): its panic-time pass per TiB of RAM (the RFC: 17.5 s
              per TB), cdbdump's -q plan and mem_map scan on the same vmcore.
+  batch      `cdbdump batch` throughput with 1 and 2 local workers and a Dask
+             LocalCluster of 2 (bench/batch.py).
 
 Peak RSS comes from wait4() of each child; wall time from a monotonic clock.
 """
@@ -295,7 +297,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--skip", action="append", default=[],
-                        choices=["real", "plan", "scan", "flat", "dmesg", "kernel"])
+                        choices=["real", "plan", "scan", "flat", "dmesg", "kernel", "batch"])
     parser.add_argument("--flat-vmcore", default="debian12-6.1-4g",
                         help="catalogue vmcore of the flat part (fixtures/real_vmcores.py)")
     parser.add_argument("--ram-gib", type=int, default=64)
@@ -317,6 +319,10 @@ def main() -> None:
             part_dmesg(work, args.rounds)
         if "kernel" not in args.skip:
             part_kernel(work)
+        if "batch" not in args.skip:
+            from bench import batch
+
+            batch.main_part(args.work)
 
 
 if __name__ == "__main__":

@@ -472,4 +472,9 @@ def main(argv: list[str] | None = None) -> None:
         from cdbdump.mdcli import main as makedumpfile_main
 
         sys.exit(makedumpfile_main(args[1:] if args[:1] == ["--as-makedumpfile"] else args))
+    if args[:1] == ["batch"]:  # `cdbdump batch ...`; a vmcore named batch: ./batch
+        from cdbdump.batch.cli import main as batch_main
+
+        batch_main(args[1:])
+        return
     command.main(args=args, prog_name="cdbdump", standalone_mode=True)

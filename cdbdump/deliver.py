@@ -45,6 +45,9 @@ class OutputRequest:
     split_files: tuple[Path, ...] = ()  # --split
     splitblock_bytes: int | None = None  # --splitblock-size (bytes)
     size_limit: int | None = None  # makedumpfile -L: bytes per output file, then as ENOSPC
+    # only this index of split_files is written (the others by other processes, from
+    # the same bitmaps and so the same ranges: cdbdump batch --shards)
+    split_only: int | None = None
 
     @property
     def flatten(self) -> bool:
@@ -186,6 +189,9 @@ def _deliver_split(
     ranges = split_ranges(bitmap2, len(paths), block)
     report.split_ranges = ranges
     _check_distinct(paths)
+    if request.split_only is not None:
+        paths = (paths[request.split_only],)
+        ranges = [ranges[request.split_only]]
     outs: list[OutputFile] = []
     try:
         # extend keeps the files created before a failure, for the clean-up below

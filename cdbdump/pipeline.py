@@ -86,11 +86,13 @@ class DumpOptions:
     split_files: tuple[Path, ...] = ()  # --split: dumpfile is ignored
     splitblock_bytes: int | None = None  # --splitblock-size
     size_limit: int | None = None  # makedumpfile -L
+    split_only: int | None = None  # write only this file of the --split set (batch --shards)
 
     @property
     def output(self) -> OutputRequest:
         return OutputRequest(self.dumpfile, self.codec, self.force, self.elf, self.split_files,
-                             self.splitblock_bytes, self.size_limit)
+                             self.splitblock_bytes, self.size_limit,
+                             split_only=self.split_only)
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,7 +10,9 @@ Fixtures:
   it is one, else Debian 13's, fetched once into .cache/ (fixtures/makedumpfile_trixie.py).
   Skips when it cannot be had, fails under CI=true.
 
-Hypothesis profiles: "ci" (derandomized, more examples; selected when $CI is set) and "dev"
+Under CI (tests/ci_gate.py: $CI set and true) every skip is a failure.
+
+Hypothesis profiles: "ci" (derandomized, more examples; selected under CI) and "dev"
 (few examples, the default). Choose explicitly with HYPOTHESIS_PROFILE=ci|dev.
 """
 
@@ -31,6 +33,11 @@ if str(ROOT) not in sys.path:  # `tests.builders` importable however pytest is s
 
 from fixtures import makedumpfile_trixie  # noqa: E402
 from tests.builders import SyntheticKernel  # noqa: E402
+from tests.ci_gate import (  # noqa: E402, F401  (hooks: every skip fails under CI)
+    IN_CI,
+    pytest_make_collect_report,
+    pytest_runtest_makereport,
+)
 
 settings.register_profile(
     "ci",
@@ -47,7 +54,7 @@ settings.register_profile(
     suppress_health_check=[HealthCheck.too_slow],
 )
 settings.load_profile(
-    os.environ.get("HYPOTHESIS_PROFILE") or ("ci" if os.environ.get("CI") else "dev")
+    os.environ.get("HYPOTHESIS_PROFILE") or ("ci" if IN_CI else "dev")
 )
 
 
@@ -110,6 +117,6 @@ def makedumpfile_new() -> Path:
                 return Path(env)
         return makedumpfile_trixie.ensure()
     except makedumpfile_trixie.MakedumpfileUnavailable as exc:
-        if os.environ.get("CI") == "true":
+        if IN_CI:
             pytest.fail(f"makedumpfile >= 1.7.6 unavailable under CI: {exc}", pytrace=False)
         pytest.skip(f"makedumpfile >= 1.7.6 unavailable: {exc}")

@@ -38,6 +38,8 @@ from typing import Any, NoReturn
 import numpy as np
 import pytest
 
+from tests.ci_gate import IN_CI
+
 SYSTEM_PYTHON = "/usr/bin/python3"  # the only interpreter with Debian's kdumpfile module
 MAKEDUMPFILE = shutil.which("makedumpfile") or "/usr/sbin/makedumpfile"
 ORACLE_TIMEOUT_S = 900
@@ -45,7 +47,7 @@ ORACLE_TIMEOUT_S = 900
 
 def oracle_unavailable(reason: str) -> NoReturn:
     """Skip, or fail under CI=true (CI must run every oracle)."""
-    if os.environ.get("CI") == "true":
+    if IN_CI:
         pytest.fail(f"oracle unavailable under CI: {reason}", pytrace=False)
     pytest.skip(reason)
 

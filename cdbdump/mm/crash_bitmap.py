@@ -164,11 +164,18 @@ def _is_filebacked(phys: PhysicalMemory, paddr: int, size: int) -> bool:
     return cur >= end
 
 
-def apply_kernel_bitmap(phys: PhysicalMemory, kernel: KernelBitmap, bitmap2: Bitmap) -> None:
-    """bitmap2 &= kernel bitmap, in bounded windows (bits past max_mapnr stay clear)."""
+def apply_kernel_bitmap(
+    phys: PhysicalMemory, kernel: KernelBitmap, bitmap2: Bitmap, *,
+    window_bytes: int | None = None,
+) -> None:
+    """bitmap2 &= kernel bitmap, in bounded windows (bits past max_mapnr stay clear).
+
+    ``window_bytes`` (default _WINDOW_BYTES) is for tests of the window loop.
+    """
+    window_bytes = window_bytes or _WINDOW_BYTES
     nbytes = bitmap2.bits.size
-    for off in range(0, nbytes, _WINDOW_BYTES):
-        n = min(_WINDOW_BYTES, nbytes - off)
+    for off in range(0, nbytes, window_bytes):
+        n = min(window_bytes, nbytes - off)
         view = phys.view_run(kernel.info.bitmap + off, n)
         window = (
             np.frombuffer(view, dtype=np.uint8)

@@ -7,7 +7,7 @@ page is stored raw (page_desc flags 0, size = page size).
 
 * zlib: ``compress2(level Z_BEST_SPEED)``: zlib wrapper, window 15, memLevel 8
   (= ``zlib.compress(page, 1)``; identical bytes need the same zlib build).
-* LZO: ``lzo1x_1_compress``, no python-lzo header.
+* LZO: ``lzo1x_1_compress``, no header (backend choice: :mod:`cdbdump._lzo`).
 * snappy: ``snappy_compress``, the raw (unframed) format.
 * zstd: ``ZSTD_compressCCtx(level 1)`` with one reused context: content size in
   the frame header, no checksum, no dictionary id.
@@ -33,6 +33,7 @@ import numpy as np
 import numpy.typing as npt
 import zstandard
 
+from cdbdump import _lzo
 from cdbdump.errors import CorruptDumpError, UnsupportedError
 from cdbdump.formats.kdump import (
     DUMP_DH_COMPRESSED_LZO,
@@ -104,14 +105,17 @@ class Codec(enum.Enum):
     @property
     def pypi_package(self) -> str | None:
         """The optional PyPI package this codec needs (None: always available)."""
-        return {"LZO": "python-lzo", "SNAPPY": "cramjam"}.get(self.name)
+        return {"LZO": "python-lzo or lzallright", "SNAPPY": "cramjam"}.get(self.name)
 
     @property
     def _module_name(self) -> str | None:
-        return {"LZO": "lzo", "SNAPPY": "cramjam"}.get(self.name)
+        return {"SNAPPY": "cramjam"}.get(self.name)  # LZO: cdbdump._lzo chooses
 
 
 def _import_codec_module(codec: Codec) -> ModuleType | None:
+    if codec is Codec.LZO:
+        _lzo.backend()  # UnsupportedError naming what to install
+        return _lzo
     name = codec._module_name
     if name is None:
         return None
@@ -196,8 +200,7 @@ class PageCompressor:
         if codec is Codec.ZLIB:
             return _zlib_page
         if codec is Codec.LZO:
-            lzo_compress = self._module.compress  # type: ignore[union-attr]
-            return lambda page: lzo_compress(page, 1, False)
+            return _lzo.backend().compress
         if codec is Codec.SNAPPY:
             return self._module.snappy.compress_raw  # type: ignore[union-attr,no-any-return]
         if codec is Codec.ZSTD:
@@ -406,7 +409,7 @@ def _zlib_decompress(_module: ModuleType | None, data: BufferLike, page_size: in
 
 def _lzo_decompress(module: ModuleType | None, data: BufferLike, page_size: int) -> bytes:
     assert module is not None
-    out: bytes = module.decompress(bytes(data), False, page_size)
+    out: bytes = module.decompress(bytes(data), page_size)
     return out
 
 

@@ -335,8 +335,8 @@ class SyntheticKernel:
         # a pool for page tables and mem_section (reserved now, handed out later)
         self.max_physmem_bits = 52 if self.five_level else 46
         root_bytes = (
-            (1 << (self.max_physmem_bits - SECTION_SHIFT))
-            // (PAGE_SIZE // self.mem_section_size)
+            -(-(1 << (self.max_physmem_bits - SECTION_SHIFT))
+              // (PAGE_SIZE // self.mem_section_size))
             * 8
         )
         nr_pool = 2 + root_bytes // (CHUNK_PFNS * PAGE_SIZE) + len(self.present_sections) // 256
@@ -689,9 +689,10 @@ class SyntheticKernel:
                 pt.map(vaddr, backing, PAGE_2M, PAGE_2M)
 
     def _build_mem_section(self) -> None:
-        # NR_SECTION_ROOTS = NR_MEM_SECTIONS / SECTIONS_PER_ROOT (include/linux/mmzone.h)
+        # NR_SECTION_ROOTS = DIV_ROUND_UP(NR_MEM_SECTIONS, SECTIONS_PER_ROOT)
+        # (include/linux/mmzone.h); exported as LENGTH(mem_section)
         per_root = PAGE_SIZE // self.mem_section_size
-        length = (1 << (self.max_physmem_bits - SECTION_SHIFT)) // per_root
+        length = -(-(1 << (self.max_physmem_bits - SECTION_SHIFT)) // per_root)
         self.mem_section_length = length
         root_pages = (length * 8 + PAGE_SIZE - 1) // PAGE_SIZE
         root_paddr = self._alloc_pool_pages(root_pages)

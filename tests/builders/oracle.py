@@ -179,11 +179,7 @@ class Classifier:
         pfns = candidates[excluded]
         decision = decision[excluded]
         nr = nr[excluded]
-        if kernel_view:
-            # the kernel walks objects, no skip artefacts: clear every range once
-            multi = nr > 1
-        else:
-            multi = nr > 1
+        multi = nr > 1
         swallowed = np.zeros(limit, dtype=bool)
         multi_idx = np.flatnonzero(multi)
         effective_multi = np.zeros(len(pfns), dtype=bool)
@@ -193,6 +189,9 @@ class Classifier:
             start = int(pfns[i])
             section = start // SECTION_PFNS
             if section == cur_section and start < covered_until:
+                # makedumpfile's scan jumps over the pages it just excluded; the kernel
+                # walks objects with their true sizes, which never overlap
+                assert not kernel_view, f"kernel objects overlap at pfn {start:#x}"
                 continue  # skipped: inside an earlier excluded range of the same section
             effective_multi[i] = True
             end = start + int(nr[i])

@@ -32,6 +32,7 @@ from tests.builders.printk import (
     Record,
     RingBuilder,
 )
+from tests.ci_gate import IN_CI
 
 pytestmark = pytest.mark.oracle
 TIMEOUT_S = 120
@@ -83,7 +84,7 @@ def _makedumpfile(binary: str | os.PathLike[str], vmcore: Path, out: Path) -> by
 def _old_makedumpfile() -> str:
     binary = shutil.which("makedumpfile")
     if binary is None:
-        if os.environ.get("CI") == "true":
+        if IN_CI:
             pytest.fail("makedumpfile (Debian 12's 1.7.2) is not installed", pytrace=False)
         pytest.skip("makedumpfile is not installed")
     return binary

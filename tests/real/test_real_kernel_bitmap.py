@@ -41,6 +41,7 @@ from cdbdump.formats.crash_dump_bitmap import (  # noqa: E402
 )
 from cdbdump.pipeline import open_input  # noqa: E402
 from fixtures import real_bitmap_vmcore  # noqa: E402
+from tests.ci_gate import IN_CI  # noqa: E402
 
 pytestmark = pytest.mark.real
 
@@ -60,7 +61,7 @@ def vmcore(real_tools: None) -> Path:
     try:
         return real_bitmap_vmcore.ensure()
     except real_bitmap_vmcore.BitmapVmcoreUnavailable as e:
-        if os.environ.get("CI") == "true":  # CI must run this tier (as conftest.unavailable)
+        if IN_CI:  # CI must run this tier (as conftest.unavailable)
             pytest.fail(f"crash-dump-bitmap vmcore unavailable under CI: {e}", pytrace=False)
         pytest.skip(f"cannot build the crash-dump-bitmap vmcore: {e}")
     except real_bitmap_vmcore.BitmapVmcoreBuildError as e:

@@ -587,3 +587,21 @@ def test_qemu_machine_reads_back(tiny_kernel, dump_of) -> None:  # type: ignore[
     assert dump.read(dump.vtop(k.struct_page_vaddr(pfn)), 64) == k.struct_page_bytes(pfn)
     assert dump.read(0xA0000, PAGE) == k.page_bytes(0xA0)  # firmware data in the VGA hole
     assert k.first_bitmap()[0] and k.kind(0xA0) == PageKind.HOLE
+
+
+@pytest.mark.parametrize(("size", "five_level", "length"), [
+    (16, False, 2048),  # Debian 12's 6.1 (real-vmcores.md)
+    (32, False, 4096),  # a Fedora 6.2 sample with a 32-byte struct mem_section
+    (16, True, 131072),
+    (32, True, 262144),
+])
+def test_mem_section_length_is_the_kernels(tiny_kernel, size: int, five_level: bool,  # type: ignore[no-untyped-def]
+                                           length: int) -> None:
+    # VMCOREINFO_LENGTH(mem_section, NR_SECTION_ROOTS): DIV_ROUND_UP(NR_MEM_SECTIONS,
+    # PAGE_SIZE / sizeof(struct mem_section)), NR_MEM_SECTIONS = 2^(MAX_PHYSMEM_BITS - 27)
+    k = tiny_kernel("6.10", mem_section_size=size, five_level=five_level, seed=2)
+    lines = dict(line.split("=", 1) for line in k.vmcoreinfo.decode().splitlines()
+                 if "=" in line)
+    bits = int(lines["NUMBER(MAX_PHYSMEM_BITS)"])
+    assert int(lines["SIZE(mem_section)"]) == size
+    assert int(lines["LENGTH(mem_section)"]) == length == -(-(1 << (bits - 27)) // (4096 // size))

@@ -192,7 +192,7 @@ def test_zstd_without_multi_compress_uses_the_pool(monkeypatch: pytest.MonkeyPat
 
 
 @pytest.mark.parametrize(("codec", "module", "package"),
-                         [(Codec.LZO, "lzo", "python-lzo"), (Codec.SNAPPY, "cramjam", "cramjam")])
+                         [(Codec.SNAPPY, "cramjam", "cramjam")])  # LZO: test_lzo.py
 def test_missing_optional_module_names_the_pypi_package(
     monkeypatch: pytest.MonkeyPatch, codec: Codec, module: str, package: str
 ) -> None:

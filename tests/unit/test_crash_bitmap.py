@@ -9,10 +9,16 @@ from typing import Any
 import numpy as np
 import pytest
 
+from cdbdump.bitmap import Bitmap
 from cdbdump.fileio import MappedFile
+from cdbdump.formats.crash_dump_bitmap import CrashDumpBitmapInfo
+from cdbdump.memory.physical import PhysicalMemory
+from cdbdump.mm import crash_bitmap
+from cdbdump.mm.crash_bitmap import KernelBitmap, apply_kernel_bitmap
 from cdbdump.mm.levels import DumpLevel
 from cdbdump.pipeline import DumpOptions, dump
 from cdbdump.report import PathTaken
+from cdbdump.vmcore.elfcore import LoadSegment
 from cdbdump.vmcore.kdumpfile import KdumpFile
 from cdbdump.writers.compress import Codec
 from tests.builders import SyntheticKernel
@@ -110,3 +116,86 @@ def test_without_q_the_kernel_bitmap_is_ignored(tiny_vmcore: MakeVmcore, tmp_pat
     report, bits = _dump(vmcore, tmp_path / "d.kdump", 31, q=False)
     assert report.path_taken is PathTaken.LEGACY
     assert np.array_equal(bits, kernel.expected_dumpable(31))
+
+
+@pytest.mark.parametrize("dialect", ["6.1", "6.12"])
+def test_q_follows_the_kernel_where_it_differs_from_the_scan(
+    tiny_vmcore: MakeVmcore, tmp_path: Path, dialect: str
+) -> None:
+    # The catalog chunk has compound heads whose order makedumpfile cannot trust
+    # (corrupt order byte, unaligned heads): the scan keeps their tails, the kernel,
+    # which knows the true size, clears them. -q must take the kernel's word.
+    kernel, vmcore = tiny_vmcore(dialect, seed=11, crash_dump_bitmap=31, catalog=True)
+    out = tmp_path / "q.kdump"
+    report, bits = _dump(vmcore, out, 31, q=True)
+    assert report.path_taken is PathTaken.BITMAP, report.fallback_reason
+    want = kernel.expected_dumpable_q()
+    assert np.array_equal(bits, want)
+    differ = np.flatnonzero(want != kernel.expected_dumpable(31))
+    assert differ.size > 0, "the catalog machine should make the two paths differ"
+    kernel_bits = kernel.expected_kernel_bitmap()
+    assert np.array_equal(bits[differ], kernel_bits[differ])  # the kernel decides them
+    assert not bits[differ].any()  # here: tails only the kernel knows about
+    expected = kernel.expected_counts_q(31)
+    for name in ("cache", "cache_private", "user", "free", "hwpoison", "offline", "zero"):
+        assert getattr(report.counts, name) == getattr(expected, name), name
+    # and every kept page holds the machine's bytes
+    with MappedFile(out) as f:
+        kdump = KdumpFile.open(f)
+        for pfn in np.flatnonzero(bits)[:: max(1, int(bits.sum()) // 300)].tolist():
+            assert kdump.read_page(pfn) == kernel.page_bytes(pfn), pfn
+
+
+# -- the windowed AND ------------------------------------------------------------------------
+
+
+def _and_over_file(tmp_path: Path, nr_bits: int, window_bytes: int | None) -> tuple[Any, Any]:
+    """apply_kernel_bitmap over a kernel bitmap stored at paddr 1 GiB of a plain file."""
+    rng = np.random.default_rng(nr_bits)
+    nbytes = (nr_bits + 7) // 8
+    kernel_bytes = rng.integers(0, 256, nbytes, dtype=np.uint8)
+    path = tmp_path / "bitmap.core"
+    path.write_bytes(kernel_bytes.tobytes())
+    mine = rng.integers(0, 256, nbytes, dtype=np.uint8)
+    want = mine & kernel_bytes
+    if nr_bits & 7:
+        want[-1] &= (1 << (nr_bits & 7)) - 1
+    bitmap2 = Bitmap(nr_bits, mine.copy())
+    paddr = 1 << 30
+    info = CrashDumpBitmapInfo(1, paddr, nbytes, 0, 0, 0, 0, 0)
+    with MappedFile(path) as f:
+        phys = PhysicalMemory(f, [LoadSegment(0, 0, 0, paddr, nbytes, nbytes, 0, 0)], 4096)
+        kernel = KernelBitmap(0, 0, info)
+        apply_kernel_bitmap(phys, kernel, bitmap2, window_bytes=window_bytes)
+    return bitmap2.bits, want
+
+
+def test_kernel_bitmap_and_over_several_default_windows(tmp_path: Path) -> None:
+    # 32 Mi frames per 4 MiB window: 2**25 + 2**24 + 5 frames take two windows and a tail
+    # byte with 5 valid bits
+    nr_bits = (1 << 25) + (1 << 24) + 5
+    assert nr_bits > 8 * crash_bitmap._WINDOW_BYTES
+    got, want = _and_over_file(tmp_path, nr_bits, None)
+    assert np.array_equal(got, want)
+
+
+@pytest.mark.parametrize("window_bytes", [1, 3, 4096, 4099])
+def test_kernel_bitmap_and_window_size_does_not_matter(tmp_path: Path,
+                                                       window_bytes: int) -> None:
+    got, want = _and_over_file(tmp_path, 100_003, window_bytes)
+    assert np.array_equal(got, want)
+
+
+def test_q_dump_is_the_same_for_every_and_window(
+    tiny_vmcore: MakeVmcore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    kernel, vmcore = tiny_vmcore("6.1", seed=11, crash_dump_bitmap=31, catalog=True)
+    files = []
+    for window_bytes in (1, 7, 4096, crash_bitmap._WINDOW_BYTES):
+        monkeypatch.setattr(crash_bitmap, "_WINDOW_BYTES", window_bytes)
+        out = tmp_path / f"w{window_bytes}.kdump"
+        report, bits = _dump(vmcore, out, 31, q=True)
+        assert report.path_taken is PathTaken.BITMAP
+        assert np.array_equal(bits, kernel.expected_dumpable_q())
+        files.append(out.read_bytes())
+    assert all(f == files[0] for f in files)

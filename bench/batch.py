@@ -1,0 +1,139 @@
+#!/usr/bin/env python3
+"""Batch throughput: the same inputs through 1 and 2 local workers and a Dask
+LocalCluster of 2, beside a shell loop of single `cdbdump` runs; one input split
+over 2 workers (--shards 2) against the single-process dump.
+
+Inputs: N copies of a sparse synthetic 6.1 machine (built once into the work
+directory). Each configuration runs `cdbdump batch` from scratch into an empty
+output directory; wall time covers the whole command (worker start-up included),
+so it is what a user waits. inputs/s and GB/s are over the input file sizes.
+Peak RSS per worker comes from the manifest (VmHWM per input).
+
+Run alone (python3 bench/batch.py) or as the `batch` part of bench/bench.py.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+GB = 1e9
+
+
+def build_inputs(work: Path, count: int, ram_gib: int, data_fraction: float) -> Path:
+    src = work / f"batch-inputs-{count}x{ram_gib}g-{data_fraction}"
+    if (src / "done").exists():
+        return src
+    shutil.rmtree(src, ignore_errors=True)
+    first = src / "m0" / "vmcore"
+    first.parent.mkdir(parents=True)
+    code = (
+        "import sys; from tests.builders import SyntheticKernel; "
+        f"SyntheticKernel('6.1', ram_size={ram_gib} << 30, data_fraction={data_fraction}, "
+        "seed=7).write(sys.argv[1])"
+    )
+    subprocess.run([sys.executable, "-c", code, str(first)], cwd=REPO, check=True)
+    for i in range(1, count):
+        (src / f"m{i}").mkdir()
+        subprocess.run(["cp", "--sparse=always", str(first), str(src / f"m{i}" / "vmcore")],
+                       check=True)
+    (src / "done").touch()
+    return src
+
+
+def _inputs(src: Path) -> list[Path]:
+    return sorted(p for p in src.rglob("vmcore"))
+
+
+def _line(name: str, wall: float, inputs: list[Path], extra: str = "") -> None:
+    size = sum(p.stat().st_size for p in inputs)
+    print(f"  {name:<30} {wall:7.2f} s  {len(inputs) / wall:6.2f} inputs/s  "
+          f"{size / wall / GB:6.2f} GB/s{extra}")
+
+
+def run_batch(name: str, src: Path, work: Path, *args: str) -> None:
+    out = work / "out"
+    shutil.rmtree(out, ignore_errors=True)
+    start = time.monotonic()
+    proc = subprocess.run([sys.executable, "-m", "cdbdump", "batch", str(src), "--out", str(out),
+                           "-d", "31", *args], capture_output=True, text=True, check=False)
+    wall = time.monotonic() - start
+    if proc.returncode != 0:
+        print(f"  {name}: failed ({proc.returncode}): {proc.stderr.strip()[-300:]}")
+        return
+    records = [json.loads(x) for x in (out / "batch.jsonl").read_text().splitlines()]
+    rss = max(r["peak_rss_kib"] or 0 for r in records) / 1024
+    busy = sum(r["seconds"] for r in records)
+    _line(name, wall, _inputs(src), f"  (sum of per-input times {busy:.2f} s; peak RSS per "
+          f"input {rss:.0f} MiB)")
+
+
+def run_loop(src: Path, work: Path) -> None:
+    inputs = _inputs(src)
+    start = time.monotonic()
+    for i, path in enumerate(inputs):
+        out = work / f"single-{i}.kdump"
+        out.unlink(missing_ok=True)
+        subprocess.run([sys.executable, "-m", "cdbdump", "-d", "31", "--message-level", "0",
+                        str(path), str(out)], check=True)
+    _line("shell loop of cdbdump", time.monotonic() - start, inputs)
+
+
+def main_part(work: Path, count: int = 8, ram_gib: int = 1, data_fraction: float = 0.1) -> None:
+    print(f"== batch: {count} sparse synthetic {ram_gib} GiB machines ({data_fraction:.0%} of "
+          "frames hold data), -d 31 zstd ==")
+    src = build_inputs(work, count, ram_gib, data_fraction)
+    with tempfile.TemporaryDirectory(dir=work) as tmp:
+        scratch = Path(tmp)
+        run_loop(src, scratch)
+        run_batch("batch --jobs 1", src, scratch, "--jobs", "1")
+        run_batch("batch --jobs 2", src, scratch, "--jobs", "2")
+        try:
+            import distributed  # noqa: F401
+        except ImportError:
+            print("  batch --local-cluster 2: skipped (pip install 'cdbdump[dask]')")
+        else:
+            run_batch("batch --local-cluster 2", src, scratch, "--local-cluster", "2")
+        run_shards(src / "m0" / "vmcore", scratch)
+
+
+def run_shards(vmcore: Path, work: Path) -> None:
+    """One input: the single-process dump against batch --shards 2 (2 workers)."""
+    single = work / "single.kdump"
+    single.unlink(missing_ok=True)
+    start = time.monotonic()
+    subprocess.run([sys.executable, "-m", "cdbdump", "-d", "31", "--message-level", "0",
+                    str(vmcore), str(single)], check=True)
+    _line("one input, single process", time.monotonic() - start, [vmcore])
+    out = work / "shards"
+    shutil.rmtree(out, ignore_errors=True)
+    start = time.monotonic()
+    subprocess.run([sys.executable, "-m", "cdbdump", "batch", str(vmcore), "--out", str(out),
+                    "-d", "31", "--jobs", "2", "--shards", "2"], capture_output=True,
+                   check=True)
+    same = (out / (vmcore.name + ".kdump")).read_bytes() == single.read_bytes()
+    _line("one input, batch --shards 2", time.monotonic() - start, [vmcore],
+          f"  (byte-identical to the single-process dump: {same})")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--inputs", type=int, default=8)
+    parser.add_argument("--ram-gib", type=int, default=1)
+    parser.add_argument("--data-fraction", type=float, default=0.1)
+    parser.add_argument("--work", type=Path, default=REPO / ".cache" / "bench")
+    args = parser.parse_args()
+    args.work.mkdir(parents=True, exist_ok=True)
+    main_part(args.work, args.inputs, args.ram_gib, args.data_fraction)
+
+
+if __name__ == "__main__":
+    main()

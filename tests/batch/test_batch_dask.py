@@ -1,0 +1,105 @@
+"""`cdbdump batch --scheduler` on a real Dask LocalCluster of 2 worker processes.
+
+The test starts the cluster and stops it; the batch (the CLI, a subprocess) only
+gets its address, as it would a remote cluster's. A worker process is killed in
+the middle of a dump: Dask reruns the task elsewhere and nothing is lost.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from cdbdump.batch.publish import partial_pid
+from tests.batch.conftest import (
+    BATCH_TIMEOUT_S,
+    MixedDir,
+    cdbdump,
+    check_against_single_runs,
+    copy_tree,
+    manifest,
+    partial_files,
+    sparse_copy,
+    start_batch,
+    wait_for,
+)
+
+distributed = pytest.importorskip("distributed") if os.environ.get("CI") != "true" else \
+    __import__("distributed")
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[Any]:
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                                  dashboard_address=None, silence_logs=logging.ERROR) as c:
+        yield c
+
+
+def test_dask_mixed_directory_killed_worker_and_rerun(
+    cluster: Any, mixed_dir: MixedDir, slow_inputs: tuple[Path, bytes, int], tmp_path: Path,
+    reaper: list[Any],
+) -> None:
+    src = tmp_path / "in"
+    copy_tree(mixed_dir.root, src)
+    slow_root, slow_expected, _ = slow_inputs
+    for i in range(3):  # long enough to be killed in the middle of
+        sparse_copy(slow_root / "m0" / "vmcore", src / f"slow{i}" / "vmcore")
+    copied = MixedDir(src, mixed_dir.options, {src / p.relative_to(mixed_dir.root): data
+                                               for p, data in mixed_dir.expected.items()})
+    with distributed.Client(cluster) as client:
+        worker_pids = set(client.run(os.getpid).values())
+    assert len(worker_pids) == 2
+
+    out = tmp_path / "out"
+    proc = start_batch(str(src), "--out", str(out), "--scheduler", cluster.scheduler_address,
+                       *mixed_dir.options)
+    reaper.append(proc)
+    part = wait_for(lambda: [p for p in partial_files(out) if "slow" in str(p)], 120,
+                    "a Dask worker writing a slow output")
+    assert isinstance(part, list)
+    pid = partial_pid(part[0])
+    assert pid in worker_pids  # the task runs in a worker process of the cluster
+    os.kill(pid, signal.SIGKILL)  # the nanny restarts it; the scheduler reruns the task
+    _stdout, stderr = proc.communicate(timeout=BATCH_TIMEOUT_S)
+    assert proc.returncode == 1, stderr  # the corrupt and truncated inputs
+    assert "Traceback" not in stderr
+    records = manifest(out)
+    slow = [r for r in records if "slow" in r["input"]]
+    assert [r["status"] for r in slow] == ["done"] * 3
+    for record in slow:
+        assert Path(record["output"]).read_bytes() == slow_expected
+        assert str(pid) not in record["worker"]
+    check_against_single_runs(copied, out, [r for r in records if "slow" not in r["input"]])
+    assert not partial_files(out)
+
+    again = cdbdump("batch", str(src), "--out", str(out), "--scheduler",
+                    cluster.scheduler_address, *mixed_dir.options)
+    assert again.returncode == 1, again.stderr
+    second = manifest(out)[len(records):]
+    assert len(second) == len(records)
+    for record in second:
+        was = next(r for r in records if r["input"] == record["input"])
+        assert record["status"] == ("error" if was["status"] == "error" else "skipped")
+
+
+def test_local_cluster_option_starts_and_stops_its_own_cluster(mixed_dir: MixedDir,
+                                                               tmp_path: Path) -> None:
+    vmcore = mixed_dir.root / "host-b" / "vmcore"
+    out = tmp_path / "out"
+    proc = cdbdump("batch", str(vmcore), "--out", str(out), "--local-cluster", "1",
+                   *mixed_dir.options)
+    assert proc.returncode == 0, proc.stderr
+    assert "Dask LocalCluster of 1 worker process" in proc.stdout
+    (record,) = manifest(out)
+    assert record["status"] == "done"
+    assert (out / "vmcore.kdump").read_bytes() == mixed_dir.expected[vmcore]
+    worker_pid = int(record["worker"].rsplit(":", 1)[1])
+    with pytest.raises(ProcessLookupError):  # the cluster went with the batch
+        os.kill(worker_pid, 0)
