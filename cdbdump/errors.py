@@ -220,6 +220,17 @@ class IncompleteDumpError(OutputError):
         )
 
 
+    @property
+    def file_offset(self) -> int:
+        """Where the full write started (OutputNoSpaceError's field), 0 without one."""
+        return self.cause.file_offset if self.cause is not None else 0
+
+    @property
+    def written(self) -> int:
+        """Bytes of that write that made it (OutputNoSpaceError's field), 0 without one."""
+        return self.cause.written if self.cause is not None else 0
+
+
 class Interrupted(BaseException):
     """A termination signal arrived (SIGTERM, SIGINT, SIGHUP).
 
