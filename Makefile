@@ -9,7 +9,8 @@ PIP    := $(PY) -m pip install -q --disable-pip-version-check
 CACHE  := .cache
 DEMO   := $(CACHE)/demo
 
-.PHONY: demo test system-deps fixtures lint typecheck unit bench fuzz clean venv real-bitmap-vmcore
+.PHONY: demo test system-deps fixtures lint typecheck unit bench fuzz clean venv real-bitmap-vmcore \
+	capture-exe kdump-e2e
 
 # Wheels only: python-lzo (sdist) is left out, LZO comes from the lzallright wheel.
 $(VENV)/.base: pyproject.toml
@@ -39,7 +40,7 @@ demo: $(VENV)/.base
 	@ls -ls $(DEMO)/demo.vmcore $(DEMO)/demo.kdump
 
 lint: $(VENV)/.full
-	$(VENV)/bin/ruff check cdbdump tests fixtures bench
+	$(VENV)/bin/ruff check cdbdump tests fixtures bench packaging
 
 typecheck: $(VENV)/.full
 	$(VENV)/bin/mypy --strict cdbdump
@@ -71,6 +72,19 @@ fuzz: $(VENV)/.full
 # builds or reuses the patched kernel and the vmcore; the last line is its path.
 real-bitmap-vmcore:
 	@bash fixtures/make-real-bitmap-vmcore.sh
+
+# cdbdump as one self-contained executable for a kdump initramfs (no Python there).
+capture-exe: $(VENV)/.full
+	packaging/capture/build.sh -o $(CACHE)/capture/pyinstaller/cdbdump
+
+# A real panic: the capture kernel runs that executable on /proc/vmcore, the host checks
+# what it saved. A fresh boot every time; the last line is the directory of the results.
+# KDUMP_E2E_CASES=NAME,... adds cases of fixtures/kdump_e2e.py to the default set.
+kdump-e2e: capture-exe
+	@export CDBDUMP_KDUMP_E2E_CASES=$(KDUMP_E2E_CASES); \
+	dir=$$($(PY) fixtures/kdump_e2e.py --force) || exit 1; \
+	$(PY) -m pytest -q -p no:cacheprovider tests/real/test_kdump_e2e.py; rc=$$?; \
+	echo "$$dir"; exit $$rc
 
 clean:
 	rm -rf $(VENV) $(CACHE) build *.egg-info
