@@ -120,6 +120,19 @@ class Bitmap:
                 idx += start
                 yield idx
 
+    def iter_runs(self, window: int = 1 << 20) -> Iterator[tuple[int, int]]:
+        """[start, end) of every run of set bits, ascending."""
+        open_start: list[int] = []  # a run still open at the end of the last window
+        for lo in range(0, self.nr_bits, window):
+            bools = self.get_bools(lo, min(self.nr_bits, lo + window)).astype(np.int8)
+            edges = np.diff(bools, prepend=np.int8(1 if open_start else 0))
+            starts = open_start + (np.flatnonzero(edges == 1) + lo).tolist()
+            ends = (np.flatnonzero(edges == -1) + lo).tolist()
+            yield from zip(starts, ends, strict=False)
+            open_start = starts[len(ends):]
+        if open_start:
+            yield open_start[0], self.nr_bits
+
     def __and__(self, other: Bitmap) -> Bitmap:
         if other.nr_bits != self.nr_bits:
             raise ValueError("bitmaps of different sizes")

@@ -23,6 +23,7 @@ from typing import Any
 import click
 
 from cdbdump import __version__, interrupts
+from cdbdump.codecs import Codec
 from cdbdump.deliver import STDOUT_NAME
 from cdbdump.errors import CdbdumpError, IncompleteDumpError, Interrupted
 from cdbdump.mm.levels import MAX_DUMP_LEVEL, DumpLevel
@@ -37,7 +38,6 @@ from cdbdump.pipeline import (
     reassemble_files,
 )
 from cdbdump.report import DumpReport, PathTaken
-from cdbdump.writers.compress import Codec
 from cdbdump.writers.sink import check_output, create_output
 
 __all__ = ("main",)
@@ -83,6 +83,12 @@ def _version(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
 @click.option("--no-compress", "codec", flag_value=Codec.NONE.value,
               help="Store pages uncompressed.")
 @click.option("-f", "force", is_flag=True, help="Overwrite an existing DUMPFILE.")
+@click.option("--num-threads", "num_threads", type=click.IntRange(0, 256), default=None,
+              help="Threads compressing pages (default: every usable core; 0 or 1: one). "
+              "The output is the same whatever the number.")
+@click.option("--cyclic-buffer", "cyclic_buffer", type=click.IntRange(1, 1 << 30), default=None,
+              help="KiB of bitmap handled per window (8192 pfns per KiB) by the mem_map scan "
+              "and the page writer. The output is the same whatever the size.")
 @click.option("-E", "elf", is_flag=True, help="Write an ELF dump (makedumpfile -E) instead.")
 @click.option("-F", "flatten", count=True,
               help="Write the dump as a flattened stream to stdout (VMCORE only); with "
@@ -104,6 +110,9 @@ def _version(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
               help="Also write the report as JSON to this file.")
 @click.option("--mem-usage", is_flag=True,
               help="Print the pages per class of VMCORE (a vmcore or /proc/kcore) and exit.")
+@click.option("--split-part", "split_parts", multiple=True,
+              type=click.Path(path_type=Path, dir_okay=False),
+              help="Another file of a split (makedumpfile --split) input; VMCORE is the first.")
 @click.option("--dump-dmesg", "dump_dmesg_mode", is_flag=True,
               help="Write the kernel log of VMCORE to DUMPFILE (a text file), as "
               "makedumpfile --dump-dmesg does.")
@@ -119,6 +128,8 @@ def command(
     dump_level: int,
     codec: str,
     force: bool,
+    num_threads: int | None,
+    cyclic_buffer: int | None,
     elf: bool,
     flatten: int,
     rearrange_stdin: bool,
@@ -129,6 +140,7 @@ def command(
     show_stats: bool,
     report_json: Path | None,
     mem_usage: bool,
+    split_parts: tuple[Path, ...],
     dump_dmesg_mode: bool,
     debug: bool,
 ) -> None:
@@ -175,12 +187,16 @@ def command(
         codec=Codec(codec),
         use_kernel_bitmap=use_kernel_bitmap,
         force=force,
+        split_parts=split_parts,
         elf=elf,
         split_files=tuple(files[1:]) if split else (),
         splitblock_bytes=None if splitblock_kib is None else splitblock_kib << 10,
+        threads=None if num_threads is None else max(1, num_threads),
+        cyclic_buffer_kib=cyclic_buffer,
     )
     interrupts.install()  # SIGTERM/SIGINT/SIGHUP: keep what is written, flag it INCOMPLETE
-    json_inputs = [vmcore, *([dumpfile] if dumpfile else []), *options.split_files]
+    json_inputs = [vmcore, *options.split_parts, *([dumpfile] if dumpfile else []),
+                   *options.split_files]
     try:
         if report_json is not None:  # refused before any memory is read
             check_output(report_json, force, inputs=json_inputs)
@@ -465,13 +481,20 @@ def main(argv: list[str] | None = None) -> None:
     """Entry point of the cdbdump command.
 
     Under the name ``makedumpfile`` (a link the administrator makes) or with
-    ``--as-makedumpfile`` first, the command line is makedumpfile's.
+    ``--as-makedumpfile`` first, the command line is makedumpfile's;
+    ``cdbdump verify|info ...`` run the subcommands.
     """
     args = sys.argv[1:] if argv is None else argv
     if Path(sys.argv[0]).name == "makedumpfile" or args[:1] == ["--as-makedumpfile"]:
         from cdbdump.mdcli import main as makedumpfile_main
 
         sys.exit(makedumpfile_main(args[1:] if args[:1] == ["--as-makedumpfile"] else args))
+    if args[:1] in (["verify"], ["info"]):  # a vmcore named verify or info: ./verify
+        from cdbdump.subcommands import SUBCOMMANDS
+
+        SUBCOMMANDS[args[0]].main(args=args[1:], prog_name=f"cdbdump {args[0]}",
+                                  standalone_mode=True)
+        return
     if args[:1] == ["batch"]:  # `cdbdump batch ...`; a vmcore named batch: ./batch
         from cdbdump.batch.cli import main as batch_main
 

@@ -13,22 +13,23 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from cdbdump.bitmap import Bitmap
+from cdbdump.codecs import Codec
 from cdbdump.errors import CdbdumpError, IncompleteDumpError, OutputError
 from cdbdump.formats.elf import ELF64_EHDR
 from cdbdump.interrupts import deferred
 from cdbdump.memory.physical import PhysicalMemory
 from cdbdump.report import DumpReport, ProgressCallback
 from cdbdump.vmcore.elfcore import ElfCore
-from cdbdump.writers.compress import Codec
 from cdbdump.writers.elf import exclude_zero_pages, mark_elf_incomplete, plan_elf, write_elf
 from cdbdump.writers.flattened import FlattenedSink
 from cdbdump.writers.kdump import KdumpMetadata, KdumpWriteResult, mark_incomplete, write_kdump
 from cdbdump.writers.sink import OutputFile, create_output
 from cdbdump.writers.split import split_ranges, splitblock_pages
 
-__all__ = ("STDOUT_NAME", "OutputRequest", "deliver")
+__all__ = ("STDOUT_NAME", "OutputRequest", "cyclic_pfns", "deliver")
 
 STDOUT_NAME = "STDOUT"  # makedumpfile FILENAME_STDOUT: the name -F reports
 _STDOUT_FD = 1
@@ -45,6 +46,8 @@ class OutputRequest:
     split_files: tuple[Path, ...] = ()  # --split
     splitblock_bytes: int | None = None  # --splitblock-size (bytes)
     size_limit: int | None = None  # makedumpfile -L: bytes per output file, then as ENOSPC
+    threads: int | None = None  # --num-threads; None: every usable core
+    cyclic_buffer_kib: int | None = None  # --cyclic-buffer
     # only this index of split_files is written (the others by other processes, from
     # the same bitmaps and so the same ranges: cdbdump batch --shards)
     split_only: int | None = None
@@ -63,7 +66,7 @@ class OutputRequest:
 def deliver(
     request: OutputRequest,
     vmcore: Path,
-    core: ElfCore,
+    core: ElfCore | None,
     memory: PhysicalMemory,
     meta: KdumpMetadata,
     bitmap1: Bitmap,
@@ -85,11 +88,13 @@ def deliver(
                             limit=request.size_limit)
     try:
         if request.elf:
+            if core is None:
+                raise OutputError("-E needs an ELF vmcore as input")
             _write_elf(out, core, memory, bitmap2, exclude_zero, report, progress)
         else:
             result = write_kdump(out, meta, bitmap1, bitmap2, memory, request.codec,
                                  exclude_zero=exclude_zero, progress=_step(progress),
-                                 allow_incomplete=True)
+                                 allow_incomplete=True, **_tuning(request, meta.max_mapnr))
             _account(report, result)
             if result.incomplete:
                 # reference: makedumpfile check_and_modify_kdump_headers — keep what
@@ -109,6 +114,20 @@ def deliver(
         raise
     out.close()
     report.bytes_written = out.bytes_written
+
+
+def cyclic_pfns(kib: int, max_mapnr: int) -> int:
+    """Pfns whose bits fill ``kib`` KiB of bitmap (makedumpfile --cyclic-buffer),
+    no more than the machine has (a window is allocated whole)."""
+    return min(max(1, kib) * 1024 * 8, max(8192, max_mapnr))
+
+
+def _tuning(request: OutputRequest, max_mapnr: int) -> dict[str, Any]:
+    """write_kdump's threads and bitmap window: they never change the file."""
+    tuning: dict[str, Any] = {"threads": request.threads}
+    if request.cyclic_buffer_kib is not None:
+        tuning["bitmap_window_pfns"] = cyclic_pfns(request.cyclic_buffer_kib, max_mapnr)
+    return tuning
 
 
 def _step(progress: ProgressCallback | None) -> Callable[[int, int], None] | None:
@@ -202,7 +221,7 @@ def _deliver_split(
             futures = [
                 pool.submit(write_kdump, out, meta, bitmap1, bitmap2, memory, request.codec,
                             exclude_zero=exclude_zero, allow_incomplete=True,
-                            split_range=r)
+                            split_range=r, **_tuning(request, meta.max_mapnr))
                 for out, r in zip(outs, ranges, strict=True)
             ]
             results = [f.result() for f in futures]

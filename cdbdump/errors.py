@@ -150,6 +150,21 @@ class NotInDumpError(AddressError):
         )
 
 
+class NotPresentError(AddressError):
+    """A physical address the dumped machine had no memory at (a hole of the 1st bitmap).
+
+    Kept apart from NotInDumpError (memory the dump left out), as libkdumpfile
+    keeps ADDRXLAT_ERR_NOTPRESENT apart from ADDRXLAT_ERR_NODATA.
+    """
+
+    def __init__(self, paddr: int, size: int = 1) -> None:
+        self.size = size
+        super().__init__(
+            f"physical address {paddr:#x} (+{size:#x}) is not present in the dumped machine",
+            address=paddr, space="paddr",
+        )
+
+
 class UnsupportedError(CdbdumpError):
     """Valid input that cdbdump does not handle."""
 

@@ -136,7 +136,7 @@ def _eta(seconds: int) -> str:
 
 def version_lines() -> list[str]:
     """makedumpfile show_version, with cdbdump's own version in the parentheses."""
-    from cdbdump.writers.compress import Codec
+    from cdbdump.codecs import Codec
 
     lines = [f"makedumpfile: version {MAKEDUMPFILE_VERSION} (cdbdump {__version__})"]
     for codec, name in ((Codec.LZO, "lzo"), (Codec.SNAPPY, "snappy"), (Codec.ZSTD, "zstd")):

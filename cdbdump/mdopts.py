@@ -19,8 +19,8 @@ import getopt
 import re
 from dataclasses import dataclass, field
 
+from cdbdump.codecs import Codec
 from cdbdump.mm.levels import MAX_DUMP_LEVEL
-from cdbdump.writers.compress import Codec
 
 __all__ = (
     "OPTIONS",
@@ -100,10 +100,11 @@ OPTIONS: tuple[OptionSpec, ...] = (
     _opt(None, "show-stats", False, _I, "report (message level bit 16)"),
     _opt(None, "mem-usage", False, _I, "pages per class of a vmcore or /proc/kcore"),
     _opt(None, "check-params", False, _I, "validate the command line only, no I/O"),
-    _opt(None, "num-threads", True, _I, "compression threads"),
+    _opt(None, "num-threads", True, _I, "compression threads (without it: every core; "
+         "the output is the same bytes whatever the number)"),
+    _opt(None, "cyclic-buffer", True, _I, "KiB of bitmap per window of the scan and the writer"),
     _opt("L", None, True, _I, "output size limit (K, M, G suffixes); reached, it is ENOSPC"),
     _opt("b", None, True, _N, "page cache order; cdbdump sizes its own windows"),
-    _opt(None, "cyclic-buffer", True, _N, "cdbdump keeps bitmaps in bounded windows itself"),
     _opt(None, "splitblock-size", True, _N, "cdbdump balances --split on exact kept-page counts"),
     _opt(None, "work-dir", True, _N, "cdbdump keeps no bitmap files"),
     _opt(None, "non-mmap", False, _N, "cdbdump falls back to read(2) by itself"),
@@ -179,6 +180,7 @@ class Invocation:
     use_kernel_bitmap: bool = False
     num_threads: int = 0
     size_limit: int | None = None  # -L
+    cyclic_buffer_kib: int | None = None  # --cyclic-buffer
     notices: list[str] = field(default_factory=list)  # options accepted with no effect
     argv: list[str] = field(default_factory=list)
 
@@ -244,6 +246,8 @@ def parse(argv: list[str]) -> Invocation:
             inv.message_level = level
         elif key == "L":
             inv.size_limit = _memparse(value)
+        elif key == "cyclic-buffer":
+            inv.cyclic_buffer_kib = atoi(value) or None  # 0: makedumpfile's own choice
         elif key == "num-threads":
             inv.num_threads = max(atoi(value), 0)
         elif key == "D":

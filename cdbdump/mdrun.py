@@ -71,6 +71,8 @@ def _dump(inv: Invocation, messages: Messages, progress: ProgressCallback) -> in
             elf=inv.elf,
             split_files=tuple(Path(name) for name in inv.dumpfiles),
             size_limit=inv.size_limit,
+            threads=max(1, inv.num_threads) if inv.num_threads else None,
+            cyclic_buffer_kib=inv.cyclic_buffer_kib,
         )
         try:
             report = dump(options, progress)

@@ -11,12 +11,13 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from cdbdump.bitmap import Bitmap
-from cdbdump.deliver import OutputRequest, deliver
+from cdbdump.codecs import Codec
+from cdbdump.deliver import OutputRequest, cyclic_pfns, deliver
 from cdbdump.errors import (
     AddressError,
     CdbdumpError,
@@ -27,11 +28,13 @@ from cdbdump.errors import (
     UnsupportedError,
     VmcoreInfoError,
 )
-from cdbdump.fileio import MappedFile
-from cdbdump.formats.kdump import UTS_FIELD_LEN, UTS_FIELDS
+from cdbdump.fileio import FileView, MappedFile
+from cdbdump.formats.elf import LoadSegment
+from cdbdump.formats.kdump import DUMP_DH_COMPRESSED_INCOMPLETE, UTS_FIELD_LEN, UTS_FIELDS
 from cdbdump.formats.x86_64 import PAGE_SIZE
+from cdbdump.memory.kdump import KdumpMemory
 from cdbdump.memory.kernel import KernelMemory, phys_base_from_loads
-from cdbdump.memory.physical import PhysicalMemory
+from cdbdump.memory.physical import ElfMemory, PhysicalMemory, data_pfn_ranges
 from cdbdump.mm.crash_bitmap import (
     KernelBitmap,
     KernelBitmapRefused,
@@ -48,8 +51,9 @@ from cdbdump.printk import KernelLog, format_records, read_kernel_log
 from cdbdump.report import DumpReport, PathTaken, ProgressCallback
 from cdbdump.vmcore.detect import DumpFormat, sniff
 from cdbdump.vmcore.elfcore import ElfCore
+from cdbdump.vmcore.flattened import FlattenedFile, spool_stdin
+from cdbdump.vmcore.kdumpfile import KdumpFile
 from cdbdump.vmcore.vmcoreinfo import VmcoreInfo
-from cdbdump.writers.compress import Codec
 from cdbdump.writers.flattened import RearrangeResult, mark_rebuilt_incomplete, rearrange
 from cdbdump.writers.kdump import KdumpMetadata
 from cdbdump.writers.sink import check_output, create_output
@@ -82,24 +86,27 @@ class DumpOptions:
     codec: Codec = Codec.ZSTD
     use_kernel_bitmap: bool = False  # -q
     force: bool = False  # -f
+    split_parts: tuple[Path, ...] = ()  # the other files of a split (--split) input
     elf: bool = False  # -E
     split_files: tuple[Path, ...] = ()  # --split: dumpfile is ignored
     splitblock_bytes: int | None = None  # --splitblock-size
     size_limit: int | None = None  # makedumpfile -L
+    threads: int | None = None  # --num-threads; None: every usable core
+    cyclic_buffer_kib: int | None = None  # --cyclic-buffer: KiB of bitmap per window
     split_only: int | None = None  # write only this file of the --split set (batch --shards)
 
     @property
     def output(self) -> OutputRequest:
         return OutputRequest(self.dumpfile, self.codec, self.force, self.elf, self.split_files,
-                             self.splitblock_bytes, self.size_limit,
+                             self.splitblock_bytes, self.size_limit, threads=self.threads,
+                             cyclic_buffer_kib=self.cyclic_buffer_kib,
                              split_only=self.split_only)
 
 
 @dataclass(frozen=True, slots=True)
 class InputImage:
-    """An opened ELF vmcore with everything derived from its headers."""
+    """An opened input (ELF vmcore or kdump-compressed dump) and its machine's geometry."""
 
-    core: ElfCore
     phys: PhysicalMemory
     vmcoreinfo: VmcoreInfo | None
     page_size: int
@@ -109,7 +116,14 @@ class InputImage:
     mem_map: MemMap | None  # None when struct page cannot be located
     mem_map_error: str | None  # why mem_map is None
     max_mapnr: int
-    problems: tuple[str, ...] = ()  # degradations found while deriving the geometry
+    notes_raw: bytes  # the ELF notes, copied verbatim into the output
+    vmcoreinfo_desc_offset: int | None  # VMCOREINFO text within notes_raw
+    vmcoreinfo_size: int
+    nr_cpus: int
+    problems: tuple[str, ...] = ()
+    loads: tuple[LoadSegment, ...] = ()  # an ELF input's PT_LOADs
+    kdump: KdumpMemory | None = None  # a kdump-compressed input (refiltering)
+    core: ElfCore | None = None  # an ELF input's headers and notes
 
 
 @contextmanager
@@ -121,19 +135,35 @@ def _timed(report: DumpReport, step: str) -> Iterator[None]:
         report.timings[step] = report.timings.get(step, 0.0) + time.perf_counter() - start
 
 
-def open_input(file: MappedFile) -> InputImage:
-    """Parse an ELF vmcore's headers and derive the machine's geometry."""
+def open_files(path: Path, split_parts: tuple[Path, ...] = ()) -> list[FileView]:
+    """The input's files: a mapped file, the file a flattened stream stands for
+    (``-`` reads the stream from standard input), or every file of a split set."""
+    files: list[FileView] = []
+    try:
+        for one in (path, *split_parts):
+            mapped = spool_stdin() if str(one) == "-" else MappedFile(one)
+            files.append(mapped)
+            if sniff(mapped) is DumpFormat.FLATTENED:
+                files[-1] = FlattenedFile(mapped)
+    except BaseException:
+        for f in files:
+            f.close()
+        raise
+    return files
+
+
+def open_input(files: FileView | list[FileView]) -> InputImage:
+    """Parse the input's headers (one file, or a split set) and derive the machine's geometry."""
+    if not isinstance(files, list):
+        files = [files]
+    file = files[0]
     fmt = sniff(file)
     if fmt is DumpFormat.KDUMP:
-        raise UnsupportedError(
-            f"{file.path}: refiltering a kdump-compressed input (use the ELF vmcore)"
-        )
-    if fmt is DumpFormat.FLATTENED:
-        raise UnsupportedError(
-            f"{file.path}: flattened input (reassemble it first: makedumpfile -R out < in)"
-        )
-    if fmt is DumpFormat.UNKNOWN:
+        return _open_kdump(files)
+    if fmt is DumpFormat.UNKNOWN or not isinstance(file, MappedFile):
         raise UnknownFormatError(file.path, bytes(file.view(0, min(16, file.size))))
+    if len(files) > 1:
+        raise UnsupportedError(f"{files[1].path}: only kdump-compressed files form a split set")
     core = ElfCore.parse(file)
     if not core.loads:
         # reference: makedumpfile get_elf_info ("Can't get the number of PT_LOAD")
@@ -149,21 +179,63 @@ def open_input(file: MappedFile) -> InputImage:
         # page size gives dumps crash and libkdumpfile misread
         raise UnsupportedError(f"{file.path}: VMCOREINFO PAGESIZE={page_size} on x86_64 "
                                f"(only {PAGE_SIZE})")
-    phys = PhysicalMemory(file, core.loads, page_size)
+    phys = ElfMemory(file, core.loads, page_size)
     phys_base = info.phys_base if info is not None else None
     if phys_base is None:
         phys_base = phys_base_from_loads(core.loads)
-    problems: list[str] = []
+    note = core.vmcoreinfo_note
+    problems = list(core.problems)
+    max_mapnr = _justified_max_mapnr(file, phys, core.loads, page_size, problems)
+    return _geometry(
+        phys, info, phys_base, max_mapnr,
+        lower_max_mapnr=True, loads=core.loads, notes_raw=core.notes_raw,
+        vmcoreinfo_desc_offset=core.vmcoreinfo_desc_offset,
+        vmcoreinfo_size=note.desc_size if note is not None else 0, nr_cpus=core.nr_cpus,
+        problems=tuple(problems), core=core,
+    )
+
+
+def _open_kdump(files: list[FileView]) -> InputImage:
+    """A kdump-compressed input (or split set): refiltering, as makedumpfile does it."""
+    parts = [KdumpFile.open(f) for f in files]
+    memory = KdumpMemory(parts)
+    head = memory.header_file
+    sub = head.sub_header
+    if sub is None or head.header.header_version < 1:
+        # reference: makedumpfile get_kdump_compressed_header_info
+        raise UnsupportedError(f"{head.file.path}: header does not have dump_level member")
+    vmcoreinfo_offset = None
+    if head.vmcoreinfo_raw is not None and sub.size_note:
+        vmcoreinfo_offset = sub.offset_vmcoreinfo - sub.offset_note
+    # reference: makedumpfile get_max_mapnr: a refiltered dump keeps its input's max_mapnr
+    return _geometry(
+        memory, head.vmcoreinfo, sub.phys_base, memory.max_mapnr, lower_max_mapnr=False,
+        notes_raw=head.notes_raw, vmcoreinfo_desc_offset=vmcoreinfo_offset,
+        vmcoreinfo_size=sub.size_vmcoreinfo if vmcoreinfo_offset is not None else 0,
+        nr_cpus=head.header.nr_cpus, kdump=memory,
+    )
+
+
+def _geometry(
+    phys: PhysicalMemory,
+    info: VmcoreInfo | None,
+    phys_base: int | None,
+    max_mapnr: int,
+    *,
+    lower_max_mapnr: bool,
+    **fields: Any,
+) -> InputImage:
+    page_size = phys.page_size
     kernel: KernelMemory | None = None
     kernel_error: str | None = None
     if info is None:
         kernel_error = "the vmcore has no VMCOREINFO note"
     else:
         try:
-            kernel = KernelMemory.from_vmcoreinfo(phys, info, loads=core.loads)
+            kernel = KernelMemory.from_vmcoreinfo(phys, info, loads=fields.get("loads", ()),
+                                                  phys_base=phys_base)
         except (VmcoreInfoError, AddressError) as exc:
             kernel_error = str(exc)
-    max_mapnr = _justified_max_mapnr(file, phys, page_size, problems)
     mem_map: MemMap | None = None
     mem_map_error: str | None = kernel_error
     if kernel is not None and info is not None:
@@ -174,9 +246,10 @@ def open_input(file: MappedFile) -> InputImage:
         except _SCAN_ERRORS as exc:
             mem_map_error = str(exc)
         else:
-            max_mapnr = mem_map.max_mapnr
-    return InputImage(core, phys, info, page_size, phys_base, kernel, kernel_error, mem_map,
-                      mem_map_error, max_mapnr, tuple(problems))
+            if lower_max_mapnr:
+                max_mapnr = mem_map.max_mapnr
+    return InputImage(phys, info, page_size, phys_base, kernel, kernel_error, mem_map,
+                      mem_map_error, max_mapnr, **fields)
 
 
 # Bytes one bitmap may take whatever the file: a few bitmaps live at once, and a
@@ -185,7 +258,11 @@ _BITMAP_BUDGET = 8 << 20
 
 
 def _justified_max_mapnr(
-    file: MappedFile, phys: PhysicalMemory, page_size: int, problems: list[str]
+    file: MappedFile,
+    phys: PhysicalMemory,
+    loads: tuple[LoadSegment, ...],
+    page_size: int,
+    problems: list[str],
 ) -> int:
     """max_mapnr from the PT_LOADs, sized by what the file can justify.
 
@@ -200,7 +277,7 @@ def _justified_max_mapnr(
     budget = max(_BITMAP_BUDGET, file.size // 64)
     if max_mapnr // 8 <= budget:
         return max_mapnr
-    file_end = max((p.file_end for p in phys.pieces if p.file_end > p.paddr), default=0)
+    file_end = max((seg.paddr + seg.filesz for seg in loads if seg.filesz > 0), default=0)
     backed = (file_end + page_size - 1) // page_size
     if backed // 8 <= budget:
         problems.append(
@@ -216,11 +293,11 @@ def _justified_max_mapnr(
     )
 
 
-
-
-
 def first_bitmap(image: InputImage) -> Bitmap:
-    """Frames present in the dump (reference: makedumpfile create_bitmap_from_memhole)."""
+    """Frames present in the dump (reference: makedumpfile create_bitmap_from_memhole;
+    copy_1st_bitmap_from_memory when refiltering)."""
+    if image.kdump is not None:
+        return image.kdump.header_file.bitmap1.copy()
     bitmap = Bitmap(image.max_mapnr)
     for start, end in image.phys.present_pfn_ranges():
         bitmap.set_range(start, end)
@@ -228,18 +305,29 @@ def first_bitmap(image: InputImage) -> Bitmap:
 
 
 def without_nodata(image: InputImage, bitmap1: Bitmap) -> Bitmap:
-    """bitmap1 minus frames wholly beyond p_filesz (makedumpfile exclude_nodata_pages)."""
+    """bitmap1 minus frames wholly beyond p_filesz (makedumpfile exclude_nodata_pages);
+    when refiltering, the frames the input stores (makedumpfile copy_bitmap_from_memory:
+    pages the input excluded stay excluded; lost pages of an incomplete input too)."""
+    if image.kdump is not None:
+        stored = Bitmap(image.max_mapnr)
+        for lo in range(0, image.max_mapnr, 1 << 18):
+            stored.put_bools(lo, image.kdump.stored_pfns(lo, min(image.max_mapnr, lo + (1 << 18))))
+            image.kdump.release_all()  # RSS: the page_desc table is read through the mapping
+        return bitmap1 & stored
     filebacked = Bitmap(image.max_mapnr)
-    for start, end in image.phys.filebacked_pfn_ranges():
+    for start, end in data_pfn_ranges(image.phys, first_byte=False):
         filebacked.set_range(start, end)
     return bitmap1 & filebacked
 
 
 def memory_hole_pages(image: InputImage) -> int:
-    # makedumpfile counts PT_LOAD pages, overlapping segments twice (pitfall 15)
+    # makedumpfile counts PT_LOAD pages, overlapping segments twice
+    # (reference: makedumpfile create_bitmap_from_memhole, pfn_memhole per PT_LOAD)
     shift = image.page_size.bit_length() - 1
     present = 0
-    for seg in image.core.loads:
+    if image.kdump is not None:
+        return image.max_mapnr - image.kdump.header_file.bitmap1.count()
+    for seg in image.loads:
         start = min(seg.paddr >> shift, image.max_mapnr)
         end = min((seg.paddr + seg.memsz + image.page_size - 1) >> shift, image.max_mapnr)
         present += max(0, end - start)
@@ -300,53 +388,113 @@ def dump(options: DumpOptions, progress: ProgressCallback | None = None) -> Dump
         codec=options.codec.label,
     )
     options.codec.check_available()
-    # output refusals (existing file, symlink, read-only fs, missing directory, the
-    # input itself) come before any memory is read
-    for path in options.split_files or ((options.dumpfile,) if options.dumpfile else ()):
-        check_output(path, options.force, inputs=[options.vmcore])
-    with MappedFile(options.vmcore) as file:
-        with _timed(report, "read headers"):
-            image = open_input(file)
-        report.warnings.extend(image.core.problems)
-        report.warnings.extend(image.problems)
-        report.max_mapnr = image.max_mapnr
-        report.memory_hole_pages = memory_hole_pages(image)
-        report.bytes_in = sum(seg.filesz for seg in image.core.loads)
-        with _timed(report, "check memory holes"):
-            try:
-                bitmap1 = first_bitmap(image)
-                bitmap2 = without_nodata(image, bitmap1)
-            except MemoryError:
-                raise UnsupportedError(
-                    f"bitmaps for max_mapnr {image.max_mapnr} ({image.max_mapnr // 4} "
-                    "bytes for the two of them) do not fit in memory"
-                ) from None
-        with _timed(report, "exclude pages"):
-            applied = _exclude(image, options, bitmap2, report, progress)
-        report.dump_level_applied = int(applied)
-        utsname, uts_problem = read_utsname(image)
-        if uts_problem:
-            report.warnings.append(uts_problem)
-        report.dumpable_pages = bitmap2.count()
-        meta = KdumpMetadata(
-            utsname=utsname,
-            timestamp_sec=_crashtime(image, report),
-            page_size=image.page_size,
-            max_mapnr=image.max_mapnr,
-            phys_base=_header_phys_base(image, report),
-            dump_level=int(applied),
-            notes_raw=image.core.notes_raw,
-            vmcoreinfo_desc_offset=image.core.vmcoreinfo_desc_offset,
-            vmcoreinfo_size=(
-                image.core.vmcoreinfo_note.desc_size if image.core.vmcoreinfo_note else 0
-            ),
-            nr_cpus=image.core.nr_cpus,
-        )
-        with _timed(report, "write pages"):
-            file.advise_streaming()
-            deliver(options.output, options.vmcore, image.core, image.phys, meta, bitmap1,
-                    bitmap2, bool(applied & DumpLevel.ZERO), report, progress)
+    _check_outputs(options)  # refusals come before any memory is read
+    files = open_files(options.vmcore, options.split_parts)
+    try:
+        return _dump(options, files, report, progress)
+    finally:
+        for f in files:
+            f.close()
+
+
+def _dump(
+    options: DumpOptions,
+    files: list[FileView],
+    report: DumpReport,
+    progress: ProgressCallback | None,
+) -> DumpReport:
+    with _timed(report, "read headers"):
+        image = open_input(files)
+    report.warnings.extend(image.problems)
+    report.max_mapnr = image.max_mapnr
+    report.memory_hole_pages = memory_hole_pages(image)
+    report.bytes_in = sum(f.size for f in files)
+    if image.loads:
+        report.bytes_in = sum(seg.filesz for seg in image.loads)
+    meta_extra: dict[str, Any] = {}
+    if image.kdump is not None:
+        options, meta_extra = _refiltering(options, image.kdump, report)
+    with _timed(report, "check memory holes"):
+        try:
+            bitmap1 = first_bitmap(image)
+            bitmap2 = without_nodata(image, bitmap1)
+        except MemoryError:
+            raise UnsupportedError(
+                f"bitmaps for max_mapnr {image.max_mapnr} ({image.max_mapnr // 4} "
+                "bytes for the two of them) do not fit in memory"
+            ) from None
+    with _timed(report, "exclude pages"):
+        applied = _exclude(image, options, bitmap2, report, progress)
+    report.dump_level_applied = int(applied)
+    utsname, uts_problem = read_utsname(image)
+    if uts_problem:
+        report.warnings.append(uts_problem)
+    report.dumpable_pages = bitmap2.count()
+    meta = KdumpMetadata(
+        utsname=utsname,
+        timestamp_sec=(meta_extra.pop("timestamp_sec") if "timestamp_sec" in meta_extra
+                       else _crashtime(image, report)),
+        **meta_extra,
+        page_size=image.page_size,
+        max_mapnr=image.max_mapnr,
+        phys_base=_header_phys_base(image, report),
+        dump_level=int(applied),
+        notes_raw=image.notes_raw,
+        vmcoreinfo_desc_offset=image.vmcoreinfo_desc_offset,
+        vmcoreinfo_size=image.vmcoreinfo_size,
+        nr_cpus=image.nr_cpus,
+    )
+    if options.elf and image.core is None:
+        # reference: makedumpfile initial()
+        raise UnsupportedError(f"'-E' option is disabled, because {options.vmcore} is kdump "
+                               "compressed format.")
+    with _timed(report, "write pages"):
+        if isinstance(files[0], MappedFile) and image.kdump is None:
+            files[0].advise_streaming()
+        deliver(options.output, options.vmcore, image.core, image.phys, meta, bitmap1,
+                bitmap2, bool(applied & DumpLevel.ZERO), report, progress)
     return report
+
+
+def _refiltering(
+    options: DumpOptions, kdump: KdumpMemory, report: DumpReport
+) -> tuple[DumpOptions, dict[str, Any]]:
+    """makedumpfile's rules for a kdump-compressed input: the level only rises
+    (update_dump_level), the timestamp and erase information carry over
+    (get_kdump_compressed_header_info, write_kdump_eraseinfo), and so does an
+    incomplete input's flag."""
+    head = kdump.header_file
+    input_level = head.dump_level or 0
+    level = options.dump_level | input_level
+    if level != options.dump_level:
+        report.warnings.append(
+            f"dump_level is changed to {int(level)}, because {head.file.path} was created "
+            f"by dump_level({input_level})."
+        )
+    extra: dict[str, Any] = {"timestamp_sec": head.header.timestamp_sec,
+                             "timestamp_usec": head.header.timestamp_usec,
+                             "eraseinfo": head.eraseinfo_raw}
+    if any(part.is_incomplete for part in kdump.parts):
+        extra["status_extra"] = DUMP_DH_COMPRESSED_INCOMPLETE
+        report.warnings.append(
+            f"{head.file.path} is an incomplete dump: pages it lost stay out of the output, "
+            "which is flagged incomplete too"
+        )
+        report.input_incomplete = True
+    return replace(options, dump_level=DumpLevel(level)), extra
+
+
+def _check_outputs(options: DumpOptions) -> None:
+    """Output refusals (existing file, symlink, read-only fs, missing directory, the
+    input itself), before any memory is read."""
+    paths: tuple[Path, ...] = options.split_files
+    if options.split_files and options.split_only is not None:
+        paths = (options.split_files[options.split_only],)
+    elif not options.split_files:
+        paths = (options.dumpfile,) if options.dumpfile is not None else ()
+    inputs = [p for p in (options.vmcore, *options.split_parts) if str(p) != "-"]
+    for path in paths:
+        check_output(path, options.force, inputs=inputs)
 
 
 def _crashtime(image: InputImage, report: DumpReport) -> int:
@@ -434,9 +582,11 @@ def _exclude(
             report.warnings.append(f"hwpoison/offline pages not excluded: {why}")
         return level
     snapshot = bitmap2.copy()
+    window = {} if options.cyclic_buffer_kib is None else {  # struct pages per scan window
+        "window": cyclic_pfns(options.cyclic_buffer_kib, image.max_mapnr)}
     try:
         result = exclude_unnecessary_pages(
-            image.kernel, info, level, bitmap2, progress, mem_map=image.mem_map
+            image.kernel, info, level, bitmap2, progress, mem_map=image.mem_map, **window
         )
     except _SCAN_ERRORS as exc:
         bitmap2.bits[:] = snapshot.bits  # nothing half-excluded: the report must match
@@ -474,8 +624,9 @@ def mem_usage(
     Raises:
         CdbdumpError: the input cannot be used, or struct page cannot be found.
     """
-    with MappedFile(vmcore) as file:
-        image = open_input(file)
+    files = open_files(vmcore)
+    try:
+        image = open_input(files)
         if image.kernel is None or image.mem_map is None or image.vmcoreinfo is None:
             raise VmcoreInfoError(
                 f"{vmcore}: cannot classify pages: {image.mem_map_error or 'no VMCOREINFO'}"
@@ -484,6 +635,9 @@ def mem_usage(
         usage = memory_usage(image.kernel, image.vmcoreinfo, bitmap1, progress,
                              mem_map=image.mem_map)
         return usage, image.page_size
+    finally:
+        for f in files:
+            f.close()
 
 
 @dataclass(frozen=True, slots=True)
@@ -512,8 +666,9 @@ def dump_dmesg(options: DmesgOptions, stream: BinaryIO | None = None) -> DmesgRe
     Raises:
         CdbdumpError: no log can be read from the input, or the output fails.
     """
-    with MappedFile(options.vmcore) as file:
-        image = open_input(file)
+    files = open_files(options.vmcore)
+    try:
+        image = open_input(files)
         if image.vmcoreinfo is None or image.kernel is None:
             raise VmcoreInfoError(
                 f"{options.vmcore}: cannot read the kernel log: {image.kernel_error}")
@@ -521,7 +676,10 @@ def dump_dmesg(options: DmesgOptions, stream: BinaryIO | None = None) -> DmesgRe
             log = read_kernel_log(image.kernel, image.vmcoreinfo)
         except CdbdumpError as exc:
             raise InputError(f"{options.vmcore}: cannot read the kernel log: {exc}") from exc
-    log.warnings[:0] = image.core.problems
+    finally:
+        for f in files:
+            f.close()
+    log.warnings[:0] = image.problems
     data = b"".join(format_records(log.records, caller_id=options.caller_id))
     if options.logfile is None:
         if stream is None:

@@ -46,6 +46,7 @@ class DumpReport:
     bytes_written: int = 0  # bytes really written (makedumpfile's "Write bytes"; holes excluded)
     timings: dict[str, float] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    input_incomplete: bool = False  # a refiltered input was itself flagged incomplete
     kernel_bitmap: dict[str, int] | None = None  # the struct's fields when -q used it
     pages_unreadable: int = 0  # input pages that could not be read: excluded, not dumped
     unreadable_pages: list[dict[str, Any]] = field(default_factory=list)  # the first of them

@@ -548,13 +548,13 @@ def kdump_inputs(elf_path: str | os.PathLike[str], *, dump_level: int = 31,
                  timestamp_sec: int = 1_700_000_000) -> KdumpInputs:
     from cdbdump.bitmap import Bitmap
     from cdbdump.fileio import MappedFile
-    from cdbdump.memory.physical import PhysicalMemory
+    from cdbdump.memory.physical import ElfMemory
     from cdbdump.vmcore.elfcore import ElfCore
     from cdbdump.writers.kdump import KdumpMetadata
 
     file = MappedFile(elf_path)
     core = ElfCore.parse(file)
-    memory = PhysicalMemory(file, core.loads, 4096)
+    memory = ElfMemory(file, core.loads, 4096)
     end_pfn = max((e for _, e in memory.present_pfn_ranges()), default=0)
     nr = end_pfn if max_mapnr is None else max_mapnr
     bitmap1 = Bitmap(nr)

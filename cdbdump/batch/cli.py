@@ -27,9 +27,9 @@ from cdbdump.batch.local import DEFAULT_MEMORY_BOUND, LocalPool
 from cdbdump.batch.runner import BatchResult, run_batch
 from cdbdump.batch.tasks import Executor
 from cdbdump.batch.work import BatchOptions
+from cdbdump.codecs import Codec
 from cdbdump.errors import CdbdumpError
 from cdbdump.mm.levels import MAX_DUMP_LEVEL
-from cdbdump.writers.compress import Codec
 
 __all__ = ("command", "main")
 

@@ -15,11 +15,11 @@ from pathlib import Path
 
 import numpy as np
 
+from cdbdump.codecs import Codec
 from cdbdump.errors import CdbdumpError
 from cdbdump.fileio import MappedFile
 from cdbdump.formats.kdump import PAGE_DESC_DTYPE
 from cdbdump.vmcore.kdumpfile import KdumpFile
-from cdbdump.writers.compress import Codec
 
 __all__ = ("output_problem",)
 

@@ -7,7 +7,8 @@ here and the adapters change; the batch machinery does not.
 
   verify  issue 7, `cdbdump verify DUMPFILE --source VMCORE`: every dumpable page
           decompresses to one page and equals the source's.
-          Contract: verify(dumpfile, source) raises CdbdumpError when it fails.
+          Contract: verify(dumpfile, source=source) returns a VerifyResult (never
+          raises for a bad dump); run_verify turns a failed one into CorruptDumpError.
   dmesg   `--dump-dmesg VMCORE LOGFILE` (makedumpfile's): the kernel log of the crash.
           cdbdump.pipeline.dump_dmesg(DmesgOptions(vmcore, logfile)) writes LOGFILE
           (0600, never over a file) and raises CdbdumpError when no log can be read.
@@ -20,7 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from cdbdump.errors import UnsupportedError
+from cdbdump.errors import CorruptDumpError, UnsupportedError
 
 __all__ = (
     "DMESG",
@@ -76,7 +77,9 @@ def _require(hook: Hook) -> tuple[Callable[..., Any], ...]:
 def run_verify(dumpfile: Path, source: Path) -> None:
     """Raise CdbdumpError unless ``dumpfile`` verifies against ``source``."""
     (verify,) = _require(VERIFY)
-    verify(dumpfile, source)
+    result = verify(dumpfile, source=source)
+    if not result.ok:
+        raise CorruptDumpError(f"cdbdump verify: {result.verdict()}")
 
 
 def run_dmesg(vmcore: Path, logfile: Path) -> list[str]:

@@ -21,11 +21,11 @@ from cdbdump.batch import hooks
 from cdbdump.batch.existing import output_problem
 from cdbdump.batch.limits import apply_memory_bound, peak_rss_kib, reset_peak_rss
 from cdbdump.batch.publish import partial_name, publish
+from cdbdump.codecs import Codec
 from cdbdump.errors import CdbdumpError, IncompleteDumpError, InputError, OutputError
 from cdbdump.mm.levels import DumpLevel
 from cdbdump.pipeline import DumpOptions, dump
 from cdbdump.report import DumpReport
-from cdbdump.writers.compress import Codec
 
 __all__ = (
     "DONE",

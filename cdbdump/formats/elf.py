@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import struct
+from dataclasses import dataclass
 
 ELFMAG = b"\x7fELF"
 ELFCLASS64 = 2
@@ -35,3 +36,21 @@ ELF64_SHDR = struct.Struct("<IIQQQQIIQQ")
 # Elf64_Nhdr (12 bytes): n_namesz, n_descsz, n_type; name and desc 4-byte padded
 ELF64_NHDR = struct.Struct("<III")
 NOTE_ALIGN = 4
+
+
+@dataclass(frozen=True, slots=True)
+class LoadSegment:
+    """One PT_LOAD program header (the fields cdbdump uses).
+
+    Also the neutral "memory at paddr, the first filesz bytes stored at
+    file_offset" record of cdbdump.memory, which never imports a container.
+    """
+
+    index: int
+    file_offset: int
+    vaddr: int
+    paddr: int
+    filesz: int
+    memsz: int
+    flags: int = 0
+    align: int = 0

@@ -9,7 +9,6 @@ swapper_pg_dir through phys_base "to avoid recursive address translation").
 
 from __future__ import annotations
 
-import bisect
 from collections.abc import Iterable, Iterator
 
 import numpy as np
@@ -21,15 +20,15 @@ from cdbdump.errors import (
     MissingVmcoreInfoKey,
     NotInDumpError,
 )
+from cdbdump.formats.elf import LoadSegment
 from cdbdump.formats.x86_64 import (
     PAGE_OFFSET_L4_DEFAULT,
     PAGE_OFFSET_L5_DEFAULT,
     PTE_PFN_MASK,
     START_KERNEL_MAP,
 )
-from cdbdump.memory.physical import PhysicalMemory, Piece
+from cdbdump.memory.physical import PhysicalMemory, fill, view_run
 from cdbdump.memory.x86_64 import PageTableWalker, Run
-from cdbdump.vmcore.elfcore import LoadSegment
 from cdbdump.vmcore.vmcoreinfo import VmcoreInfo
 
 __all__ = ("KernelMemory",)
@@ -52,7 +51,6 @@ class KernelMemory:
         self.walker = walker
         self.phys_base = phys_base
         self.page_offset = page_offset
-        self._piece_starts = [p.paddr for p in phys.pieces]
 
     @property
     def levels(self) -> int:
@@ -60,12 +58,19 @@ class KernelMemory:
 
     @classmethod
     def from_vmcoreinfo(
-        cls, phys: PhysicalMemory, info: VmcoreInfo, *, loads: Iterable[LoadSegment] = ()
+        cls,
+        phys: PhysicalMemory,
+        info: VmcoreInfo,
+        *,
+        loads: Iterable[LoadSegment] = (),
+        phys_base: int | None = None,
     ) -> KernelMemory:
-        """Build the translation from VMCOREINFO (reference: makedumpfile §4.6 rules).
+        """Build the translation from VMCOREINFO (reference: makedumpfile
+        arch/x86_64.c get_phys_base_x86_64, get_versiondep_info_x86_64).
 
         ``loads`` (the input PT_LOADs) is only used for the fallbacks makedumpfile
-        has when VMCOREINFO lacks NUMBER(phys_base), and for PAGE_OFFSET.
+        has when VMCOREINFO lacks NUMBER(phys_base), and for PAGE_OFFSET;
+        ``phys_base`` is the container's own (a kdump sub-header's) for that case.
 
         Raises:
             MissingVmcoreInfoKey: neither SYMBOL(init_top_pgt) nor SYMBOL(init_level4_pgt).
@@ -83,8 +88,9 @@ class KernelMemory:
         if top is None:
             raise MissingVmcoreInfoKey("SYMBOL(init_top_pgt)", "x86_64 address translation")
 
-        phys_base = info.phys_base
-        if phys_base is None:
+        if info.phys_base is not None:
+            phys_base = info.phys_base
+        elif phys_base is None:
             phys_base = phys_base_from_loads(loads) or 0  # makedumpfile's default
         l5 = info.get_number("pgtable_l5_enabled")
         if l5 not in (None, 0, 1):
@@ -150,14 +156,6 @@ class KernelMemory:
     def read_u64(self, vaddr: int) -> int:
         return int.from_bytes(self.read(vaddr, 8), "little")
 
-    def view(self, vaddr: int, size: int) -> memoryview | None:
-        """Zero-copy view of [vaddr, vaddr+size) when it is one file-backed physical run."""
-        runs = self.walker.iter_runs(vaddr, vaddr + size, strict=False)
-        first = next(runs, None)
-        if first is None or first[0] != vaddr or first[2] < size:
-            return None
-        return self.phys.view_run(first[1], size)
-
     def gather(
         self, vaddr: int, scratch: npt.NDArray[np.uint8]
     ) -> tuple[npt.NDArray[np.uint8], list[tuple[int, int]]]:
@@ -171,7 +169,7 @@ class KernelMemory:
         runs = list(self.walker.iter_runs(vaddr, vaddr + size, strict=False))
         if len(runs) == 1 and runs[0][0] == vaddr and runs[0][2] == size:
             try:
-                view = self.phys.view_run(runs[0][1], size)
+                view = view_run(self.phys, runs[0][1], size)
             except InputReadError:
                 view = None  # _fill below finds which part is unreadable
             if view is not None:
@@ -198,64 +196,14 @@ class KernelMemory:
             offset = run_vaddr - vaddr
             if offset > cursor:
                 missing.append((cursor, offset - cursor))
-            missing.extend(self._copy_phys(paddr, out, offset, run_size))
+            missing.extend((offset + ext.paddr - paddr, ext.size)
+                           for ext in fill(self.phys, paddr, out[offset : offset + run_size],
+                                           salvage=True))
             cursor = offset + run_size
         if cursor < size:
             missing.append((cursor, size - cursor))
         for offset, length in missing:
             out[offset : offset + length] = 0
-        return missing
-
-    def _copy_phys(
-        self, paddr: int, out: npt.NDArray[np.uint8], offset: int, size: int
-    ) -> list[tuple[int, int]]:
-        """Copy physical [paddr, paddr+size) into out[offset:]; return unreadable parts."""
-        missing: list[tuple[int, int]] = []
-        pieces = self.phys.pieces
-        end = paddr + size
-        cur = paddr
-        while cur < end:
-            i = bisect.bisect_right(self._piece_starts, cur) - 1
-            if i < 0 or cur >= pieces[i].mem_end:  # a hole up to the next piece
-                stop = min(end, pieces[i + 1].paddr) if i + 1 < len(pieces) else end
-                missing.append((offset + cur - paddr, stop - cur))
-                cur = stop
-                continue
-            piece = pieces[i]
-            stop = min(end, piece.file_end)
-            if cur < stop:
-                dst = offset + cur - paddr
-                try:
-                    self.phys.file.read_into(piece.file_offset + (cur - piece.paddr),
-                                             out[dst : dst + (stop - cur)], "PT_LOAD data")
-                except InputReadError:
-                    # unreadable input (EIO): page by page, so one bad page does not
-                    # hide the struct pages around it; what fails is "missing"
-                    missing.extend(self._copy_pages(piece, cur, stop, out, dst))
-                cur = stop
-            stop = min(end, piece.mem_end)
-            if cur < stop:  # p_filesz < p_memsz: the data is not in the file
-                missing.append((offset + cur - paddr, stop - cur))
-                cur = stop
-        return missing
-
-
-    def _copy_pages(
-        self, piece: Piece, paddr: int, end: int, out: npt.NDArray[np.uint8], dst: int
-    ) -> list[tuple[int, int]]:
-        """Error path: copy [paddr, end) of one piece page by page; return what failed."""
-        missing: list[tuple[int, int]] = []
-        step = self.phys.page_size
-        cur = paddr
-        while cur < end:
-            stop = min(end, (cur // step + 1) * step)
-            at = dst + cur - paddr
-            try:
-                self.phys.file.read_into(piece.file_offset + (cur - piece.paddr),
-                                         out[at : at + (stop - cur)], "PT_LOAD data")
-            except InputReadError:
-                missing.append((at, stop - cur))
-            cur = stop
         return missing
 
 

@@ -1,199 +1,315 @@
-"""Physical memory as the PT_LOAD segments of a vmcore present it.
+"""Physical memory of a dump: the one seam every container plugs into.
 
-Overlapping PT_LOADs (the kernel-text LOAD that kexec adds over the direct-map
-LOAD on x86_64) are resolved once into disjoint pieces, so every lookup is a
-bisect. Bytes in ``p_memsz`` beyond ``p_filesz`` read as zero (ELF with holes);
-addresses outside every segment raise NotInDumpError.
+A container (ELF core, kdump-compressed file, flattened stream, split set)
+answers :meth:`PhysicalMemory.extents`: the runs of [paddr, paddr+size) that
+are stored (DATA), in memory but not stored, so zero (ZERO: ELF p_filesz <
+p_memsz), or not in the dump (ABSENT). Everything else here (strict reads,
+filling a buffer, zero-copy views, pfn ranges) is written once over extents,
+as drgn's memory_reader.h segments and libkdumpfile's format_ops.get_page do.
+The mapped input's RSS is the container's business (release/release_all).
 """
 
 from __future__ import annotations
 
 import bisect
+import enum
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 import numpy.typing as npt
 
-from cdbdump.errors import NotInDumpError
+from cdbdump.errors import InputReadError, NotInDumpError
 from cdbdump.fileio import MappedFile
-from cdbdump.vmcore.elfcore import LoadSegment
+from cdbdump.formats.elf import LoadSegment
 
-__all__ = ("PhysicalMemory", "Piece")
+__all__ = (
+    "ElfMemory",
+    "Extent",
+    "ExtentKind",
+    "PhysicalMemory",
+    "all_data",
+    "data_pfn_ranges",
+    "fill",
+    "read_extents",
+    "view_run",
+)
+
+_FAULT_AROUND = 64 << 10  # Linux fault_around_bytes default
+
+
+class ExtentKind(enum.Enum):
+    DATA = "data"  # stored in the dump
+    ZERO = "zero"  # memory the dump does not store: reads as zero (p_filesz < p_memsz)
+    ABSENT = "absent"  # not in the dump
 
 
 @dataclass(frozen=True, slots=True)
-class Piece:
-    """A disjoint physical range [paddr, mem_end); file-backed up to file_end."""
+class Extent:
+    """A run of physical memory of one kind; file_offset only for raw DATA (else -1)."""
 
     paddr: int
-    mem_end: int  # p_paddr + p_memsz (clipped to the piece)
-    file_end: int  # paddr up to which the bytes are in the file
-    file_offset: int  # file offset of paddr (meaningful when file_end > paddr)
+    size: int
+    kind: ExtentKind
+    file_offset: int = -1
+
+    @property
+    def end(self) -> int:
+        return self.paddr + self.size
 
 
-class PhysicalMemory:
-    """Reads physical addresses from a mapped vmcore file."""
+class PhysicalMemory(Protocol):
+    """What every container implements."""
 
-    def __init__(self, file: MappedFile, loads: Iterable[LoadSegment], page_size: int) -> None:
-        self.file = file
-        self.page_size = page_size
-        self.pieces = _disjoint_pieces(loads)
-        self._starts = [p.paddr for p in self.pieces]
-        self._piece_paddr = np.array(self._starts, dtype=np.int64)
-        self._piece_file_end = np.array([p.file_end for p in self.pieces], dtype=np.int64)
-        self._piece_file_offset = np.array([p.file_offset for p in self.pieces], dtype=np.int64)
+    page_size: int
 
-    # -- lookups ------------------------------------------------------------------
+    @property
+    def end_paddr(self) -> int:
+        """One past the highest address the dump describes."""
 
-    def _piece_at(self, paddr: int) -> Piece | None:
-        i = bisect.bisect_right(self._starts, paddr) - 1
-        if i >= 0 and paddr < self.pieces[i].mem_end:
-            return self.pieces[i]
-        return None
+    def extents(self, paddr: int, size: int) -> Iterator[Extent]:
+        """Runs covering exactly [paddr, paddr+size), in address order."""
+
+    def data(self, extent: Extent) -> memoryview:
+        """The bytes of a DATA extent that extents() yielded."""
 
     def read(self, paddr: int, size: int) -> bytes:
-        """Read ``size`` bytes at ``paddr``, across segments if needed."""
-        piece = self._piece_at(paddr)
-        if piece is not None and paddr + size <= piece.file_end:
-            off = piece.file_offset + (paddr - piece.paddr)
-            return bytes(self.file.view(off, size, "PT_LOAD data"))
-        out = bytearray()
+        """``size`` bytes at ``paddr``; NotInDumpError where ABSENT."""
+
+    def present_pfn_ranges(self) -> Iterator[tuple[int, int]]:
+        """[start_pfn, end_pfn) of the frames present in the dump (the 1st bitmap)."""
+
+    def known_zero_frames(self, pfns: npt.NDArray[np.int64]) -> npt.NDArray[np.bool_] | None:
+        """Frames known to read as zero without reading them; None if none are known."""
+
+    def release(self, paddr: int, size: int) -> None:
+        """Drop what reading [paddr, paddr+size) mapped or cached (RSS)."""
+
+    def release_all(self) -> None:
+        """Drop everything mapped or cached so far (RSS)."""
+
+
+# -- reads over extents (for every container) ---------------------------------------------
+
+
+def read_extents(mem: PhysicalMemory, paddr: int, size: int) -> bytes:
+    """A strict read: DATA copied, ZERO zero-filled, NotInDumpError at the first ABSENT."""
+    out = bytearray()
+    for ext in mem.extents(paddr, size):
+        if ext.kind is ExtentKind.ABSENT:
+            raise NotInDumpError(ext.paddr, paddr + size - ext.paddr)
+        out += mem.data(ext) if ext.kind is ExtentKind.DATA else bytes(ext.size)
+    return bytes(out)
+
+
+def fill(
+    mem: PhysicalMemory, paddr: int, out: npt.NDArray[np.uint8], *, salvage: bool = False
+) -> list[Extent]:
+    """Copy [paddr, paddr+out.size) into ``out``; zero and return what is not DATA.
+
+    A DATA extent the input cannot deliver raises InputReadError (EIO, a file
+    shrunk under us). With ``salvage`` it is retried page by page instead, so
+    one bad page does not hide its neighbours (the mem_map scan: an unreadable
+    struct page keeps its frames); the pages that still fail are zeroed and
+    returned as ABSENT.
+    """
+    missing: list[Extent] = []
+    for ext in mem.extents(paddr, out.size):
+        lo = ext.paddr - paddr
+        if ext.kind is ExtentKind.DATA:
+            try:
+                out[lo : lo + ext.size] = np.frombuffer(mem.data(ext), dtype=np.uint8)
+            except InputReadError:
+                if not salvage:
+                    raise
+                missing.extend(_fill_pages(mem, ext, paddr, out))
+        else:
+            out[lo : lo + ext.size] = 0
+            missing.append(ext)
+    return missing
+
+
+def _fill_pages(
+    mem: PhysicalMemory, ext: Extent, paddr: int, out: npt.NDArray[np.uint8]
+) -> list[Extent]:
+    """Error path of fill: copy one DATA extent page by page; return what failed."""
+    missing: list[Extent] = []
+    ps = mem.page_size
+    cur = ext.paddr
+    while cur < ext.end:
+        stop = min(ext.end, (cur // ps + 1) * ps)
+        for sub in mem.extents(cur, stop - cur):
+            lo = sub.paddr - paddr
+            try:
+                out[lo : lo + sub.size] = np.frombuffer(mem.data(sub), dtype=np.uint8)
+            except InputReadError:
+                out[lo : lo + sub.size] = 0
+                missing.append(Extent(sub.paddr, sub.size, ExtentKind.ABSENT))
+        cur = stop
+    return missing
+
+
+def view_run(mem: PhysicalMemory, paddr: int, size: int) -> memoryview | None:
+    """The bytes of [paddr, paddr+size) when they are one DATA extent (zero-copy for ELF)."""
+    ext = next(mem.extents(paddr, size), None)
+    if ext is None or ext.kind is not ExtentKind.DATA or ext.size != size:
+        return None
+    return mem.data(ext)
+
+
+def all_data(mem: PhysicalMemory, paddr: int, size: int) -> bool:
+    """Every byte of [paddr, paddr+size) is stored in the dump."""
+    return all(ext.kind is ExtentKind.DATA for ext in mem.extents(paddr, size))
+
+
+def data_pfn_ranges(mem: PhysicalMemory, *, first_byte: bool) -> Iterator[tuple[int, int]]:
+    """[start_pfn, end_pfn) of frames with stored bytes, adjacent ranges merged.
+
+    With ``first_byte`` a frame counts only if its first byte is stored
+    (makedumpfile is_in_segs → paddr_to_offset); otherwise any stored byte
+    does (makedumpfile exclude_nodata_pages keeps such frames).
+    """
+    ps = mem.page_size
+    cur: tuple[int, int] | None = None
+    for ext in mem.extents(0, mem.end_paddr):
+        if ext.kind is not ExtentKind.DATA:
+            continue
+        lo = -(-ext.paddr // ps) if first_byte else ext.paddr // ps
+        hi = -(-ext.end // ps)
+        if lo >= hi:
+            continue
+        if cur is not None and cur[1] >= lo:
+            cur = (cur[0], max(cur[1], hi))
+            continue
+        if cur is not None:
+            yield cur
+        cur = (lo, hi)
+    if cur is not None:
+        yield cur
+
+
+# -- ELF cores ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _Piece:
+    """A disjoint range [paddr, mem_end); stored up to data_end_paddr."""
+
+    paddr: int
+    mem_end: int  # p_paddr + p_memsz
+    data_end_paddr: int  # paddr up to which the bytes are in the file
+    file_offset: int  # file offset of paddr (meaningful when data_end_paddr > paddr)
+
+
+class ElfMemory:
+    """Physical memory as the PT_LOAD segments of an ELF vmcore present it.
+
+    Overlapping PT_LOADs (the kernel-text LOAD that kexec adds over the
+    direct-map LOAD on x86_64) are resolved once into disjoint pieces, so
+    every lookup is a bisect.
+    """
+
+    def __init__(self, file: MappedFile, loads: Iterable[LoadSegment], page_size: int) -> None:
+        self._file = file
+        self.page_size = page_size
+        self._pieces = _disjoint_pieces(loads)
+        self._starts = [p.paddr for p in self._pieces]
+        self._piece_paddr = np.array(self._starts, dtype=np.int64)
+        self._piece_data_end = np.array([p.data_end_paddr for p in self._pieces], dtype=np.int64)
+        self._piece_file_offset = np.array([p.file_offset for p in self._pieces], dtype=np.int64)
+
+    @property
+    def end_paddr(self) -> int:
+        return max((p.mem_end for p in self._pieces), default=0)
+
+    def extents(self, paddr: int, size: int) -> Iterator[Extent]:
+        end = paddr + size
         cur = paddr
-        end = paddr + size
-        while cur < end:
-            piece = self._piece_at(cur)
-            if piece is None:
-                raise NotInDumpError(cur, end - cur)
-            stop = min(end, piece.mem_end)
-            if cur < piece.file_end:
-                n = min(stop, piece.file_end) - cur
-                off = piece.file_offset + (cur - piece.paddr)
-                out += self.file.view(off, n, "PT_LOAD data")
-                cur += n
-            if cur < stop:
-                out += bytes(stop - cur)  # p_filesz < p_memsz: zero-filled tail
-                cur = stop
-        return bytes(out)
-
-    def read_frames(self, pfn: int, count: int) -> bytes:
-        """Whole page frames; bytes outside every segment read as zero.
-
-        For writers: a frame the 1st bitmap holds may be only partly covered (a
-        PT_LOAD ending mid-page), and its missing tail is dumped as zeros.
-        """
-        paddr = pfn * self.page_size
-        size = count * self.page_size
-        view = self.view_run(paddr, size)
-        if view is not None:
-            return bytes(view)
-        out = bytearray(size)
         i = max(0, bisect.bisect_right(self._starts, paddr) - 1)
-        end = paddr + size
-        while i < len(self.pieces) and self.pieces[i].paddr < end:
-            piece = self.pieces[i]
-            lo = max(paddr, piece.paddr)
-            hi = min(end, piece.file_end)
-            if lo < hi:
-                off = piece.file_offset + (lo - piece.paddr)
-                out[lo - paddr : hi - paddr] = self.file.view(off, hi - lo, "PT_LOAD data")
+        pieces = self._pieces
+        while cur < end:
+            piece = pieces[i] if i < len(pieces) else None
+            if piece is None or cur < piece.paddr:  # a hole up to the next piece
+                stop = end if piece is None else min(end, piece.paddr)
+                yield Extent(cur, stop - cur, ExtentKind.ABSENT)
+                cur = stop
+                continue
+            if cur < piece.data_end_paddr:
+                stop = min(end, piece.data_end_paddr)
+                offset = piece.file_offset + (cur - piece.paddr)
+                yield Extent(cur, stop - cur, ExtentKind.DATA, offset)
+                cur = stop
+            if cur < min(end, piece.mem_end):
+                stop = min(end, piece.mem_end)
+                yield Extent(cur, stop - cur, ExtentKind.ZERO)
+                cur = stop
             i += 1
-        return bytes(out)
 
-    def in_file_holes(self, pfns: npt.NDArray[np.int64]) -> npt.NDArray[np.bool_] | None:
-        """True for frames whose bytes all lie in holes of a sparse input file.
+    def data(self, extent: Extent) -> memoryview:
+        return self._file.view(extent.file_offset, extent.size, "PT_LOAD data")
 
-        Such frames read as zero without touching the file. None when the input
-        has no holes (the common /proc/vmcore case), so callers skip the test.
+    def read(self, paddr: int, size: int) -> bytes:
+        return read_extents(self, paddr, size)
+
+    def present_pfn_ranges(self) -> Iterator[tuple[int, int]]:
+        """Every page with any byte in a segment's p_memsz; ranges may touch or overlap.
+
+        A segment ending mid-page counts its last page (makedumpfile >= 1.7.6
+        dumps it with the missing tail zero-filled).
         """
-        extents = self.file.data_extents()
+        ps = self.page_size
+        for p in self._pieces:
+            yield p.paddr // ps, -(-p.mem_end // ps)
+
+    def known_zero_frames(self, pfns: npt.NDArray[np.int64]) -> npt.NDArray[np.bool_] | None:
+        """Frames whose bytes all lie in holes of a sparse input file.
+
+        None when the input has no holes (the common /proc/vmcore case).
+        """
+        extents = self._file.data_extents()
         if extents is None or pfns.size == 0:
             return None
         data_starts, data_ends = extents
-        paddr = pfns.astype(np.int64) * self.page_size
-        piece = np.searchsorted(self._piece_paddr, paddr, side="right") - 1
-        piece = np.maximum(piece, 0)
-        whole = (paddr >= self._piece_paddr[piece]) & (
-            paddr + self.page_size <= self._piece_file_end[piece]
-        )
+        ps = self.page_size
+        paddr = pfns.astype(np.int64) * ps
+        piece = np.maximum(np.searchsorted(self._piece_paddr, paddr, side="right") - 1, 0)
+        whole = (paddr >= self._piece_paddr[piece]) & (paddr + ps <= self._piece_data_end[piece])
         offset = self._piece_file_offset[piece] + (paddr - self._piece_paddr[piece])
         # the first data extent ending after the page start must begin after its end
         nxt = np.searchsorted(data_ends, offset, side="right")
         clear_of_data = np.ones(pfns.size, dtype=np.bool_)
         inside = nxt < data_starts.size
-        clear_of_data[inside] = data_starts[nxt[inside]] >= offset[inside] + self.page_size
+        clear_of_data[inside] = data_starts[nxt[inside]] >= offset[inside] + ps
         result: npt.NDArray[np.bool_] = whole & clear_of_data
         return result
 
-    def file_span(self, first_pfn: int, last_pfn: int) -> tuple[int, int]:
-        """[lo, hi) of the file offsets that frames first_pfn..last_pfn can occupy."""
-        paddr_lo = first_pfn * self.page_size
-        paddr_hi = (last_pfn + 1) * self.page_size
-        lo = hi = -1
-        i = max(0, bisect.bisect_right(self._starts, paddr_lo) - 1)
-        while i < len(self.pieces) and self.pieces[i].paddr < paddr_hi:
-            piece = self.pieces[i]
-            i += 1
-            start = max(paddr_lo, piece.paddr)
-            end = min(paddr_hi, piece.file_end)
-            if start >= end:
-                continue
-            off_lo = piece.file_offset + (start - piece.paddr)
-            off_hi = piece.file_offset + (end - piece.paddr)
-            lo = off_lo if lo < 0 else min(lo, off_lo)
-            hi = max(hi, off_hi)
-        return (lo, hi) if lo >= 0 else (0, 0)
+    def release(self, paddr: int, size: int) -> None:
+        offsets = [(e.file_offset, e.file_offset + e.size)
+                   for e in self.extents(paddr, size) if e.kind is ExtentKind.DATA]
+        if offsets:
+            lo = min(o[0] for o in offsets)
+            hi = max(o[1] for o in offsets)
+            # fault-around maps up to 64 KiB of cached neighbours beyond the reads
+            self._file.drop_range(lo - _FAULT_AROUND, hi - lo + 2 * _FAULT_AROUND)
 
-    def read_u64(self, paddr: int) -> int:
-        return int.from_bytes(self.read(paddr, 8), "little")
-
-    def view_run(self, paddr: int, size: int) -> memoryview | None:
-        """Zero-copy view of [paddr, paddr+size) if it lies in one file-backed piece."""
-        piece = self._piece_at(paddr)
-        if piece is None or paddr + size > piece.file_end:
-            return None
-        return self.file.view(piece.file_offset + (paddr - piece.paddr), size, "PT_LOAD data")
-
-    # -- page-frame views (the 1st bitmap and the no-data pages) --------------------
-
-    def present_pfn_ranges(self) -> Iterator[tuple[int, int]]:
-        """[start_pfn, end_pfn) of every page with any byte in a segment's p_memsz.
-
-        A segment ending mid-page counts its last page (makedumpfile >= 1.7.6
-        dumps it with the missing tail zero-filled); ranges may touch or overlap.
-        """
-        shift = self.page_size.bit_length() - 1
-        for p in self.pieces:
-            yield p.paddr >> shift, (p.mem_end + self.page_size - 1) >> shift
-
-    def filebacked_pfn_ranges(self) -> Iterator[tuple[int, int]]:
-        """[start_pfn, end_pfn) of pages with at least one byte in the file.
-
-        Pages wholly beyond p_filesz hold no data (makedumpfile exclude_nodata_pages).
-        """
-        shift = self.page_size.bit_length() - 1
-        for p in self.pieces:
-            if p.file_end > p.paddr:
-                yield p.paddr >> shift, (p.file_end + self.page_size - 1) >> shift
-
-    @property
-    def end_paddr(self) -> int:
-        return max((p.mem_end for p in self.pieces), default=0)
+    def release_all(self) -> None:
+        self._file.drop_all()
 
 
-def _disjoint_pieces(loads: Iterable[LoadSegment]) -> list[Piece]:
+def _disjoint_pieces(loads: Iterable[LoadSegment]) -> list[_Piece]:
     """Cut the PT_LOADs into disjoint pieces by a sweep in paddr order.
 
     Where segments overlap (kexec's kernel-text LOAD inside a direct-map LOAD)
     both hold the same memory, so the first one in paddr order keeps the range.
     """
-    pieces: list[Piece] = []
+    pieces: list[_Piece] = []
     covered_end = -1
     for seg in sorted(loads, key=lambda s: (s.paddr, s.index)):
         seg_end = seg.paddr + seg.memsz
         lo = max(seg.paddr, covered_end)
         if lo < seg_end:
-            file_end = min(max(seg.paddr + seg.filesz, lo), seg_end)
-            pieces.append(Piece(lo, seg_end, file_end, seg.file_offset + (lo - seg.paddr)))
+            data_end = min(max(seg.paddr + seg.filesz, lo), seg_end)
+            pieces.append(_Piece(lo, seg_end, data_end, seg.file_offset + (lo - seg.paddr)))
         covered_end = max(covered_end, seg_end)
     return pieces

@@ -25,7 +25,7 @@ from cdbdump.formats.crash_dump_bitmap import (
     CrashDumpBitmapInfo,
 )
 from cdbdump.formats.x86_64 import START_KERNEL_MAP
-from cdbdump.memory.physical import PhysicalMemory
+from cdbdump.memory.physical import PhysicalMemory, all_data, view_run
 from cdbdump.mm.counts import PageCounts
 from cdbdump.mm.levels import DumpLevel
 from cdbdump.vmcore.vmcoreinfo import VmcoreInfo
@@ -97,7 +97,7 @@ def probe_kernel_bitmap(
         return KernelBitmapRefused("NUMBER(phys_base) is missing, cannot place the kernel image")
     # The symbol is a kernel-image address with KASLR already applied, so its
     # physical address is vaddr - __START_KERNEL_map + phys_base (makedumpfile
-    # reference §4.6; phys_base is signed and often negative).
+    # __pa / get_phys_base_x86_64; phys_base is signed and often negative).
     paddr = vaddr - START_KERNEL_MAP + phys_base
     try:
         raw = phys.read(paddr, CRASH_DUMP_BITMAP_INFO.size)
@@ -126,7 +126,7 @@ def probe_kernel_bitmap(
             f"{where}: bitmap_size {info.bitmap_size} bytes covers "
             f"{info.bitmap_size * 8} frames, max_mapnr is {max_mapnr} (needs {needed} bytes)"
         )
-    if not _is_filebacked(phys, info.bitmap, needed):
+    if not all_data(phys, info.bitmap, needed):
         return KernelBitmapRefused(
             f"{where}: bitmap at paddr {info.bitmap:#x} (+{needed:#x}) is not in the dump"
         )
@@ -152,18 +152,6 @@ def probe_kernel_bitmap(
     return KernelBitmap(vaddr, paddr, info)
 
 
-def _is_filebacked(phys: PhysicalMemory, paddr: int, size: int) -> bool:
-    end = paddr + size
-    cur = paddr
-    for piece in phys.pieces:
-        if piece.file_end <= cur or piece.paddr > cur:
-            continue
-        cur = piece.file_end
-        if cur >= end:
-            return True
-    return cur >= end
-
-
 def apply_kernel_bitmap(
     phys: PhysicalMemory, kernel: KernelBitmap, bitmap2: Bitmap, *,
     window_bytes: int | None = None,
@@ -176,7 +164,7 @@ def apply_kernel_bitmap(
     nbytes = bitmap2.bits.size
     for off in range(0, nbytes, window_bytes):
         n = min(window_bytes, nbytes - off)
-        view = phys.view_run(kernel.info.bitmap + off, n)
+        view = view_run(phys, kernel.info.bitmap + off, n)
         window = (
             np.frombuffer(view, dtype=np.uint8)
             if view is not None

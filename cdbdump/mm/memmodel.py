@@ -32,7 +32,8 @@ _U64_MASK = (1 << 64) - 1
 # HAS_MEM_MAP, 2 IS_ONLINE, 3 IS_EARLY, 4 TAINT_ZONE_DEVICE, and since Linux
 # v6.x bit 5 IS_VMEMMAP_PREINIT. makedumpfile masks ~0x1f, which would leave
 # bit 5 in the pointer; the encoded pointer has at least 15 free low bits on
-# x86_64, so ~0x3f is exact for every kernel (makedumpfile.md §4.4, §9).
+# x86_64, so ~0x3f is exact for every kernel (makedumpfile
+# section_mem_map_addr; Linux include/linux/mmzone.h SECTION_MAP_MASK).
 _SECTION_FLAG_BITS = 0x3F
 _SECTION_MARKED_PRESENT = 0x1
 # makedumpfile's fallbacks when VMCOREINFO lacks the numbers (x86_64).

@@ -2,7 +2,8 @@
 
 Which PG_* bits exist, how page types are encoded in the _mapcount/page_type
 word, and where a compound page's order and hugetlb marker live all change
-between kernel releases (makedumpfile.md §4.3). They are detected from which
+between kernel releases (makedumpfile __exclude_unnecessary_pages, isSlab,
+isHugetlb). They are detected from which
 VMCOREINFO keys exist, never from OSRELEASE, and frozen into a PageDialect
 that the chunk classifier (mm.classify) runs against.
 """

@@ -11,7 +11,7 @@ numpy (mm.classify); memory use stays a few windows whatever the machine size.
 from __future__ import annotations
 
 import bisect
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -20,6 +20,7 @@ import numpy.typing as npt
 from cdbdump.bitmap import Bitmap
 from cdbdump.errors import AddressError, CorruptDumpError, MissingVmcoreInfoKey
 from cdbdump.memory.kernel import KernelMemory
+from cdbdump.memory.physical import data_pfn_ranges, view_run
 from cdbdump.mm.classify import ChunkClassifier
 from cdbdump.mm.counts import PageCounts
 from cdbdump.mm.levels import DumpLevel
@@ -178,7 +179,7 @@ def _scan_mem_map(
     # windows stay aligned to makedumpfile's 512-entry struct page buffer
     window = max(512, window - window % 512)
     scratch = np.empty(window * size, dtype=np.uint8)
-    in_segs = _SegmentPfns(kernel)
+    in_segs = _PfnRanges(data_pfn_ranges(kernel.phys, first_byte=True))
     runs = [r for r in mem_map.runs if r.start_pfn < max_mapnr]
     total = sum(min(r.end_pfn, max_mapnr) - r.start_pfn for r in runs)
     done = 0
@@ -206,7 +207,7 @@ def _scan_mem_map(
             _clear(bitmap2, start, decided.cleared)
             for lo, hi in decided.beyond:
                 bitmap2.clear_range(lo, hi)
-            kernel.phys.file.drop_all()  # RSS: one window, not the whole mem_map
+            kernel.phys.release_all()  # RSS: one window, not the whole mem_map
             done += n
             if progress is not None:
                 progress(PROGRESS_STEP, done, total)
@@ -244,26 +245,16 @@ def _clear(bitmap: Bitmap, start: int, cleared: npt.NDArray[np.bool_]) -> None:
     bitmap.bits[b0 : b0 + packed.size] &= ~packed
 
 
-class _SegmentPfns:
-    """is_in_segs for pfns: the pfn's first byte lies in the file-backed part of a PT_LOAD.
+class _PfnRanges:
+    """is_in_segs for pfns, from disjoint ascending [start, end) pfn ranges.
 
-    reference: makedumpfile is_in_segs → paddr_to_offset (p_filesz only).
+    reference: makedumpfile is_in_segs → paddr_to_offset (the frame's first
+    byte is stored in the dump).
     """
 
-    def __init__(self, kernel: KernelMemory) -> None:
-        page_size = kernel.phys.page_size
-        ranges: list[tuple[int, int]] = []
-        for piece in kernel.phys.pieces:
-            lo = -(-piece.paddr // page_size)
-            hi = -(-piece.file_end // page_size)
-            if lo >= hi:
-                continue
-            if ranges and ranges[-1][1] >= lo:
-                ranges[-1] = (ranges[-1][0], max(ranges[-1][1], hi))
-            else:
-                ranges.append((lo, hi))
-        self._starts = [lo for lo, _ in ranges]
-        self._ranges = ranges
+    def __init__(self, ranges: Iterable[tuple[int, int]]) -> None:
+        self._ranges = list(ranges)
+        self._starts = [lo for lo, _ in self._ranges]
 
     def mask(self, start: int, stop: int) -> npt.NDArray[np.bool_]:
         out = np.zeros(stop - start, dtype=np.bool_)
@@ -276,7 +267,7 @@ class _SegmentPfns:
         return out
 
 
-# -- free pages from the buddy free lists (§4.5) ---------------------------------------------
+# -- free pages from the buddy free lists (makedumpfile exclude_free_page) -------------
 
 
 @dataclass(slots=True)
@@ -479,7 +470,7 @@ def memory_usage(
 def _exclude_nodata(kernel: KernelMemory, bitmap: Bitmap) -> None:
     # reference: makedumpfile exclude_nodata_pages: pages wholly beyond p_filesz
     keep = Bitmap(bitmap.nr_bits)
-    for lo, hi in kernel.phys.filebacked_pfn_ranges():
+    for lo, hi in data_pfn_ranges(kernel.phys, first_byte=False):
         keep.set_range(lo, hi)
     bitmap.bits &= keep.bits
 
@@ -498,7 +489,7 @@ def _exclude_zero_pages(kernel: KernelMemory, bitmap: Bitmap, chunk: int = 4096)
             first = int(pfns[group[0]])
             count = group.size
             paddr = first * page_size
-            view = phys.view_run(paddr, count * page_size)
+            view = view_run(phys, paddr, count * page_size)
             try:
                 data = (np.frombuffer(view, dtype="<u8") if view is not None
                         else np.frombuffer(phys.read(paddr, count * page_size), dtype="<u8"))

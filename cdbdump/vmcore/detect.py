@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import enum
 
-from cdbdump.fileio import MappedFile
+from cdbdump.fileio import FileView
 from cdbdump.formats.elf import ELFMAG
 from cdbdump.formats.flattened import MAKEDUMPFILE_SIGNATURE
 from cdbdump.formats.kdump import DISKDUMP_SIGNATURE, KDUMP_SIGNATURE
@@ -19,7 +19,7 @@ class DumpFormat(enum.Enum):
     UNKNOWN = "unknown"
 
 
-def sniff(file: MappedFile) -> DumpFormat:
+def sniff(file: FileView) -> DumpFormat:
     head = bytes(file.view(0, min(16, file.size), "signature"))
     if head.startswith(ELFMAG):
         return DumpFormat.ELF

@@ -1,31 +1,30 @@
 """ELF64 vmcores: /proc/vmcore, saved copies, and QEMU/libvirt dumps.
 
-pyelftools reads the ELF and program headers (it honours e_phoff, which QEMU
-puts at 192, and PN_XNUM); notes are walked over the raw PT_NOTE bytes; page
-data is never read here (see memory.physical).
+The ELF and program headers are decoded with formats.elf (e_phoff honoured,
+PN_XNUM resolved); notes are walked over the raw PT_NOTE bytes; page data is
+never read here (see memory.physical).
 """
 
 from __future__ import annotations
 
-import io
-import struct
 from dataclasses import dataclass
 
-from elftools.common.exceptions import ELFError
-from elftools.elf.elffile import ELFFile
-
-from cdbdump.errors import CorruptDumpError, InputReadError, UnsupportedError
+from cdbdump.errors import CorruptDumpError, UnsupportedError
 from cdbdump.fileio import MappedFile
 from cdbdump.formats.elf import (
     CORE_NOTE_NAME,
+    ELF64_EHDR,
     ELF64_PHDR,
+    ELF64_SHDR,
     ELFCLASS64,
     ELFDATA2LSB,
     EM_X86_64,
     NT_PRSTATUS,
+    PN_XNUM,
     PT_LOAD,
     PT_NOTE,
     VMCOREINFO_NOTE_NAME,
+    LoadSegment,
 )
 from cdbdump.vmcore.notes import Note, iter_notes
 from cdbdump.vmcore.vmcoreinfo import VmcoreInfo
@@ -39,20 +38,6 @@ MAX_PHYS_ADDR = 1 << 52
 
 
 @dataclass(frozen=True, slots=True)
-class LoadSegment:
-    """One PT_LOAD program header (the fields cdbdump uses)."""
-
-    index: int
-    file_offset: int
-    vaddr: int
-    paddr: int
-    filesz: int
-    memsz: int
-    flags: int
-    align: int
-
-
-@dataclass(frozen=True, slots=True)
 class ElfCore:
     """The parsed headers and notes of an ELF vmcore."""
 
@@ -63,7 +48,7 @@ class ElfCore:
     notes_raw: bytes  # every PT_NOTE segment, concatenated, byte for byte
     notes: tuple[Note, ...]
     vmcoreinfo: VmcoreInfo | None
-    vmcoreinfo_desc_offset: int | None  # offset of the VMCOREINFO text within notes_raw
+    vmcoreinfo_note: Note | None
     problems: tuple[str, ...]  # degradations found while parsing (e.g. truncated file)
 
     @property
@@ -132,13 +117,7 @@ class ElfCore:
                 )
         notes_raw = b"".join(note_chunks)
         notes = tuple(iter_notes(notes_raw))
-        vmcoreinfo: VmcoreInfo | None = None
-        vmcoreinfo_desc_offset: int | None = None
-        for note in notes:
-            if note.name == VMCOREINFO_NOTE_NAME:
-                vmcoreinfo = VmcoreInfo.parse(note.desc(notes_raw))
-                vmcoreinfo_desc_offset = note.desc_offset
-                break
+        note = next((n for n in notes if n.name == VMCOREINFO_NOTE_NAME), None)
         return cls(
             file=file,
             e_machine=e_machine,
@@ -146,69 +125,48 @@ class ElfCore:
             loads=tuple(loads),
             notes_raw=notes_raw,
             notes=notes,
-            vmcoreinfo=vmcoreinfo,
-            vmcoreinfo_desc_offset=vmcoreinfo_desc_offset,
+            vmcoreinfo=VmcoreInfo.parse(note.desc(notes_raw)) if note is not None else None,
+            vmcoreinfo_note=note,
             problems=tuple(problems),
         )
 
     @property
-    def vmcoreinfo_note(self) -> Note | None:
-        for note in self.notes:
-            if note.name == VMCOREINFO_NOTE_NAME:
-                return note
-        return None
+    def vmcoreinfo_desc_offset(self) -> int | None:
+        """Offset of the VMCOREINFO text within notes_raw."""
+        return self.vmcoreinfo_note.desc_offset if self.vmcoreinfo_note is not None else None
 
 
 PhdrTuple = tuple[int, int, int, int, int, int, int, int]
 
 
 def _read_headers(file: MappedFile) -> tuple[int, int, list[PhdrTuple]]:
-    """Ehdr and program headers through pyelftools; its errors become CorruptDumpError."""
-    # pyelftools reads lazily from a stream; hand it the header region only so
-    # it can never pull page data (the program header table may be anywhere,
-    # so the stream is the whole file opened normally).
-    try:
-        with io.FileIO(file.path, "r") as stream:
-            elf = ELFFile(stream)
-            e_phoff = int(elf["e_phoff"])
-            e_machine_raw = elf["e_machine"]
-            nr_phdrs = elf.num_segments()
-            if e_phoff + nr_phdrs * ELF64_PHDR.size > file.size:
-                raise CorruptDumpError(
-                    f"{nr_phdrs} program headers at e_phoff {e_phoff:#x} run past the end of "
-                    f"the file ({file.size:#x} bytes)",
-                    file_offset=e_phoff,
-                    field="program header table",
-                )
-            phdrs: list[PhdrTuple] = []
-            for i in range(nr_phdrs):
-                h = elf.get_segment(i).header
-                phdrs.append(
-                    (
-                        _ptype(h["p_type"]), int(h["p_flags"]), int(h["p_offset"]),
-                        int(h["p_vaddr"]), int(h["p_paddr"]), int(h["p_filesz"]),
-                        int(h["p_memsz"]), int(h["p_align"]),
-                    )
-                )
-    except ELFError as exc:
-        raise CorruptDumpError(f"{file.path}: bad ELF header: {exc}", file_offset=0) from exc
-    except (struct.error, ValueError) as exc:
-        raise CorruptDumpError(f"{file.path}: bad ELF header: {exc}", file_offset=0) from exc
-    except OSError as exc:  # EIO in the header region: nothing can be dumped
-        raise InputReadError(file.path, 0, file.size, f"ELF headers unreadable: "
-                             f"{exc.strerror or exc}") from exc
-    e_machine = EM_X86_64 if e_machine_raw == "EM_X86_64" else _machine_number(e_machine_raw)
-    return e_machine, e_phoff, phdrs
+    """Elf64_Ehdr and the program header table, decoded over the mapped file.
 
-
-_PT_NAMES = {"PT_LOAD": PT_LOAD, "PT_NOTE": PT_NOTE}
-
-
-def _ptype(value: object) -> int:
-    if isinstance(value, int):
-        return value
-    return _PT_NAMES.get(str(value), -1)
-
-
-def _machine_number(value: object) -> int:
-    return value if isinstance(value, int) else -1
+    e_phoff is honoured (QEMU puts the table at 192); e_phnum PN_XNUM means the
+    real count is section header 0's sh_info (linux fs/binfmt_elf.c, elf_core_dump).
+    """
+    if file.size < ELF64_EHDR.size:
+        raise CorruptDumpError(f"{file.path}: bad ELF header: the file has {file.size} bytes",
+                               file_offset=0, field="Elf64_Ehdr")
+    ehdr = ELF64_EHDR.unpack(file.view(0, ELF64_EHDR.size, "Elf64_Ehdr"))
+    e_machine, e_phoff, e_shoff, e_phentsize, e_phnum = (
+        ehdr[2], ehdr[5], ehdr[6], ehdr[9], ehdr[10])
+    if e_phnum == PN_XNUM:
+        if e_shoff == 0 or e_shoff + ELF64_SHDR.size > file.size:
+            raise CorruptDumpError(
+                f"{file.path}: e_phnum is PN_XNUM but section header 0 at e_shoff "
+                f"{e_shoff:#x} is not in the file", file_offset=0x28, field="e_shoff")
+        e_phnum = ELF64_SHDR.unpack(file.view(e_shoff, ELF64_SHDR.size, "section header 0"))[7]
+    if e_phnum and e_phentsize != ELF64_PHDR.size:
+        raise CorruptDumpError(f"{file.path}: bad ELF header: e_phentsize {e_phentsize}, "
+                               f"Elf64_Phdr is {ELF64_PHDR.size}", file_offset=0x36,
+                               field="e_phentsize")
+    if e_phoff + e_phnum * ELF64_PHDR.size > file.size:
+        raise CorruptDumpError(
+            f"{e_phnum} program headers at e_phoff {e_phoff:#x} run past the end of "
+            f"the file ({file.size:#x} bytes)",
+            file_offset=e_phoff,
+            field="program header table",
+        )
+    table = file.view(e_phoff, e_phnum * ELF64_PHDR.size, "program header table")
+    return e_machine, e_phoff, list(ELF64_PHDR.iter_unpack(table))

@@ -1,7 +1,7 @@
 """Reader for kdump-compressed ("diskdump") files: headers, bitmaps, pages.
 
-Used to verify cdbdump's own output, to refilter an existing dump, and as the
-round-trip oracle of the writer's tests. Layout and reader rules:
+Read as physical memory through cdbdump.memory.kdump; also used by verify,
+open_dump and as the round-trip oracle of the writer's tests. Layout and reader rules:
 makedumpfile diskdump_mod.h; crash diskdump.c (read_dump_header,
 dump_is_partial, pfn_to_pos, cache_page); libkdumpfile diskdump.c.
 
@@ -18,15 +18,14 @@ import numpy as np
 import numpy.typing as npt
 
 from cdbdump.bitmap import Bitmap
+from cdbdump.codecs import Codec, codec_for_flags, decompress_page
 from cdbdump.errors import (
     CorruptDumpError,
     NotInDumpError,
     TruncatedDumpError,
     UnknownFormatError,
-    UnsupportedError,
 )
-from cdbdump.fileio import MappedFile
-from cdbdump.formats.flattened import MAKEDUMPFILE_SIGNATURE
+from cdbdump.fileio import FileView
 from cdbdump.formats.kdump import (
     DISK_DUMP_HEADER,
     DISKDUMP_SIGNATURE,
@@ -41,7 +40,6 @@ from cdbdump.formats.kdump import (
     split_utsname,
 )
 from cdbdump.vmcore.vmcoreinfo import VmcoreInfo
-from cdbdump.writers.compress import Codec, codec_for_flags, decompress_page
 
 __all__ = ("KdumpFile", "PageDesc")
 
@@ -70,7 +68,7 @@ class KdumpFile:
 
     def __init__(
         self,
-        file: MappedFile,
+        file: FileView,
         header: DiskDumpHeader,
         sub_header: KdumpSubHeader | None,
         *,
@@ -112,7 +110,7 @@ class KdumpFile:
     # -- opening ------------------------------------------------------------------------
 
     @classmethod
-    def open(cls, file: MappedFile) -> KdumpFile:
+    def open(cls, file: FileView) -> KdumpFile:
         """Parse and validate the headers and both bitmaps of ``file``."""
         if file.size < DISK_DUMP_HEADER.size:
             first = bytes(file.view(0, min(file.size, 16), "header")) if file.size else b""
@@ -123,11 +121,6 @@ class KdumpFile:
                 )
             raise UnknownFormatError(file.path, first)
         raw = bytes(file.view(0, DISK_DUMP_HEADER.size, "disk_dump_header"))
-        if raw[:16] == MAKEDUMPFILE_SIGNATURE:
-            raise UnsupportedError(
-                f"{file.path} is a flattened (makedumpfile -F) stream; rearrange it first "
-                "(makedumpfile -R OUT < IN)"
-            )
         if raw[:8] not in (KDUMP_SIGNATURE, DISKDUMP_SIGNATURE):
             raise UnknownFormatError(file.path, raw[:16])
         header = DiskDumpHeader(*DISK_DUMP_HEADER.unpack(raw))
@@ -275,11 +268,21 @@ class KdumpFile:
 
     # -- pages --------------------------------------------------------------------------
 
+    @property
+    def eraseinfo_raw(self) -> bytes:
+        """The erase information makedumpfile --config recorded (header_version >= 5)."""
+        sub = self.sub_header
+        if sub is None or self.header.header_version < 5 or not sub.size_eraseinfo:
+            return b""
+        return bytes(_region(self.file, sub.offset_eraseinfo, sub.size_eraseinfo,
+                             "eraseinfo", field_offset=self.page_size + 64))
+
     def read_page(self, pfn: int) -> bytes:
         """The page's content; NotInDumpError for excluded or lost pages."""
-        return self._load(pfn, self.page_desc(pfn))
+        return self.load_page(pfn, self.page_desc(pfn))
 
-    def _load(self, pfn: int, desc: PageDesc) -> bytes:
+    def load_page(self, pfn: int, desc: PageDesc) -> bytes:
+        """The page ``desc`` describes, decompressed; typed errors for bad or lost pages."""
         ps = self.page_size
         if desc.offset == 0:
             raise NotInDumpError(pfn << self._shift, ps, "lost: the dump is incomplete")
@@ -299,20 +302,14 @@ class KdumpFile:
         data = self.file.view(desc.offset, desc.size, f"data of pfn {pfn:#x}")
         return decompress_page(desc.flags, data, ps, file_offset=desc.offset)
 
-    def read(self, paddr: int, size: int) -> bytes:
-        """``size`` bytes of physical memory at ``paddr`` (may span pages)."""
-        out = bytearray()
-        ps = self.page_size
-        end = paddr + size
-        cur = paddr
-        while cur < end:
-            pfn = cur >> self._shift
-            page = self.read_page(pfn)
-            lo = cur - (pfn << self._shift)
-            hi = min(ps, end - (pfn << self._shift))
-            out += page[lo:hi]
-            cur = (pfn << self._shift) + hi
-        return bytes(out)
+    def nr_zero_descs(self) -> int:
+        """Dumpable pages sharing the one zero page (dump level bit 1), from the descriptors."""
+        first = self.offset_data  # makedumpfile writes the shared zero page first
+        count = 0
+        for pfns in self.iter_dumpable_pfns():
+            descs = self.page_descs(pfns)
+            count += int(np.count_nonzero((descs["offset"] == first) & (descs["flags"] == 0)))
+        return count if self.dump_level is not None and self.dump_level & 1 else 0
 
     def iter_dumpable_pfns(self, window: int = 1 << 20) -> Iterator[npt.NDArray[np.int64]]:
         """Ascending dumpable pfns (set bits of the 2nd bitmap), a window at a time."""
@@ -330,7 +327,7 @@ class KdumpFile:
                     continue
                 desc = PageDesc(int(d["offset"]), int(d["size"]), int(d["flags"]),
                                 int(d["page_flags"]))
-                yield pfn, self._load(pfn, desc)
+                yield pfn, self.load_page(pfn, desc)
 
 
 # -- helpers ------------------------------------------------------------------------------
@@ -357,7 +354,7 @@ def _check_header(h: DiskDumpHeader) -> None:
 
 
 def _region(
-    file: MappedFile, offset: int, size: int, what: str, *, field_offset: int | None = None
+    file: FileView, offset: int, size: int, what: str, *, field_offset: int | None = None
 ) -> memoryview:
     if offset < 0 or size < 0 or offset + size > file.size:
         if field_offset is not None and (offset < 0 or size < 0):

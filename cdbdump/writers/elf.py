@@ -32,9 +32,16 @@ import numpy.typing as npt
 
 from cdbdump.bitmap import Bitmap
 from cdbdump.errors import OutputError, OutputNoSpaceError
-from cdbdump.formats.elf import ELF64_EHDR, ELF64_PHDR, ELF64_SHDR, PN_XNUM, PT_LOAD, PT_NOTE
-from cdbdump.memory.physical import PhysicalMemory
-from cdbdump.vmcore.elfcore import LoadSegment
+from cdbdump.formats.elf import (
+    ELF64_EHDR,
+    ELF64_PHDR,
+    ELF64_SHDR,
+    PN_XNUM,
+    PT_LOAD,
+    PT_NOTE,
+    LoadSegment,
+)
+from cdbdump.memory.physical import PhysicalMemory, fill, view_run
 from cdbdump.writers.sink import Sink
 
 __all__ = (
@@ -55,7 +62,6 @@ E_FLAGS_OFFSET = 48  # Elf64_Ehdr.e_flags
 _PLAN_PFNS = 1 << 20  # pfns of one input segment classified at a time
 _COPY_BYTES = 2 << 20  # PT_LOAD data copied 2 MiB at a time
 _ZERO_WINDOW = 512  # pages zero-tested at a time
-_FAULT_AROUND = 64 << 10  # Linux fault_around_bytes default
 
 ProgressCallback = Callable[[int, int], None]
 
@@ -140,7 +146,7 @@ def _zero_pages(
 ) -> npt.NDArray[np.bool_]:
     """True for the pages of ``pfns`` that are all zero."""
     ps = memory.page_size
-    in_hole = memory.in_file_holes(pfns)
+    in_hole = memory.known_zero_frames(pfns)
     zero = np.ones(pfns.size, dtype=np.bool_) if in_hole is not None else np.zeros(
         pfns.size, dtype=np.bool_)
     read = pfns if in_hole is None else pfns[~in_hole]
@@ -152,8 +158,7 @@ def _zero_pages(
             zero = read_zero
         else:
             zero[~in_hole] = read_zero
-        lo, hi = memory.file_span(int(read[0]), int(read[-1]))
-        memory.file.drop_range(lo - _FAULT_AROUND, hi - lo + 2 * _FAULT_AROUND)
+        memory.release(int(read[0]) * ps, (int(read[-1]) + 1 - int(read[0])) * ps)
     return zero
 
 
@@ -166,7 +171,7 @@ def _read_pages(
     n = int(pfns.size)
     first = int(pfns[0])
     span = int(pfns[-1]) - first + 1
-    view = memory.view_run(first << shift, span * ps)
+    view = view_run(memory, first << shift, span * ps)
     if view is not None:
         if span == n:
             return view
@@ -178,8 +183,7 @@ def _read_pages(
     starts = np.concatenate(([0], breaks)).tolist()
     ends = np.concatenate((breaks, [n])).tolist()
     for lo, hi in zip(starts, ends, strict=True):
-        pfn = int(pfns[lo])
-        buf[lo * ps : hi * ps] = np.frombuffer(memory.read_frames(pfn, hi - lo), dtype=np.uint8)
+        fill(memory, int(pfns[lo]) << shift, buf[lo * ps : hi * ps])
     return buf[: n * ps]
 
 
@@ -369,7 +373,7 @@ def write_elf(
             while done < s.filesz:
                 size = min(_COPY_BYTES, s.filesz - done)
                 paddr = s.paddr + done
-                data = memory.view_run(paddr, size)
+                data = view_run(memory, paddr, size)
                 if data is None:
                     data = memoryview(memory.read(paddr, size))
                 try:
@@ -377,9 +381,7 @@ def write_elf(
                 except OutputNoSpaceError as exc:
                     written_pages += exc.written // ps  # whole pages that made it
                     raise
-                first = paddr // ps
-                lo, hi = memory.file_span(first, (paddr + size - 1) // ps)
-                memory.file.drop_range(lo - _FAULT_AROUND, hi - lo + 2 * _FAULT_AROUND)
+                memory.release(paddr, size)
                 done += size
                 written_pages += -(-size // ps)
                 if progress is not None:

@@ -28,7 +28,7 @@ dump readable, makedumpfile's "incomplete dumpfile").
 
 from __future__ import annotations
 
-import bisect
+import struct
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -38,6 +38,7 @@ import numpy as np
 import numpy.typing as npt
 
 from cdbdump.bitmap import Bitmap
+from cdbdump.codecs import Codec
 from cdbdump.errors import (
     InputReadError,
     Interrupted,
@@ -58,11 +59,12 @@ from cdbdump.formats.kdump import (
     bitmap_bytes,
 )
 from cdbdump.interrupts import deferred
-from cdbdump.memory.physical import PhysicalMemory
-from cdbdump.writers.compress import Codec, PageCompressor
+from cdbdump.memory.physical import ExtentKind, PhysicalMemory, fill, view_run
+from cdbdump.writers.compress import PageCompressor
 from cdbdump.writers.sink import Sink
 
 __all__ = (
+    "BITMAP_WINDOW_PFNS",
     "DEFAULT_WINDOW_PAGES",
     "KdumpLayout",
     "KdumpMetadata",
@@ -74,11 +76,12 @@ __all__ = (
 UTSNAME_SIZE = UTS_FIELD_LEN * len(UTS_FIELDS)  # struct new_utsname: 390 bytes
 MAX_MAPNR_32 = 0xFFFFFFFF  # disk_dump_header.max_mapnr is an unsigned int
 DEFAULT_WINDOW_PAGES = 512  # 2 MiB of 4 KiB pages gathered and compressed at a time
-_FAULT_AROUND = 64 << 10  # Linux fault_around_bytes default
-_SCAN_PFNS = 1 << 20  # pfns of the 2nd bitmap unpacked at a time (1 MiB of bools)
+BITMAP_WINDOW_PFNS = 1 << 20  # pfns of the 2nd bitmap unpacked at a time (1 MiB of bools)
 MAX_LISTED_LOST = 1000  # unreadable pages listed one by one in the result (all are counted)
 
 ProgressCallback = Callable[[int, int], None]
+_SUB_HEADER_ERASEINFO_OFFSET = 64  # kdump_sub_header.offset_eraseinfo, then size_eraseinfo
+_ERASEINFO_FIELDS = struct.Struct("<qQ")
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,6 +98,9 @@ class KdumpMetadata:
     vmcoreinfo_desc_offset: int | None  # VMCOREINFO text offset within notes_raw
     vmcoreinfo_size: int  # n_descsz of the VMCOREINFO note
     nr_cpus: int  # "CORE"/NT_PRSTATUS notes
+    timestamp_usec: int = 0  # a refiltered dump keeps its input's tv_usec
+    status_extra: int = 0  # header status bits carried over (INCOMPLETE of a refiltered input)
+    eraseinfo: bytes = b""  # a refiltered input's erase information, copied after the data
 
     def __post_init__(self) -> None:
         if len(self.utsname) != UTSNAME_SIZE:
@@ -196,6 +202,7 @@ def write_kdump(
     threads: int | None = None,
     allow_incomplete: bool = False,
     split_range: tuple[int, int] | None = None,
+    bitmap_window_pfns: int = BITMAP_WINDOW_PFNS,
 ) -> KdumpWriteResult:
     """Write a complete kdump-compressed dump of ``memory`` to ``sink``.
 
@@ -212,11 +219,15 @@ def write_kdump(
     When the output fills up (ENOSPC or the sink's size limit) the descriptors
     of pages whose data made it are kept and the rest stay zero ("lost"), like
     makedumpfile; then OutputNoSpaceError is raised, or, with
-    ``allow_incomplete``, the result is returned with ``no_space`` set. A
+    ``allow_incomplete``, the result is returned with ``no_space`` set so the
+    caller can :func:`mark_incomplete` the header or retry at another level. A
     termination signal (:class:`~cdbdump.errors.Interrupted`) ends the
     writing the same way (``interrupted``). An input page that cannot be read
     is excluded (its 2nd-bitmap bit cleared, in ``bitmap2`` and on disk) and
     listed in ``unreadable``; the rest is dumped and the header stays INCOMPLETE.
+    ``window_pages`` (pages compressed at a time), ``threads`` and
+    ``bitmap_window_pfns`` (pfns of the 2nd bitmap unpacked at a time) bound
+    memory and time only: the file is the same whatever they are.
 
     ``split_range`` = (start_pfn, end_pfn) writes one file of a --split set:
     the full headers and bitmaps, the sub header's split fields set, and the
@@ -228,7 +239,7 @@ def write_kdump(
     _check_inputs(meta, bitmap1, bitmap2, memory)
     nr_dumpable = bitmap2.count()
     layout = KdumpLayout.compute(meta, nr_dumpable)
-    status = codec.flag
+    status = codec.flag | meta.status_extra  # an incomplete input stays incomplete
     # a file says INCOMPLETE until its data is durable; a stream (-F) cannot be
     # rewritten in place, and a cut one is flagged when it is rebuilt (-R)
     durable = callable(getattr(sink, "sync", None))
@@ -248,8 +259,11 @@ def write_kdump(
         else:
             result.timings["headers"] = time.perf_counter() - t_start
             writer = _PageWriter(sink, meta, layout, memory, compressor, exclude_zero, result,
-                                 window_pages, split_range)
+                                 window_pages, split_range, bitmap_window_pfns)
             writer.write_all(bitmap2, progress)
+            if meta.eraseinfo and result.no_space is None and result.interrupted is None:
+                with deferred():
+                    _write_eraseinfo(sink, meta, writer.cursor, result)
     if durable and not result.incomplete:
         with deferred():
             # reference: makedumpfile writes the status once; here it turns complete
@@ -301,12 +315,16 @@ def _check_inputs(
         raise OutputError(
             f"memory page size {memory.page_size:#x} differs from {meta.page_size:#x}"
         )
-    stray = bitmap2.bits & ~bitmap1.bits
-    if stray.any():
-        byte = int(np.flatnonzero(stray)[0])
-        low_bit = int(stray[byte]) & -int(stray[byte])
-        pfn = byte * 8 + low_bit.bit_length() - 1
-        raise OutputError(f"pfn {pfn:#x} is dumpable (2nd bitmap) but not present (1st bitmap)")
+    step = BITMAP_WINDOW_PFNS // 8  # bytes at a time: no bitmap-sized temporaries
+    for lo in range(0, bitmap2.bits.size, step):
+        stray = bitmap2.bits[lo : lo + step] & ~bitmap1.bits[lo : lo + step]
+        if stray.any():
+            byte = lo + int(np.flatnonzero(stray)[0])
+            low_bit = int(bitmap2.bits[byte] & ~bitmap1.bits[byte])
+            low_bit &= -low_bit
+            pfn = byte * 8 + low_bit.bit_length() - 1
+            raise OutputError(
+                f"pfn {pfn:#x} is dumpable (2nd bitmap) but not present (1st bitmap)")
 
 
 def _write_headers(
@@ -322,7 +340,7 @@ def _write_headers(
         HEADER_VERSION,
         meta.utsname,
         meta.timestamp_sec,
-        0,  # tv_usec
+        meta.timestamp_usec,
         status,
         meta.page_size,  # block_size
         layout.sub_hdr_size,
@@ -357,6 +375,19 @@ def _write_headers(
     sink.pwrite(sub_header, meta.page_size)
 
 
+def _write_eraseinfo(sink: Sink, meta: KdumpMetadata, offset: int,
+                     result: KdumpWriteResult) -> None:
+    """reference: makedumpfile write_kdump_eraseinfo (copy_eraseinfo after the page
+    data) and update_eraseinfo_of_sub_header."""
+    try:
+        sink.pwrite(meta.eraseinfo, offset)
+        sink.pwrite(_ERASEINFO_FIELDS.pack(offset, len(meta.eraseinfo)),
+                    meta.page_size + _SUB_HEADER_ERASEINFO_OFFSET)
+    except OutputNoSpaceError as exc:
+        result.no_space = exc
+    result.bytes_written = sink.size
+
+
 def _write_bitmap(sink: Sink, bitmap: Bitmap, file_offset: int, padded_size: int) -> None:
     # The block padding is written too: crash checks that the whole bitmap area
     # lies inside the file (diskdump.c read_dump_header).
@@ -383,6 +414,7 @@ class _PageWriter:
         result: KdumpWriteResult,
         window_pages: int,
         split_range: tuple[int, int] | None = None,
+        bitmap_window_pfns: int = BITMAP_WINDOW_PFNS,
     ) -> None:
         self.sink = sink
         self.split_range = split_range
@@ -394,6 +426,7 @@ class _PageWriter:
         self.exclude_zero = exclude_zero
         self.result = result
         self.window_pages = max(1, window_pages)
+        self.bitmap_window_pfns = max(8, bitmap_window_pfns - bitmap_window_pfns % 8)
         # two gather buffers: one window is written out while the next is read and
         # compressed (its payload may be a view of its buffer)
         self.gathers = [
@@ -403,7 +436,6 @@ class _PageWriter:
         self.nr_windows = 0
         self.io = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cdbdump-write")
         self.pending: Future[None] | None = None
-        self.piece_starts = [p.paddr for p in memory.pieces]
         self.cursor = layout.offset_data  # where the next page data goes
         self.nr_done = 0  # descriptors written so far
         self.zero_offset = 0  # file offset of the shared zero page (exclude_zero only)
@@ -448,7 +480,7 @@ class _PageWriter:
 
     def _windows(self, bitmap2: Bitmap) -> Iterator[npt.NDArray[np.int64]]:
         w = self.window_pages
-        for pfns in bitmap2.iter_set_pfns(_SCAN_PFNS):
+        for pfns in bitmap2.iter_set_pfns(self.bitmap_window_pfns):
             if self.split_range is not None:
                 start, end = self.split_range
                 pfns = pfns[(pfns >= start) & (pfns < end)]
@@ -470,7 +502,7 @@ class _PageWriter:
         self.gather = self.gathers[self.nr_windows & 1]
         self.nr_windows += 1
         # zero pages need no reading where a sparse input file has a hole
-        in_hole = self.memory.in_file_holes(pfns) if self.exclude_zero else None
+        in_hole = self.memory.known_zero_frames(pfns) if self.exclude_zero else None
         read_pfns = pfns if in_hole is None else pfns[~in_hole]
         nr_read = int(read_pfns.size)
         bitmap_fixes: list[tuple[int, bytes]] = []
@@ -514,9 +546,8 @@ class _PageWriter:
         self.pending = self.io.submit(self._store, packed.payload, window_start, descs, is_zero,
                                       bitmap_fixes)
         if nr_read:  # RSS: a few windows, not the whole input
-            lo, hi = self.memory.file_span(int(read_pfns[0]), int(read_pfns[-1]))
-            # fault-around maps up to 64 KiB of cached neighbours beyond the reads
-            self.memory.file.drop_range(lo - _FAULT_AROUND, hi - lo + 2 * _FAULT_AROUND)
+            first = int(read_pfns[0])
+            self.memory.release(first << self.shift, (int(read_pfns[-1]) + 1 - first) << self.shift)
         tm = self.timings
         tm["read"] += t1 - t0
         tm["zero_test"] += t2 - t1
@@ -615,7 +646,7 @@ class _PageWriter:
         out = self.gather[: read_pfns.size * ps].reshape(int(read_pfns.size), ps)
         for i, pfn in enumerate(read_pfns.tolist()):
             try:
-                out[i] = np.frombuffer(self.memory.read_frames(pfn, 1), dtype=np.uint8)
+                self._gather_slow(pfn << self.shift, out[i])
             except InputReadError as exc:
                 good[i] = False
                 result.nr_pages_unreadable += 1
@@ -643,10 +674,13 @@ class _PageWriter:
         n = int(pfns.size)
         first = int(pfns[0])
         span = int(pfns[-1]) - first + 1
-        # the whole window inside one file-backed piece: no per-run Python work
-        # (only when dense: the span is read whole, gaps included)
-        view = self.memory.view_run(first << shift, span * ps) if span <= 2 * n else None
-        if view is not None:
+        # the whole window one stored extent: no per-run Python work (only where that
+        # costs no decoding of the pages between the window's pfns, and, as the span is
+        # read whole with pread, only when dense)
+        ext = next(self.memory.extents(first << shift, span * ps))
+        whole = ext.kind is ExtentKind.DATA and ext.size == span * ps
+        if whole and (span == n or (ext.file_offset >= 0 and span <= 2 * n)):
+            view = self.memory.data(ext)
             if span == n:
                 return view  # one run: zero-copy straight from the input mapping
             rows = np.frombuffer(view, dtype=np.uint8).reshape(span, ps)
@@ -660,7 +694,7 @@ class _PageWriter:
         buf = self.gather
         for lo, hi, pfn in zip(run_starts, run_ends, first_pfns, strict=True):
             dest = buf[lo * ps : hi * ps]
-            run = self.memory.view_run(pfn << shift, (hi - lo) * ps)
+            run = view_run(self.memory, pfn << shift, (hi - lo) * ps)
             if run is not None:
                 dest[:] = np.frombuffer(run, dtype=np.uint8)
             else:
@@ -668,33 +702,15 @@ class _PageWriter:
         return buf[: n * ps]
 
     def _gather_slow(self, paddr: int, out: npt.NDArray[np.uint8]) -> None:
-        """Copy [paddr, paddr+len(out)) across pieces, zero-filling what no file holds.
+        """Copy [paddr, paddr+len(out)), zero-filling what the dump does not store.
 
         Bytes beyond p_filesz, and the tail of a page whose PT_LOAD ends
         mid-page, read as zero (makedumpfile >= 1.7.6 dumps such a page with the
-        missing tail zero-filled). A page that no PT_LOAD touches at all is an
-        error: the 2nd bitmap must not mark it dumpable.
+        missing tail zero-filled). A page wholly absent is an error: the 2nd
+        bitmap must not mark it dumpable.
         """
         ps = self.page_size
-        end = paddr + out.size
-        out[:] = 0
-        touched = np.zeros(out.size // ps, dtype=np.bool_)
-        pieces = self.memory.pieces
-        i = max(0, bisect.bisect_right(self.piece_starts, paddr) - 1)
-        while i < len(pieces) and pieces[i].paddr < end:
-            piece = pieces[i]
-            i += 1
-            lo = max(paddr, piece.paddr)
-            hi = min(end, piece.mem_end)
-            if lo >= hi:
-                continue
-            touched[(lo - paddr) // ps : (hi - paddr + ps - 1) // ps] = True
-            file_hi = min(hi, piece.file_end)
-            if lo < file_hi:
-                src = self.memory.file.view(
-                    piece.file_offset + (lo - piece.paddr), file_hi - lo, "PT_LOAD data"
-                )
-                out[lo - paddr : file_hi - paddr] = np.frombuffer(src, dtype=np.uint8)
-        if not touched.all():
-            missing = paddr + int(np.flatnonzero(~touched)[0]) * ps
-            raise NotInDumpError(missing, ps, "marked dumpable but in no PT_LOAD segment")
+        for ext in fill(self.memory, paddr, out):
+            first = -(-(ext.paddr - paddr) // ps)  # pages wholly inside the extent
+            if ext.kind is ExtentKind.ABSENT and (first + 1) * ps <= ext.end - paddr:
+                raise NotInDumpError(paddr + first * ps, ps, "marked dumpable but not in the dump")

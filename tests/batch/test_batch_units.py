@@ -18,9 +18,9 @@ from cdbdump.batch.publish import BatchLock, partial_name, publish, sweep_partia
 from cdbdump.batch.shards import Assembler
 from cdbdump.batch.tasks import Task
 from cdbdump.batch.work import BatchOptions, Outcome, Piece, run_one
+from cdbdump.codecs import Codec
 from cdbdump.errors import OutputError
 from cdbdump.formats.kdump import DISK_DUMP_HEADER_STATUS_OFFSET, DUMP_DH_COMPRESSED_INCOMPLETE
-from cdbdump.writers.compress import Codec
 from tests.batch.conftest import MakeVmcore, cdbdump
 
 ELF_HEAD = b"\x7fELF\x02\x01\x01" + bytes(9)

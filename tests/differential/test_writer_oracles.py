@@ -20,11 +20,11 @@ import numpy as np
 import pytest
 
 from cdbdump.bitmap import Bitmap
+from cdbdump.codecs import Codec
 from cdbdump.fileio import MappedFile
-from cdbdump.memory.physical import PhysicalMemory
+from cdbdump.memory.physical import ElfMemory
 from cdbdump.vmcore.elfcore import ElfCore
 from cdbdump.vmcore.kdumpfile import KdumpFile
-from cdbdump.writers.compress import Codec
 from cdbdump.writers.kdump import KdumpMetadata, write_kdump
 from cdbdump.writers.sink import create_output
 from tests.oracles import (
@@ -170,7 +170,7 @@ def _same_dump_as(ref: Path, raw_elf: Path, out: Path, codec: Codec) -> None:
     """Write with the reference dump's bitmaps and header facts, then compare bytes."""
     with MappedFile(raw_elf) as elf_file, MappedFile(ref) as ref_file:
         core = ElfCore.parse(elf_file)
-        memory = PhysicalMemory(elf_file, core.loads, PS)
+        memory = ElfMemory(elf_file, core.loads, PS)
         dump = KdumpFile.open(ref_file)
         note = core.vmcoreinfo_note
         assert dump.sub_header is not None and note is not None

@@ -14,10 +14,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from cdbdump.bitmap import Bitmap
+from cdbdump.codecs import Codec
 from cdbdump.errors import NotInDumpError
 from cdbdump.fileio import MappedFile
 from cdbdump.vmcore.kdumpfile import KdumpFile
-from cdbdump.writers.compress import Codec
 from cdbdump.writers.kdump import write_kdump
 from cdbdump.writers.sink import create_output
 from tests.oracles import (

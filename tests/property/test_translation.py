@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from cdbdump.errors import NotMappedError
 from cdbdump.fileio import MappedFile
-from cdbdump.memory.physical import PhysicalMemory
+from cdbdump.memory.physical import ElfMemory
 from cdbdump.memory.x86_64 import PageTableWalker
 from cdbdump.vmcore.elfcore import LoadSegment
 from tests.builders.pagetables import PAGE_1G, PAGE_2M, PAGE_4K, PageTableBuilder
@@ -76,7 +76,7 @@ def _build(levels: int, sme_mask: int, pages: list[tuple[int, int, int]],
         for table_paddr in builder.tables:
             f.seek(table_paddr)
             f.write(builder.table_page(table_paddr))
-    phys = PhysicalMemory(MappedFile(path), [LoadSegment(0, 0, 0, 0, end, end, 7, 0)], PAGE_4K)
+    phys = ElfMemory(MappedFile(path), [LoadSegment(0, 0, 0, 0, end, end, 7, 0)], PAGE_4K)
     return builder, PageTableWalker(phys, 0x1000, levels, sme_mask)
 
 

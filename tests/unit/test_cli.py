@@ -126,3 +126,39 @@ def test_codec_flags(tiny_vmcore: MakeVmcore, tmp_path: Path, codec: str) -> Non
     assert result.exit_code == 0, result.output
     names = {"-c": "zlib", "-l": "lzo", "-p": "snappy", "-z": "zstd", "--no-compress": "none"}
     assert json.loads(js.read_text())["codec"] == names[codec]
+
+
+@pytest.mark.parametrize("codec", ["-c", "-l", "-p", "-z"])
+def test_num_threads_does_not_change_the_file(tiny_vmcore: MakeVmcore, tmp_path: Path,
+                                              codec: str) -> None:
+    kernel, vmcore = tiny_vmcore("6.1", seed=5)
+    assert kernel.max_mapnr > 3 * 64  # enough dumpable pages for chunks on every thread
+    outputs = []
+    for threads in ("0", "1", "2", "3", None):
+        out = tmp_path / f"o{threads}"
+        args = [codec, "-d", "1", str(vmcore), str(out)]
+        if threads is not None:
+            args[:0] = ["--num-threads", threads]
+        result = CliRunner().invoke(command, args)
+        assert result.exit_code == 0, result.output
+        outputs.append(out.read_bytes())
+    assert all(o == outputs[0] for o in outputs[1:])
+    bad = CliRunner().invoke(command, ["--num-threads", "-1", str(vmcore), str(tmp_path / "x")])
+    assert bad.exit_code == 2
+
+
+def test_cyclic_buffer_does_not_change_the_file(tiny_vmcore: MakeVmcore, tmp_path: Path) -> None:
+    kernel, vmcore = tiny_vmcore("6.1", seed=5)
+    outputs = []
+    # 1 KiB = 8192 pfns per window: the tiny machine's mem_map and 2nd bitmap take many
+    for kib in (None, "1", "3", "64", "100000"):
+        out, js = tmp_path / f"o{kib}", tmp_path / f"r{kib}.json"
+        args = ["-l", "-d", "31", "--report-json", str(js), str(vmcore), str(out)]
+        if kib is not None:
+            args[:0] = ["--cyclic-buffer", kib]
+        result = CliRunner().invoke(command, args)
+        assert result.exit_code == 0, result.output
+        assert json.loads(js.read_text())["counts"]["free"] == kernel.expected_counts(31).free
+        outputs.append(out.read_bytes())
+    assert kernel.max_mapnr > 8 * 8192
+    assert all(o == outputs[0] for o in outputs[1:])

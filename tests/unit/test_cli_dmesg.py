@@ -102,3 +102,17 @@ def test_usage_errors(args: list[str]) -> None:
     proc = _run(*args)
     assert proc.returncode == 2
     assert b"Error:" in proc.stderr
+
+
+def test_from_kdump_and_flattened_inputs(ring_vmcore: tuple[Path, list[Record]],
+                                         tmp_path: Path) -> None:
+    # the same log read through the kdump-compressed container:
+    # the ring's pages are kernel data, kept at -d 31
+    vmcore, _expected = ring_vmcore
+    from_elf, from_kdump = tmp_path / "elf.txt", tmp_path / "kdump.txt"
+    assert _run("--dump-dmesg", str(vmcore), str(from_elf)).returncode == 0
+    dump = tmp_path / "d31.kdump"
+    assert _run("-d", "31", str(vmcore), str(dump)).returncode == 0
+    proc = _run("--dump-dmesg", str(dump), str(from_kdump))
+    assert proc.returncode == 0, proc.stderr
+    assert from_kdump.read_bytes() == from_elf.read_bytes()

@@ -12,15 +12,10 @@ import numpy as np
 import pytest
 import zstandard
 
+from cdbdump import codecs
+from cdbdump.codecs import Codec, codec_for_flags, decompress_page
 from cdbdump.errors import CorruptDumpError, UnsupportedError
-from cdbdump.writers import compress
-from cdbdump.writers.compress import (
-    Codec,
-    PageCompressor,
-    codec_for_flags,
-    decompress_page,
-    require_codec,
-)
+from cdbdump.writers.compress import PageCompressor
 
 PS = 4096
 RNG = np.random.default_rng(20240601)
@@ -111,9 +106,9 @@ def test_compressed_form_kept_only_when_strictly_smaller(
 ) -> None:
     # a fake codec whose output is page_size + delta bytes
     fake = b"\x01" * (PS + delta)
-    monkeypatch.setattr(compress, "_zlib_page", lambda page: fake)
     page = _text_page(7)
     with PageCompressor(Codec.ZLIB, PS, threads=1) as pc:
+        monkeypatch.setattr(pc, "_page_function", lambda page: fake)
         got = pc.compress_pages(page)
     if delta < 0:
         assert (got.flags.tolist(), got.payload) == ([Codec.ZLIB.flag], fake)
@@ -153,14 +148,18 @@ def test_batch_equals_page_by_page_and_round_trips(codec: Codec) -> None:
         assert decompress_page(flags, stored, PS) == page
 
 
-@pytest.mark.parametrize("codec", [Codec.ZLIB, Codec.ZSTD, Codec.NONE])
-def test_threads_do_not_change_output(codec: Codec) -> None:
-    data = b"".join(_batch() * 40)
-    with PageCompressor(codec, PS, threads=1) as one, PageCompressor(codec, PS, threads=2) as two:
+@pytest.mark.parametrize("threads", [2, 3, 5])
+@pytest.mark.parametrize("codec", list(Codec))
+def test_threads_do_not_change_output(codec: Codec, threads: int) -> None:
+    data = b"".join(_batch() * 70)  # 420 pages: every thread gets a chunk of >= 64
+    with (PageCompressor(codec, PS, threads=1) as one,
+          PageCompressor(codec, PS, threads=threads) as many):
         a = one.compress_pages(data)
-        b = two.compress_pages(data)
+        b = many.compress_pages(data)
+        assert many._pool is not None or codec in (Codec.NONE, Codec.ZSTD)  # pool really used
     assert bytes(a.payload) == bytes(b.payload)
     assert a.sizes.tolist() == b.sizes.tolist()
+    assert a.flags.tolist() == b.flags.tolist()
 
 
 def test_select_compresses_only_selected_pages() -> None:
@@ -203,13 +202,13 @@ def test_missing_optional_module_names_the_pypi_package(
             raise ImportError(f"No module named {module!r}")
         return real_import(name, *args, **kwargs)
 
-    monkeypatch.setattr(compress.importlib, "import_module",
+    monkeypatch.setattr(codecs.importlib, "import_module",
                         lambda name: fake_import(name))
     with pytest.raises(UnsupportedError, match=package) as info:
-        require_codec(codec)
+        codec.check_available()
     assert codec.makedumpfile_option in str(info.value)
-    require_codec(Codec.ZLIB)  # zlib and zstd are always there
-    require_codec(Codec.ZSTD)
+    Codec.ZLIB.check_available()  # zlib and zstd are always there
+    Codec.ZSTD.check_available()
 
 
 # -- decompression -------------------------------------------------------------------------

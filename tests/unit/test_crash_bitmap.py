@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 
 from cdbdump.bitmap import Bitmap
+from cdbdump.codecs import Codec
 from cdbdump.fileio import MappedFile
 from cdbdump.formats.crash_dump_bitmap import CrashDumpBitmapInfo
-from cdbdump.memory.physical import PhysicalMemory
+from cdbdump.memory.physical import ElfMemory
 from cdbdump.mm import crash_bitmap
 from cdbdump.mm.crash_bitmap import KernelBitmap, apply_kernel_bitmap
 from cdbdump.mm.levels import DumpLevel
@@ -20,7 +21,6 @@ from cdbdump.pipeline import DumpOptions, dump
 from cdbdump.report import PathTaken
 from cdbdump.vmcore.elfcore import LoadSegment
 from cdbdump.vmcore.kdumpfile import KdumpFile
-from cdbdump.writers.compress import Codec
 from tests.builders import SyntheticKernel
 
 MakeVmcore = Callable[..., tuple[SyntheticKernel, Path]]
@@ -118,6 +118,19 @@ def test_without_q_the_kernel_bitmap_is_ignored(tiny_vmcore: MakeVmcore, tmp_pat
     assert np.array_equal(bits, kernel.expected_dumpable(31))
 
 
+def test_refiltering_a_kdump_input_uses_its_kernel_bitmap(
+    tiny_vmcore: MakeVmcore, tmp_path: Path
+) -> None:
+    # the -d 0 dump still holds the kernel's bitmap pages, so -q on it takes the
+    # kernel's bitmap and gives the very bytes of -q on the ELF vmcore
+    _kernel, vmcore = tiny_vmcore("6.1", seed=7, crash_dump_bitmap=31, catalog=False)
+    _dump(vmcore, tmp_path / "d0.kdump", 0, q=False)
+    direct, _ = _dump(vmcore, tmp_path / "q.kdump", 31, q=True)
+    refilter, _ = _dump(tmp_path / "d0.kdump", tmp_path / "rq.kdump", 31, q=True)
+    assert direct.path_taken is refilter.path_taken is PathTaken.BITMAP
+    assert (tmp_path / "rq.kdump").read_bytes() == (tmp_path / "q.kdump").read_bytes()
+
+
 @pytest.mark.parametrize("dialect", ["6.1", "6.12"])
 def test_q_follows_the_kernel_where_it_differs_from_the_scan(
     tiny_vmcore: MakeVmcore, tmp_path: Path, dialect: str
@@ -164,7 +177,7 @@ def _and_over_file(tmp_path: Path, nr_bits: int, window_bytes: int | None) -> tu
     paddr = 1 << 30
     info = CrashDumpBitmapInfo(1, paddr, nbytes, 0, 0, 0, 0, 0)
     with MappedFile(path) as f:
-        phys = PhysicalMemory(f, [LoadSegment(0, 0, 0, paddr, nbytes, nbytes, 0, 0)], 4096)
+        phys = ElfMemory(f, [LoadSegment(0, 0, 0, paddr, nbytes, nbytes, 0, 0)], 4096)
         kernel = KernelBitmap(0, 0, info)
         apply_kernel_bitmap(phys, kernel, bitmap2, window_bytes=window_bytes)
     return bitmap2.bits, want

@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from cdbdump.bitmap import Bitmap
 from cdbdump.errors import InputError
 from cdbdump.fileio import MappedFile
-from cdbdump.memory.physical import PhysicalMemory
+from cdbdump.memory.physical import ElfMemory
 from cdbdump.vmcore.elfcore import ElfCore
 from cdbdump.writers import elf as elf_writer
 from cdbdump.writers.elf import (
@@ -50,7 +50,7 @@ def _page(pfn: int) -> bytes:
 
 @pytest.fixture(scope="module")
 def machine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, ElfCore,
-                                                                          PhysicalMemory]]:
+                                                                          ElfMemory]]:
     path = tmp_path_factory.mktemp("elf") / "in.elf"
     loads = []
     for paddr, memsz, zero in LOADS:
@@ -63,7 +63,7 @@ def machine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, El
     write_elf_vmcore(path, loads, notes)
     file = MappedFile(path)
     core = ElfCore.parse(file)
-    yield path, core, PhysicalMemory(file, core.loads, PS)
+    yield path, core, ElfMemory(file, core.loads, PS)
     file.close()
 
 
@@ -115,7 +115,7 @@ runs = st.lists(st.tuples(st.booleans(), st.integers(1, 700)), min_size=1, max_s
 
 
 @given(pattern=runs, exclude_zero=st.booleans())
-def test_segments_follow_makedumpfile(machine: tuple[Path, ElfCore, PhysicalMemory],
+def test_segments_follow_makedumpfile(machine: tuple[Path, ElfCore, ElfMemory],
                                       pattern: list[tuple[bool, int]],
                                       exclude_zero: bool) -> None:
     _, core, memory = machine
@@ -146,7 +146,7 @@ def _elf_loads(path: Path) -> list[tuple[int, ...]]:
     return [struct.unpack_from("<IIQQQQQQ", raw, phoff + 56 * i) for i in range(phnum)]
 
 
-def test_elf_file_reads_back(machine: tuple[Path, ElfCore, PhysicalMemory],
+def test_elf_file_reads_back(machine: tuple[Path, ElfCore, ElfMemory],
                              tmp_path: Path) -> None:
     path, core, memory = machine
     bitmap2 = Bitmap(MAX_MAPNR)
@@ -249,7 +249,7 @@ def test_split_then_reassemble_is_the_direct_dump(tiny_vmcore: MakeVmcore, tmp_p
     assert not (tmp_path / "x").exists()
 
 
-def test_elf_output_full_is_kept_and_flagged(machine: tuple[Path, ElfCore, PhysicalMemory],
+def test_elf_output_full_is_kept_and_flagged(machine: tuple[Path, ElfCore, ElfMemory],
                                              tmp_path: Path) -> None:
     _, core, memory = machine
     bitmap2 = Bitmap(MAX_MAPNR)

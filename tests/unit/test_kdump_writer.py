@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 
 from cdbdump.bitmap import Bitmap
+from cdbdump.codecs import Codec
 from cdbdump.errors import NotInDumpError, OutputError, OutputNoSpaceError
 from cdbdump.fileio import MappedFile
 from cdbdump.vmcore.kdumpfile import KdumpFile
-from cdbdump.writers.compress import Codec
 from cdbdump.writers.kdump import KdumpLayout, KdumpMetadata, mark_incomplete, write_kdump
 from cdbdump.writers.sink import create_output
 from tests.oracles import (
@@ -263,6 +263,7 @@ def test_read_back_equals_source(tmp_path: Path,
 
 @pytest.mark.parametrize(("codec", "exclude_zero"), [
     (Codec.ZSTD, True), (Codec.LZO, True), (Codec.ZLIB, False), (Codec.NONE, True),
+    (Codec.SNAPPY, True), (Codec.ZLIB, True),
 ])
 def test_window_size_and_threads_do_not_change_the_file(
     tmp_path: Path, source: tuple[Path, dict[int, bytes], KdumpInputs], codec: Codec,
@@ -271,9 +272,9 @@ def test_window_size_and_threads_do_not_change_the_file(
     # some 30 dumpable pages in two PT_LOADs: windows of 1, 3 and 7 pages cut runs, loads and
     # the zero-page bookkeeping in different places
     _, _, inputs = source
-    ref, _ = _write(tmp_path, inputs, codec, exclude_zero, name="ref")
-    for window, threads in [(1, 1), (3, 2), (7, 1), (1 << 16, 2)]:
-        path, _ = _write(tmp_path, inputs, codec, exclude_zero, name=f"w{window}",
+    ref, _ = _write(tmp_path, inputs, codec, exclude_zero, name="ref", threads=1)
+    for window, threads in [(1, 1), (3, 2), (7, 1), (1 << 16, 2), (1 << 16, 3)]:
+        path, _ = _write(tmp_path, inputs, codec, exclude_zero, name=f"w{window}-{threads}",
                          window_pages=window, threads=threads)
         assert path.read_bytes() == ref.read_bytes(), (window, threads)
 

@@ -10,16 +10,17 @@ import numpy as np
 import pytest
 
 from cdbdump.bitmap import Bitmap
+from cdbdump.codecs import Codec
 from cdbdump.errors import (
     CorruptDumpError,
     NotInDumpError,
     TruncatedDumpError,
     UnknownFormatError,
-    UnsupportedError,
 )
 from cdbdump.fileio import MappedFile
+from cdbdump.memory.kdump import KdumpMemory
+from cdbdump.memory.physical import ExtentKind
 from cdbdump.vmcore.kdumpfile import KdumpFile
-from cdbdump.writers.compress import Codec
 from cdbdump.writers.kdump import write_kdump
 from cdbdump.writers.sink import create_output
 from tests.oracles import (
@@ -86,7 +87,17 @@ def test_pages_and_exclusions(dump_path: Path) -> None:
     assert sorted(got) == [p for p in PFNS if not 20 <= p < 25]
     for pfn, content in got.items():
         assert content == (bytes(PS) if pfn == 12 else pages[pfn])
-    assert dump.read(9 * PS + 4000, 200) == pages[9][4000:] + pages[10][:104]
+    memory = KdumpMemory([dump])
+    assert memory.read(9 * PS + 4000, 200) == pages[9][4000:] + pages[10][:104]
+    # the seam: DATA for stored pages, ABSENT for excluded pages and holes
+    kinds = [(e.paddr // PS, -(-e.end // PS), e.kind) for e in memory.extents(18 * PS, 8 * PS)]
+    stored = [p for p in PFNS if not 20 <= p < 25 and 18 <= p < 26]
+    assert [k for k in kinds if k[2] is ExtentKind.DATA] == [
+        (lo, hi, ExtentKind.DATA) for lo, hi in _runs(stored)
+    ]
+    assert sum(hi - lo for lo, hi, _ in kinds) == 8
+    with pytest.raises(NotInDumpError):
+        memory.read(22 * PS, 1)
     with pytest.raises(NotInDumpError, match="excluded") as info:
         dump.read_page(22)
     assert info.value.address == 22 * PS
@@ -149,13 +160,6 @@ def test_single_bitmap_file_means_every_present_page_is_dumpable(
 
 
 # -- corrupt and foreign input ---------------------------------------------------------------
-
-
-def test_flattened_stream_is_unsupported(tmp_path: Path) -> None:
-    path = tmp_path / "flat"
-    path.write_bytes(b"makedumpfile\0\0\0\0" + bytes(4096))
-    with pytest.raises(UnsupportedError, match="flattened"):
-        _open(path)
 
 
 def test_unknown_signature(tmp_path: Path) -> None:
@@ -269,3 +273,13 @@ def test_bitmap_class_used_for_both_bitmaps(dump_path: Path) -> None:
     dump = _open(dump_path)
     assert isinstance(dump.bitmap1, Bitmap) and isinstance(dump.bitmap2, Bitmap)
     assert dump.bitmap1.nr_bits == dump.bitmap2.nr_bits == 70
+
+
+def _runs(pfns: list[int]) -> list[tuple[int, int]]:
+    runs: list[tuple[int, int]] = []
+    for pfn in pfns:
+        if runs and runs[-1][1] == pfn:
+            runs[-1] = (runs[-1][0], pfn + 1)
+        else:
+            runs.append((pfn, pfn + 1))
+    return runs

@@ -13,10 +13,11 @@ import numpy as np
 import pytest
 
 from cdbdump import _lzo
+from cdbdump.codecs import Codec, decompress_page
 from cdbdump.errors import CorruptDumpError, UnsupportedError
 from cdbdump.fileio import MappedFile
 from cdbdump.vmcore.kdumpfile import KdumpFile
-from cdbdump.writers.compress import Codec, PageCompressor, decompress_page, require_codec
+from cdbdump.writers.compress import PageCompressor
 from tests.builders import SyntheticKernel
 
 PS = 4096
@@ -87,7 +88,7 @@ def test_garbage_and_long_streams_are_corrupt(lzo_backend: _lzo.Backend) -> None
 def test_unknown_backend_name(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(_lzo.ENV_BACKEND, "minilzo")
     with pytest.raises(UnsupportedError, match="CDBDUMP_LZO"):
-        require_codec(Codec.LZO)
+        Codec.LZO.check_available()
 
 
 def test_no_backend_names_both_packages(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -97,7 +98,7 @@ def test_no_backend_names_both_packages(monkeypatch: pytest.MonkeyPatch) -> None
     monkeypatch.setattr(_lzo, "_chosen", {})
     assert not Codec.LZO.available
     with pytest.raises(UnsupportedError) as info:
-        require_codec(Codec.LZO)
+        Codec.LZO.check_available()
     text = str(info.value)
     assert "-l" in text and "python-lzo" in text and "lzallright" in text
     assert "cdbdump[lzo]" in text

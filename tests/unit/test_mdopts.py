@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from cdbdump.codecs import Codec
 from cdbdump.mdopts import (
     DEFAULT_MSG_LEVEL,
     OPTIONS,
@@ -13,7 +14,6 @@ from cdbdump.mdopts import (
     atoi,
     parse,
 )
-from cdbdump.writers.compress import Codec
 
 
 @pytest.mark.parametrize(
@@ -104,12 +104,12 @@ def test_unknown_option_and_bad_message_level() -> None:
 
 
 def test_tuning_knobs_are_accepted_with_one_notice_each() -> None:
-    inv = parse("-b 8 --cyclic-buffer 1024 --cyclic-buffer=2 --work-dir /tmp --non-mmap -e "
+    inv = parse("-b 8 --num-buffers=2 --work-dir /tmp --non-mmap -e "
                 "--splitblock-size 100 --num-buffers 4 v d".split())
     assert (inv.vmcore, inv.dumpfile) == ("v", "d")
     names = [n.split()[0] for n in inv.notices]
-    assert names == ["-b", "--cyclic-buffer", "--work-dir", "--non-mmap", "-e",
-                     "--splitblock-size", "--num-buffers"]
+    assert names == ["-b", "--num-buffers", "--work-dir", "--non-mmap", "-e",
+                     "--splitblock-size"]
 
 
 @pytest.mark.parametrize("spec", [o for o in OPTIONS if o.effect is Effect.REFUSED],

@@ -14,7 +14,7 @@ import pytest
 
 from cdbdump.errors import CorruptDumpError, MissingVmcoreInfoKey, UnsupportedError
 from cdbdump.memory.kernel import KernelMemory
-from cdbdump.memory.physical import PhysicalMemory
+from cdbdump.memory.physical import ElfMemory
 from cdbdump.memory.x86_64 import PageTableWalker
 from cdbdump.mm.memmodel import MemMapRun, locate_mem_map
 from cdbdump.vmcore.vmcoreinfo import VmcoreInfo
@@ -125,7 +125,7 @@ class TinyKernel:
         return KernelMemory.from_vmcoreinfo(phys, info), info
 
 
-def kernel_for(phys: PhysicalMemory, root: int) -> KernelMemory:
+def kernel_for(phys: ElfMemory, root: int) -> KernelMemory:
     return KernelMemory(phys, PageTableWalker(phys, root), phys_base=0, page_offset=PAGE_OFFSET)
 
 

@@ -7,8 +7,16 @@ import pytest
 
 from cdbdump.errors import NotInDumpError
 from cdbdump.fileio import MappedFile
-from cdbdump.memory.physical import PhysicalMemory
-from cdbdump.vmcore.elfcore import LoadSegment
+from cdbdump.formats.elf import LoadSegment
+from cdbdump.memory.physical import (
+    ElfMemory,
+    Extent,
+    ExtentKind,
+    all_data,
+    data_pfn_ranges,
+    fill,
+    view_run,
+)
 
 PAGE = 4096
 
@@ -33,7 +41,7 @@ def test_reads_straddle_segments_and_zero_fill(image: Path) -> None:
         _seg(2, 0x2000, 0x20000, 0x1000, 0x1000),
     ]
     with MappedFile(image) as f:
-        phys = PhysicalMemory(f, loads, PAGE)
+        phys = ElfMemory(f, loads, PAGE)
         data = phys.read(0x10FF0, 0x20)  # across segments 0 and 1
         assert data == bytes([0x0F] * 0x10 + [0x10] * 0x10)
         tail = phys.read(0x117F0, 0x20)
@@ -41,10 +49,44 @@ def test_reads_straddle_segments_and_zero_fill(image: Path) -> None:
         with pytest.raises(NotInDumpError) as exc:
             phys.read(0x11FF0, 0x20)  # runs into the hole at 0x12000
         assert exc.value.address == 0x12000
-        assert phys.view_run(0x20000, 0x1000) is not None
-        assert phys.view_run(0x11000, 0x1000) is None  # not wholly file-backed
+        assert view_run(phys, 0x20000, 0x1000) is not None
+        assert view_run(phys, 0x11000, 0x1000) is None  # not wholly file-backed
         assert list(phys.present_pfn_ranges()) == [(0x10, 0x11), (0x11, 0x12), (0x20, 0x21)]
-        assert list(phys.filebacked_pfn_ranges()) == [(0x10, 0x11), (0x11, 0x12), (0x20, 0x21)]
+        assert list(data_pfn_ranges(phys, first_byte=False)) == [(0x10, 0x12), (0x20, 0x21)]
+        assert all_data(phys, 0x10000, 0x1800)
+        assert not all_data(phys, 0x10000, 0x1801)
+
+
+def test_extents_tell_data_zero_tail_and_absent(image: Path) -> None:
+    loads = [
+        _seg(0, 0x0, 0x10000, 0x1000, 0x1000),
+        _seg(1, 0x1000, 0x11000, 0x800, 0x1000),
+        _seg(2, 0x2000, 0x20000, 0x1000, 0x1000),
+    ]
+    D, Z, A = ExtentKind.DATA, ExtentKind.ZERO, ExtentKind.ABSENT
+    with MappedFile(image) as f:
+        phys = ElfMemory(f, loads, PAGE)
+        assert list(phys.extents(0xF000, 0x11800)) == [
+            Extent(0xF000, 0x1000, A),
+            Extent(0x10000, 0x1000, D, 0x0),
+            Extent(0x11000, 0x800, D, 0x1000),
+            Extent(0x11800, 0x800, Z),
+            Extent(0x12000, 0xE000, A),
+            Extent(0x20000, 0x800, D, 0x2000),
+        ]
+        assert list(phys.extents(0x21000, 0x10)) == [Extent(0x21000, 0x10, A)]
+        assert list(phys.extents(0x117F0, 0x20)) == [
+            Extent(0x117F0, 0x10, D, 0x17F0), Extent(0x11800, 0x10, Z)
+        ]
+        out = np.full(0x2000, 0xEE, dtype=np.uint8)
+        missing = fill(phys, 0x11000, out)
+        assert [(e.paddr, e.size, e.kind) for e in missing] == [
+            (0x11800, 0x800, Z), (0x12000, 0x1000, A)
+        ]
+        assert bytes(out[:0x800]) == bytes((0x1000 + i) // 0x100 & 0xFF for i in range(0x800))
+        assert not out[0x800:].any()
+        # in_segs (first byte stored) versus any byte stored
+        assert list(data_pfn_ranges(phys, first_byte=True)) == [(0x10, 0x12), (0x20, 0x21)]
 
 
 def test_overlapping_loads_become_disjoint(image: Path) -> None:
@@ -54,8 +96,8 @@ def test_overlapping_loads_become_disjoint(image: Path) -> None:
         _seg(1, 0x0, 0x0, 0x3000, 0x3000),
     ]
     with MappedFile(image) as f:
-        phys = PhysicalMemory(f, loads, PAGE)
-        assert [(p.paddr, p.mem_end) for p in phys.pieces] == [(0, 0x3000)]
+        phys = ElfMemory(f, loads, PAGE)
+        assert list(phys.extents(0, 0x3000)) == [Extent(0, 0x3000, ExtentKind.DATA, 0)]
         assert phys.read(0x2FFF, 1) == b"\x2f"
 
 
@@ -63,11 +105,12 @@ def test_partial_last_page_counts_as_present(image: Path) -> None:
     # an e820 range such as 0x1000-0x9fbff ends mid-page (makedumpfile >= 1.7.6 keeps it)
     loads = [_seg(0, 0x0, 0x1000, 0x1C00, 0x1C00)]
     with MappedFile(image) as f:
-        phys = PhysicalMemory(f, loads, PAGE)
+        phys = ElfMemory(f, loads, PAGE)
         assert list(phys.present_pfn_ranges()) == [(1, 3)]
-        frame = phys.read_frames(2, 1)
-        assert frame[:0xC00] == bytes(((0x1000 + i) // 0x100) & 0xFF for i in range(0xC00))
-        assert frame[0xC00:] == bytes(0x400)
+        frame = np.empty(PAGE, dtype=np.uint8)
+        assert [e.kind for e in fill(phys, 2 * PAGE, frame)] == [ExtentKind.ABSENT]
+        assert bytes(frame[:0xC00]) == bytes(((0x1000 + i) // 0x100) & 0xFF for i in range(0xC00))
+        assert bytes(frame[0xC00:]) == bytes(0x400)
         with pytest.raises(NotInDumpError):
             phys.read(0x2BFF, 2)  # strict reads do not invent bytes
 
@@ -87,19 +130,19 @@ def test_frames_in_file_holes(tmp_path: Path) -> None:
     if path.stat().st_blocks * 512 >= path.stat().st_size:
         pytest.skip(f"the file system of {tmp_path} stores no holes (st_blocks)")
     with MappedFile(path) as f:
-        phys = PhysicalMemory(f, loads, PAGE)
+        phys = ElfMemory(f, loads, PAGE)
         pfns = np.arange(0x100, 0x110, dtype=np.int64)
-        holes = phys.in_file_holes(pfns)
-        assert holes is not None, "holes on disk, but in_file_holes found none"
+        holes = phys.known_zero_frames(pfns)
+        assert holes is not None, "holes on disk, but known_zero_frames found none"
         expect = np.ones(16, dtype=bool)
         expect[[3, 9, 15]] = False  # data, data, and a frame not wholly in the file
         assert holes.tolist() == expect.tolist()
         # what the hole test says is zero really reads as zero
         for pfn in pfns[holes]:
-            assert phys.read_frames(int(pfn), 1) == bytes(PAGE)
+            assert phys.read(int(pfn) * PAGE, PAGE) == bytes(PAGE)
 
 
 def test_dense_file_reports_no_holes(image: Path) -> None:
     with MappedFile(image) as f:
-        phys = PhysicalMemory(f, [_seg(0, 0, 0, 0x3000, 0x3000)], PAGE)
-        assert phys.in_file_holes(np.arange(3, dtype=np.int64)) is None
+        phys = ElfMemory(f, [_seg(0, 0, 0, 0x3000, 0x3000)], PAGE)
+        assert phys.known_zero_frames(np.arange(3, dtype=np.int64)) is None

@@ -19,7 +19,7 @@ from cdbdump.bitmap import Bitmap
 from cdbdump.errors import BadVmcoreInfoValue, CorruptDumpError, MissingVmcoreInfoKey
 from cdbdump.fileio import MappedFile
 from cdbdump.memory.kernel import KernelMemory
-from cdbdump.memory.physical import PhysicalMemory
+from cdbdump.memory.physical import ElfMemory, data_pfn_ranges
 from cdbdump.mm.counts import PageCounts
 from cdbdump.mm.levels import DumpLevel
 from cdbdump.mm.memmodel import MemMap, locate_mem_map
@@ -242,7 +242,7 @@ LEVELS = (0, 1, 2, 4, 8, 16, 31)
 def _open(vmcore: Path) -> tuple[KernelMemory, VmcoreInfo, MemMap]:
     core = ElfCore.parse(MappedFile(vmcore))
     assert core.vmcoreinfo is not None
-    phys = PhysicalMemory(core.file, core.loads, PAGE)
+    phys = ElfMemory(core.file, core.loads, PAGE)
     kernel = KernelMemory.from_vmcoreinfo(phys, core.vmcoreinfo, loads=core.loads)
     max_mapnr = -(-phys.end_paddr // PAGE)
     return kernel, core.vmcoreinfo, locate_mem_map(kernel, core.vmcoreinfo, max_mapnr)
@@ -253,7 +253,7 @@ def _pre_scan_bitmap(sk: SyntheticKernel, kernel: KernelMemory, max_mapnr: int) 
     bm = Bitmap(max_mapnr)
     bm.put_bools(0, sk.first_bitmap()[:max_mapnr])
     data = Bitmap(max_mapnr)
-    for lo, hi in kernel.phys.filebacked_pfn_ranges():
+    for lo, hi in data_pfn_ranges(kernel.phys, first_byte=False):
         data.set_range(lo, hi)
     bm.bits &= data.bits
     return bm
@@ -339,7 +339,7 @@ def test_bad_vmcoreinfo_is_a_typed_error(tiny_vmcore: Any) -> None:
         sk, vmcore = tiny_vmcore("6.1", seed=1, **kwargs)
         core = ElfCore.parse(MappedFile(vmcore))
         assert core.vmcoreinfo is not None
-        phys = PhysicalMemory(core.file, core.loads, PAGE)
+        phys = ElfMemory(core.file, core.loads, PAGE)
         kernel = KernelMemory.from_vmcoreinfo(phys, core.vmcoreinfo, loads=core.loads)
         with pytest.raises(error) as err:
             exclude_unnecessary_pages(kernel, core.vmcoreinfo, DumpLevel(31),

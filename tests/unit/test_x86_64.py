@@ -16,7 +16,7 @@ import pytest
 from cdbdump.errors import BadVmcoreInfoValue, MissingVmcoreInfoKey, NotInDumpError, NotMappedError
 from cdbdump.fileio import MappedFile
 from cdbdump.memory.kernel import KernelMemory
-from cdbdump.memory.physical import PhysicalMemory
+from cdbdump.memory.physical import ElfMemory
 from cdbdump.memory.x86_64 import PageTableWalker
 from cdbdump.vmcore.elfcore import LoadSegment
 from cdbdump.vmcore.vmcoreinfo import VmcoreInfo
@@ -62,7 +62,7 @@ class PhysImage:
     def to_phys(
         self, path: Path, segments: list[tuple[int, int]] | None = None,
         filesz: dict[int, int] | None = None,
-    ) -> PhysicalMemory:
+    ) -> ElfMemory:
         """Write [paddr, end) segments (default: all memory) to ``path`` as PT_LOAD data."""
         segments = segments or [(0, self.size)]
         loads = []
@@ -77,7 +77,7 @@ class PhysImage:
                         f.write(page[: min(PAGE, lo + size - base)])
                 loads.append(LoadSegment(index, offset, 0, lo, size, hi - lo, 7, 0))
                 offset += size
-        return PhysicalMemory(MappedFile(path), loads, PAGE)
+        return ElfMemory(MappedFile(path), loads, PAGE)
 
 
 class PageTables:
@@ -135,7 +135,7 @@ def canon(va: int, levels: int = 4) -> int:
 
 
 @pytest.fixture
-def small(tmp_path: Path) -> tuple[PageTables, PhysicalMemory]:
+def small(tmp_path: Path) -> tuple[PageTables, ElfMemory]:
     image = PhysImage(64 * MIB)
     pt = PageTables(image)
     pt.map(0xFFFF888000000000, 0, GIB, GIB)  # direct map with a 1 GiB page
@@ -147,7 +147,7 @@ def small(tmp_path: Path) -> tuple[PageTables, PhysicalMemory]:
     return pt, image.to_phys(tmp_path / "mem")
 
 
-def test_translate_every_page_size(small: tuple[PageTables, PhysicalMemory]) -> None:
+def test_translate_every_page_size(small: tuple[PageTables, ElfMemory]) -> None:
     pt, phys = small
     walker = PageTableWalker(phys, pt.root)
     assert walker.translate(0xFFFF888000123456) == 0x123456
@@ -158,7 +158,7 @@ def test_translate_every_page_size(small: tuple[PageTables, PhysicalMemory]) -> 
     assert walker.translate(0x00007F0000000ABC) == 0x20ABC
 
 
-def test_not_mapped_names_level_and_entry(small: tuple[PageTables, PhysicalMemory]) -> None:
+def test_not_mapped_names_level_and_entry(small: tuple[PageTables, ElfMemory]) -> None:
     pt, phys = small
     walker = PageTableWalker(phys, pt.root)
     with pytest.raises(NotMappedError) as info:
@@ -173,7 +173,7 @@ def test_not_mapped_names_level_and_entry(small: tuple[PageTables, PhysicalMemor
     assert info.value.level == "non-canonical address"
 
 
-def test_iter_runs_coalesces_and_skips(small: tuple[PageTables, PhysicalMemory]) -> None:
+def test_iter_runs_coalesces_and_skips(small: tuple[PageTables, ElfMemory]) -> None:
     pt, phys = small
     walker = PageTableWalker(phys, pt.root)
     runs = list(walker.iter_runs(0, 2**64))
@@ -256,7 +256,7 @@ def test_five_levels(tmp_path: Path) -> None:
     ]
 
 
-def test_table_cache_is_bounded(small: tuple[PageTables, PhysicalMemory]) -> None:
+def test_table_cache_is_bounded(small: tuple[PageTables, ElfMemory]) -> None:
     pt, phys = small
     walker = PageTableWalker(phys, pt.root, max_cached_tables=2)
     for va in pt.expected:
