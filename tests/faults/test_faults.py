@@ -142,6 +142,41 @@ def test_eio_on_struct_pages_keeps_their_frames(machine: tuple[SyntheticKernel, 
     assert not got[struct_pfn]
 
 
+def test_eio_in_a_kdump_input_loses_that_page_only(machine: tuple[SyntheticKernel, Path],
+                                                  faulty_mount: Mount,
+                                                  tmp_path: Path) -> None:
+    # refiltering reads through KdumpMemory: the same pread errors, the same salvage
+    kernel, vmcore = machine
+    full = tmp_path / "full.kdump"
+    proc = _cdbdump("-d", "0", str(vmcore), str(full))
+    assert proc.returncode == 0, proc.stderr
+    reference = tmp_path / "ref.kdump"
+    proc = _cdbdump("-d", "31", str(full), str(reference))
+    assert proc.returncode == 0, proc.stderr
+    pfns = _dumpable_data_pfns(kernel, 31)
+    bad = int(pfns[pfns.size // 2])
+    with MappedFile(full) as f:
+        desc = KdumpFile.open(f).page_descs(np.array([bad], dtype=np.int64))[0]
+    assert int(desc["size"]) > 0
+    mount = faulty_mount(full, "--eio", f"{int(desc['offset']):#x}:0x1")
+    out, rj = tmp_path / "out.kdump", tmp_path / "r.json"
+    proc = _cdbdump("-d", "31", "--report-json", str(rj), str(mount.path), str(out))
+    assert proc.returncode == 1, proc.stderr
+    _one_line(proc.stderr)
+    assert f"pfn {bad:#x}" in proc.stderr
+    report = json.loads(rj.read_text())
+    assert report["pages_unreadable"] == 1
+    assert report["unreadable_pages"][0]["pfn"] == bad
+    kdump, lost = _check_partial(out, vmcore)
+    assert kdump.is_incomplete and lost == set()
+    with MappedFile(reference) as f:
+        ref = KdumpFile.open(f)
+        expected = ref.bitmap2.get_bools(0, ref.max_mapnr).copy()
+    assert expected[bad]
+    expected[bad] = False
+    assert np.array_equal(kdump.bitmap2.get_bools(0, kdump.max_mapnr), expected)
+
+
 def test_unreadable_elf_header_is_one_line(machine: tuple[SyntheticKernel, Path],
                                            faulty_mount: Mount, tmp_path: Path) -> None:
     _, vmcore = machine
