@@ -9,7 +9,7 @@ PIP    := $(PY) -m pip install -q --disable-pip-version-check
 CACHE  := .cache
 DEMO   := $(CACHE)/demo
 
-.PHONY: demo test system-deps fixtures lint typecheck unit bench clean venv real-bitmap-vmcore \
+.PHONY: demo test system-deps fixtures lint typecheck unit bench fuzz clean venv real-bitmap-vmcore \
 	capture-exe kdump-e2e
 
 # Wheels only: python-lzo (sdist) is left out, LZO comes from the lzallright wheel.
@@ -60,6 +60,13 @@ unit: $(VENV)/.full
 
 bench: $(VENV)/.full
 	$(PY) bench/bench.py
+
+# Long fuzz run (tests/fuzz/fuzz.py): FUZZ_INPUTS mutated vmcores, both -q and the scan,
+# plus the real 5.10 vmcore when the cache has it. `make test` runs a short form.
+FUZZ_INPUTS ?= 10000
+FUZZ_REAL   ?= $(wildcard $(or $(CDBDUMP_VMCORE_CACHE),$(CACHE)/vmcores)/debian11-5.10-1g.elf)
+fuzz: $(VENV)/.full
+	$(PY) -m tests.fuzz.fuzz --inputs $(FUZZ_INPUTS) $(if $(FUZZ_REAL),--real $(FUZZ_REAL))
 
 # The real /proc/vmcore of the crash-dump-bitmap kernel (kernel/crash_dump_bitmap/);
 # builds or reuses the patched kernel and the vmcore; the last line is its path.

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import sys
 import traceback
 from collections.abc import Callable
@@ -22,10 +23,10 @@ from typing import Any
 
 import click
 
-from cdbdump import __version__
+from cdbdump import __version__, interrupts
 from cdbdump.codecs import Codec
 from cdbdump.deliver import STDOUT_NAME
-from cdbdump.errors import CdbdumpError, IncompleteDumpError
+from cdbdump.errors import CdbdumpError, IncompleteDumpError, Interrupted
 from cdbdump.mm.levels import MAX_DUMP_LEVEL, DumpLevel
 from cdbdump.mm.scan import MemoryUsage
 from cdbdump.pipeline import (
@@ -38,6 +39,7 @@ from cdbdump.pipeline import (
     reassemble_files,
 )
 from cdbdump.report import DumpReport, PathTaken
+from cdbdump.writers.sink import check_output, create_output
 
 __all__ = ("main",)
 
@@ -193,30 +195,34 @@ def command(
         threads=None if num_threads is None else max(1, num_threads),
         cyclic_buffer_kib=cyclic_buffer,
     )
+    interrupts.install()  # SIGTERM/SIGINT/SIGHUP: keep what is written, flag it INCOMPLETE
+    json_inputs = [vmcore, *options.split_parts, *([dumpfile] if dumpfile else []),
+                   *options.split_files]
     try:
+        if report_json is not None:  # refused before any memory is read
+            check_output(report_json, force, inputs=json_inputs)
         with _ProgressBar(ui) as progress:
             report = dump(options, progress)
     except IncompleteDumpError as exc:
         if isinstance(exc.report, DumpReport):
             _render(exc.report, ui)
+            if report_json is not None:
+                _write_json(report_json, exc.report, force, json_inputs, ui)
         ui.error(str(exc))
         ui.common("This is an incomplete dumpfile, but might be analyzable.")
-        sys.exit(EXIT_FAILED)
+        sys.exit(_signal_exit(exc.signum) if exc.signum is not None else EXIT_FAILED)
     except CdbdumpError as exc:
         if debug:
             traceback.print_exc()
         ui.error(str(exc))
         sys.exit(EXIT_FAILED)
-    except KeyboardInterrupt:
-        ui.error("interrupted")
-        sys.exit(130)
+    except Interrupted as exc:
+        ui.error(f"interrupted by {signal.Signals(exc.signum).name} before any page was "
+                 "written; no dump file was left")
+        sys.exit(_signal_exit(exc.signum))
     _render(report, ui)
     if report_json is not None:
-        try:
-            report_json.write_text(json.dumps(report.as_json(), indent=2) + "\n")
-        except OSError as exc:
-            ui.error(f"{report_json}: cannot write the JSON report: {exc.strerror}")
-            sys.exit(EXIT_FAILED)
+        _write_json(report_json, report, force, json_inputs, ui)
     ui.common("")
     if options.split_files:
         names = [str(p) for p in options.split_files]
@@ -291,6 +297,25 @@ def _run_reassemble(pieces: list[Path], dumpfile: Path, force: bool, ui: _Messag
     ui.common("")
     ui.common(f"The dumpfile is saved to {dumpfile}.")
     ui.common("cdbdump Completed.")
+
+
+def _signal_exit(signum: int) -> int:
+    return 128 + signum  # the shell's convention: 143 SIGTERM, 130 SIGINT, 129 SIGHUP
+
+
+def _write_json(path: Path, report: DumpReport, force: bool, inputs: list[Path],
+                ui: _Messages) -> None:
+    """The JSON report, created like the dump: 0600, O_EXCL, never through a symlink."""
+    data = (json.dumps(report.as_json(), indent=2) + "\n").encode()
+    try:
+        out = create_output(path, force, inputs=inputs)
+        try:
+            out.pwrite(data, 0)
+        finally:
+            out.close()
+    except CdbdumpError as exc:
+        ui.error(f"cannot write the JSON report: {exc}")
+        sys.exit(EXIT_FAILED)
 
 
 def _run_mem_usage(vmcore: Path, ui: _Messages, debug: bool) -> None:
@@ -419,6 +444,13 @@ def _render(report: DumpReport, ui: _Messages) -> None:
         )
     if report.levels_not_applied:
         ui.warning(report.levels_not_applied)
+    for lost in report.unreadable_pages:
+        ui.warning(f"pfn {lost['pfn']:#x} not dumped: input unreadable at file offset "
+                   f"{lost['file_offset']:#x}: {lost['error']}")
+    if report.pages_unreadable > len(report.unreadable_pages):
+        ui.warning(f"... {report.pages_unreadable - len(report.unreadable_pages)} more "
+                   "unreadable pages not listed")
+
     for step, seconds in report.timings.items():
         ui.report(f"STEP [{step:<27}] : {seconds:.6f} seconds")
     print_report(report, ui.report)
@@ -448,6 +480,8 @@ def print_report(report: DumpReport, out: Callable[[str], None]) -> None:
         remaining = original - elf_excluded
     if original:
         out(f"  (The number of pages is reduced to {remaining * 100 // original}%.)")
+    if report.pages_unreadable:
+        out(f"  Unreadable pages : 0x{report.pages_unreadable:016x}")
     out(f"Memory Hole     : 0x{report.memory_hole_pages:016x}")
     out("-" * 50)
     out(f"Total pages     : 0x{report.max_mapnr:016x}")

@@ -8,6 +8,7 @@ facts of the DumpReport and never prints.
 from __future__ import annotations
 
 import os
+import signal
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ from cdbdump.bitmap import Bitmap
 from cdbdump.codecs import Codec
 from cdbdump.errors import CdbdumpError, IncompleteDumpError, OutputError
 from cdbdump.formats.elf import ELF64_EHDR
+from cdbdump.interrupts import deferred
 from cdbdump.memory.physical import PhysicalMemory
 from cdbdump.report import DumpReport, ProgressCallback
 from cdbdump.vmcore.elfcore import ElfCore
@@ -94,13 +96,17 @@ def deliver(
                                  exclude_zero=exclude_zero, progress=_step(progress),
                                  allow_incomplete=True, **_tuning(request, meta.max_mapnr))
             _account(report, result)
-            if result.no_space is not None:
+            if result.incomplete:
                 # reference: makedumpfile check_and_modify_kdump_headers — keep what
-                # was written, flag the header INCOMPLETE, exit 1
-                mark_incomplete(out, result)
-                report.bytes_written = out.bytes_written
-                out.close()
-                raise IncompleteDumpError(result.nr_pages_lost, result.no_space, report)
+                # was written, flag the header INCOMPLETE (it already is: it turns
+                # complete only at the end), exit 1 (128 + signal when interrupted)
+                with deferred():
+                    mark_incomplete(out, result)
+                    report.bytes_written = out.bytes_written
+                    out.close()
+                raise IncompleteDumpError(result.nr_pages_lost, incomplete_reason(result),
+                                          report, cause=result.no_space,
+                                          signum=result.interrupted)
     except IncompleteDumpError:
         raise
     except BaseException:
@@ -134,6 +140,28 @@ def _account(report: DumpReport, result: KdumpWriteResult) -> None:
     report.counts.zero += result.nr_zero_pages
     report.pages_written += result.nr_pages_written
     report.bytes_out = max(report.bytes_out, result.bytes_written)
+    report.pages_unreadable += result.nr_pages_unreadable
+    report.unreadable_pages.extend(
+        {"pfn": pfn, "file_offset": off, "error": why} for pfn, off, why in result.unreadable)
+    report.pages_lost += result.nr_pages_lost
+    if result.nr_pages_unreadable:
+        report.dumpable_pages -= result.nr_pages_unreadable
+
+
+def incomplete_reason(result: KdumpWriteResult) -> str:
+    """One line: why the dump is incomplete (full disk, signal, unreadable input)."""
+    parts: list[str] = []
+    if result.no_space is not None:
+        parts.append(str(result.no_space))
+    if result.interrupted is not None:
+        parts.append(f"interrupted by {signal.Signals(result.interrupted).name}")
+    if result.nr_pages_unreadable:
+        pfn, file_offset, why = result.unreadable[0]
+        parts.append(
+            f"{result.nr_pages_unreadable} input pages could not be read and are excluded "
+            f"(first: pfn {pfn:#x} at file offset {file_offset:#x}: {why})"
+        )
+    return "; ".join(parts)
 
 
 def _write_elf(
@@ -206,18 +234,22 @@ def _deliver_split(
         raise
     lost = 0
     first_full = None
+    reasons: list[str] = []
     for out, result in zip(outs, results, strict=True):
         _account(report, result)
-        if result.no_space is not None:
+        if result.incomplete:
             mark_incomplete(out, result)
             lost += result.nr_pages_lost
             first_full = first_full or result.no_space
+            reasons.append(f"{out.path}: {incomplete_reason(result)}")
     report.bytes_written = sum(out.bytes_written for out in outs)
     report.bytes_out = sum(out.size for out in outs)
     for out in outs:
         out.close()
-    if first_full is not None:
-        raise IncompleteDumpError(lost, first_full, report)
+    if reasons:
+        raise IncompleteDumpError(lost, "; ".join(reasons), report, cause=first_full,
+                                  signum=next((r.interrupted for r in results
+                                               if r.interrupted is not None), None))
     if progress is not None:
         progress("Copying data", report.dumpable_pages, report.dumpable_pages)
 

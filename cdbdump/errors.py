@@ -13,6 +13,8 @@ __all__ = (
     "CorruptDumpError",
     "IncompleteDumpError",
     "InputError",
+    "InputReadError",
+    "Interrupted",
     "MissingVmcoreInfoKey",
     "NotInDumpError",
     "NotMappedError",
@@ -102,6 +104,26 @@ class AddressError(CdbdumpError):
         super().__init__(message)
 
 
+class InputReadError(AddressError):
+    """Bytes of the input file that could not be read (EIO, or the file shrank).
+
+    An AddressError in the "file" space, so every reader that degrades on an
+    address it cannot read (page tables, mem_map windows, cosmetic fields)
+    degrades on a bad input range too; the writer records such pages as lost.
+    """
+
+    def __init__(self, path: str, file_offset: int, size: int, detail: str) -> None:
+        self.path = path
+        self.file_offset = file_offset
+        self.size = size
+        self.detail = detail
+        super().__init__(
+            f"{path}: cannot read {size:#x} bytes at file offset {file_offset:#x}: {detail}",
+            address=file_offset,
+            space="file",
+        )
+
+
 class NotMappedError(AddressError):
     """The page tables say the virtual address is not mapped."""
 
@@ -179,23 +201,59 @@ class OutputNoSpaceError(OutputError):
         )
 
 
-class IncompleteDumpError(OutputNoSpaceError):
-    """The output filled up; what was written is kept with the header flagged INCOMPLETE.
+class IncompleteDumpError(OutputError):
+    """What was written is kept, with the header flagged INCOMPLETE.
 
-    reference: makedumpfile check_and_modify_kdump_headers ("This is an incomplete
-    dumpfile, but might analyzable."), exit status 1. ``report`` is the run's
-    DumpReport, for the CLI to print.
+    Why: the output filled up (``cause`` is the OutputNoSpaceError), a signal
+    stopped the run (``signum``), or input pages could not be read (lost pages
+    are excluded and listed in the report). reference: makedumpfile
+    check_and_modify_kdump_headers ("This is an incomplete dumpfile, but might
+    analyzable."), exit status 1; 128 + signum after a signal. ``report`` is
+    the run's DumpReport, for the CLI to print.
     """
 
     def __init__(
-        self, nr_pages_lost: int, cause: OutputNoSpaceError, report: object = None
+        self,
+        nr_pages_lost: int,
+        reason: str | OutputNoSpaceError,
+        report: object = None,
+        *,
+        cause: OutputNoSpaceError | None = None,
+        signum: int | None = None,
     ) -> None:
+        if isinstance(reason, OutputNoSpaceError):
+            cause = cause or reason
+            reason = str(reason)
         self.nr_pages_lost = nr_pages_lost
+        self.reason = reason
         self.report = report
+        self.cause = cause
+        self.signum = signum
         super().__init__(
-            f"{cause}; the dump is incomplete ({nr_pages_lost} dumpable pages lost) and its "
-            "header is flagged DUMP_DH_COMPRESSED_INCOMPLETE",
-            file_offset=cause.file_offset,
-            requested=cause.requested,
-            written=cause.written,
+            f"{reason}; the dump is incomplete ({nr_pages_lost} dumpable pages lost) and its "
+            "header is flagged DUMP_DH_COMPRESSED_INCOMPLETE"
         )
+
+
+    @property
+    def file_offset(self) -> int:
+        """Where the full write started (OutputNoSpaceError's field), 0 without one."""
+        return self.cause.file_offset if self.cause is not None else 0
+
+    @property
+    def written(self) -> int:
+        """Bytes of that write that made it (OutputNoSpaceError's field), 0 without one."""
+        return self.cause.written if self.cause is not None else 0
+
+
+class Interrupted(BaseException):
+    """A termination signal arrived (SIGTERM, SIGINT, SIGHUP).
+
+    A BaseException, as KeyboardInterrupt is, so that no ``except CdbdumpError``
+    or ``except OSError`` swallows it; the writer turns it into an incomplete
+    dump and the CLI exits 128 + signum. Raised by cdbdump.interrupts handlers.
+    """
+
+    def __init__(self, signum: int) -> None:
+        self.signum = signum
+        super().__init__(signum)

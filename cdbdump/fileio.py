@@ -1,9 +1,15 @@
-"""Zero-copy access to input files: a read-only mmap, or pread where mmap is refused."""
+"""Reading input files by offset, with read errors as typed exceptions.
+
+Page data is read with pread(2), never through an mmap: a page the device
+cannot read (EIO) or a file truncated while we read it would raise SIGBUS on a
+mapped access and kill the process; through pread it is an InputReadError
+naming the file offset, which the callers turn into data (a lost page, an
+unreadable struct page) instead.
+"""
 
 from __future__ import annotations
 
 import errno
-import mmap
 import os
 import stat
 from types import TracebackType
@@ -12,7 +18,7 @@ from typing import Protocol
 import numpy as np
 import numpy.typing as npt
 
-from cdbdump.errors import InputError, TruncatedDumpError
+from cdbdump.errors import InputError, InputReadError, TruncatedDumpError
 
 __all__ = ("FileView", "MappedFile")
 
@@ -32,12 +38,15 @@ class FileView(Protocol):
     def close(self) -> None: ...
 
 
-class MappedFile:
-    """A read-only view of a file by offset.
+_MAX_PREAD = 1 << 30  # Linux transfers at most 0x7ffff000 bytes per call
 
-    ``/proc/vmcore`` and saved vmcores are mapped with mmap; files that refuse
-    mmap (some /proc files, pipes) fall back to pread. Views of the mapping are
-    memoryviews that share the page cache, so nothing is copied.
+
+class MappedFile:
+    """A read-only file read by offset (the name is historical: nothing is mapped).
+
+    Regular files and character devices with a size (/proc/vmcore is a regular
+    file, /proc/kcore too) are accepted; pipes, FIFOs and sockets are refused in
+    one line because the dump needs random access.
     """
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
@@ -47,42 +56,72 @@ class MappedFile:
         except OSError as exc:
             raise InputError(f"{self.path}: cannot open: {exc.strerror}") from exc
         st = os.fstat(self._fd)
+        kind = None
         if stat.S_ISDIR(st.st_mode):
+            kind = "is a directory"
+        elif stat.S_ISFIFO(st.st_mode) or stat.S_ISSOCK(st.st_mode):
+            kind = ("is a pipe or FIFO; cdbdump needs random access, save the vmcore to a "
+                    "file first")
+        if kind is not None:
             os.close(self._fd)
-            raise InputError(f"{self.path}: is a directory")
+            self._fd = -1
+            raise InputError(f"{self.path}: {kind}")
         self.size = st.st_size
-        self._map: mmap.mmap | None = None
-        self._view: memoryview | None = None
-        self._can_drop = True
         self._extents: tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]] | None = None
         self._extents_known = False
-        if self.size > 0:
-            try:
-                self._map = mmap.mmap(self._fd, 0, prot=mmap.PROT_READ)
-            except (OSError, ValueError, OverflowError):
-                self._map = None  # e.g. /proc/kcore; read with pread instead
-            else:
-                self._view = memoryview(self._map)
 
     @property
     def is_mapped(self) -> bool:
-        return self._view is not None
+        return False
 
     def view(self, file_offset: int, size: int, what: str = "data") -> memoryview:
-        """Return ``size`` bytes at ``file_offset``; TruncatedDumpError past EOF."""
+        """Return ``size`` bytes at ``file_offset``.
+
+        Raises:
+            TruncatedDumpError: the range lies past the end the file had when opened.
+            InputReadError: the read failed (EIO), or the file shrank under us.
+        """
         if file_offset < 0 or size < 0 or file_offset + size > self.size:
             raise TruncatedDumpError(
                 what, file_offset=file_offset, needed=file_offset + size, available=self.size
             )
-        if self._view is not None:
-            return self._view[file_offset : file_offset + size]
-        data = os.pread(self._fd, size, file_offset)
-        if len(data) != size:
+        if size <= _MAX_PREAD:
+            try:
+                data = os.pread(self._fd, size, file_offset)
+            except OSError:
+                data = b""  # retried below, where the failing offset is found
+            if len(data) == size:
+                return memoryview(data)
+        buf = bytearray(size)
+        self._pread_into(memoryview(buf), file_offset)
+        return memoryview(buf)
+
+    def read_into(self, file_offset: int, out: npt.NDArray[np.uint8], what: str = "data") -> None:
+        """Fill the contiguous byte array ``out`` from ``file_offset`` (same errors as view)."""
+        size = int(out.size)
+        if file_offset < 0 or file_offset + size > self.size:
             raise TruncatedDumpError(
-                what, file_offset=file_offset, needed=file_offset + size,
-                available=file_offset + len(data),
+                what, file_offset=file_offset, needed=file_offset + size, available=self.size
             )
-        return memoryview(data)
+        self._pread_into(out.data.cast("B"), file_offset)
+
+    def _pread_into(self, buf: memoryview, file_offset: int) -> None:
+        done = 0
+        size = len(buf)
+        while done < size:
+            want = min(size - done, _MAX_PREAD)
+            try:
+                n = os.preadv(self._fd, [buf[done : done + want]], file_offset + done)
+            except OSError as exc:
+                raise InputReadError(self.path, file_offset + done, size - done,
+                                     exc.strerror or f"errno {exc.errno}") from exc
+            if n == 0:
+                raise InputReadError(
+                    self.path, file_offset + done, size - done,
+                    f"end of file at {file_offset + done:#x}: the file was truncated while "
+                    f"being read (it had {self.size:#x} bytes when opened)",
+                )
+            done += n
 
     def data_extents(self) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]] | None:
         """(starts, ends) of the file's data extents, or None when it has no holes.
@@ -111,80 +150,51 @@ class MappedFile:
                 offset = end
         except OSError:
             return None  # SEEK_DATA unsupported here: treat the file as all data
+        if os.fstat(self._fd).st_size < self.size:
+            # shrunk since it was opened: the "hole" at its end is missing data, to be
+            # read (and reported lost), not zeros
+            self._extents_known = False
+            return None
         if len(starts) == 1 and starts[0] == 0 and ends[0] >= self.size:
             return None
         self._extents = (np.array(starts, dtype=np.int64), np.array(ends, dtype=np.int64))
         return self._extents
 
     def drop_all(self) -> None:
-        """Unmap every page of the mapping (they stay in the page cache).
-
-        For readers whose windows map pages all over the file (the mem_map scan
-        follows the vmemmap); the writers drop just their window's range.
-        Mappings that refuse MADV_DONTNEED (the VM_PFNMAP of /proc/vmcore, which
-        does not count in RSS anyway) are left alone from then on.
-        """
-        if self._map is None or not self._can_drop:
-            return
-        try:
-            self._map.madvise(mmap.MADV_DONTNEED)
-        except OSError:
-            self._can_drop = False
+        """Nothing to unmap: pread leaves no input page in our RSS (kept for callers)."""
 
     def drop_range(self, file_offset: int, size: int) -> None:
-        """Unmap the mapped pages of [file_offset, file_offset+size) (page cache kept).
-
-        The writers call it for each window they read, so RSS stays a few windows
-        however the reads are spread (fault-around maps neighbours too).
-        """
-        if self._map is None or not self._can_drop or size <= 0:
-            return
-        file_offset = max(0, file_offset)
-        start = file_offset - file_offset % mmap.PAGESIZE
-        end = min(self.size, file_offset + size)
-        if start >= end:
-            return
-        try:
-            self._map.madvise(mmap.MADV_DONTNEED, start, end - start)
-        except OSError:
-            self._can_drop = False
+        """Nothing to unmap: pread leaves no input page in our RSS (kept for callers)."""
 
     def advise_streaming(self) -> None:
         """Tune read-ahead for one pass over the page data.
 
-        A dense file is read front to back: MADV_SEQUENTIAL. In a mostly empty
-        file (a fabricated machine with 1 % data) the reads skip the holes, and
-        read-around on each fault would pull the holes around every data page
-        into the page cache as zero pages (tens of GiB): MADV_RANDOM. A file at
-        least 1/8 data (a real QEMU or saved vmcore) keeps the kernel's
-        read-around: with MADV_RANDOM each fault there is one synchronous 4 KiB
-        read, 2.6x the wall time of a cold -l -d 1 run of a real 1 GiB vmcore.
+        A dense file is read front to back: POSIX_FADV_SEQUENTIAL. In a mostly
+        empty file (a fabricated machine with 1 % data) the reads skip the holes,
+        and read-ahead would pull the holes around every data page into the page
+        cache as zero pages (tens of GiB): POSIX_FADV_RANDOM. A file at least 1/8
+        data (a real QEMU or saved vmcore) keeps the kernel's read-ahead
+        (POSIX_FADV_NORMAL): with RANDOM every short read is synchronous, 2.6x the
+        wall time of a cold -l -d 1 run of a real 1 GiB vmcore.
         """
-        if self._map is not None:
-            extents = self.data_extents()
-            if extents is None:
-                self._map.madvise(mmap.MADV_SEQUENTIAL)
-            elif int((extents[1] - extents[0]).sum()) * 8 < self.size:
-                self._map.madvise(mmap.MADV_RANDOM)
-            else:
-                self._map.madvise(mmap.MADV_NORMAL)
+        if self._fd < 0:
+            return
+        extents = self.data_extents()
+        if extents is None:
+            advice = os.POSIX_FADV_SEQUENTIAL
+        elif int((extents[1] - extents[0]).sum()) * 8 < self.size:
+            advice = os.POSIX_FADV_RANDOM
+        else:
+            advice = os.POSIX_FADV_NORMAL
+        try:
+            os.posix_fadvise(self._fd, 0, 0, advice)
+        except OSError:
+            pass  # advice only (/proc files refuse it)
 
     def fileno(self) -> int:
         return self._fd
 
     def close(self) -> None:
-        if self._view is not None:
-            try:
-                self._view.release()
-            except BufferError:
-                pass  # exported slices keep the buffer alive until they go
-            self._view = None
-        if self._map is not None:
-            try:
-                self._map.close()
-            except BufferError:
-                pass  # a caller still holds a view; the mapping is freed with it
-            self._map = None
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1

@@ -37,8 +37,12 @@ from cdbdump.memory.kernel import KernelMemory, phys_base_from_loads
 from cdbdump.memory.physical import ElfMemory, PhysicalMemory, data_pfn_ranges
 from cdbdump.mm.crash_bitmap import (
     KernelBitmap,
+    KernelBitmapRefused,
     apply_kernel_bitmap,
+    mem_map_page_ranges,
     probe_kernel_bitmap,
+    protected_pfn_ranges,
+    verify_kernel_bitmap,
 )
 from cdbdump.mm.levels import DumpLevel
 from cdbdump.mm.memmodel import MemMap, locate_mem_map
@@ -52,7 +56,7 @@ from cdbdump.vmcore.kdumpfile import KdumpFile
 from cdbdump.vmcore.vmcoreinfo import VmcoreInfo
 from cdbdump.writers.flattened import RearrangeResult, mark_rebuilt_incomplete, rearrange
 from cdbdump.writers.kdump import KdumpMetadata
-from cdbdump.writers.sink import create_output
+from cdbdump.writers.sink import check_output, create_output
 from cdbdump.writers.split import ReassembleResult, reassemble
 
 __all__ = (
@@ -170,17 +174,24 @@ def open_input(files: FileView | list[FileView]) -> InputImage:
         )
     info = core.vmcoreinfo
     page_size = (info.page_size if info is not None else None) or PAGE_SIZE
+    if page_size != PAGE_SIZE:
+        # x86_64 has 4 KiB base pages only; a kdump block size that is not the
+        # page size gives dumps crash and libkdumpfile misread
+        raise UnsupportedError(f"{file.path}: VMCOREINFO PAGESIZE={page_size} on x86_64 "
+                               f"(only {PAGE_SIZE})")
     phys = ElfMemory(file, core.loads, page_size)
     phys_base = info.phys_base if info is not None else None
     if phys_base is None:
         phys_base = phys_base_from_loads(core.loads)
     note = core.vmcoreinfo_note
+    problems = list(core.problems)
+    max_mapnr = _justified_max_mapnr(file, phys, core.loads, page_size, problems)
     return _geometry(
-        phys, info, phys_base, (phys.end_paddr + page_size - 1) // page_size,
+        phys, info, phys_base, max_mapnr,
         lower_max_mapnr=True, loads=core.loads, notes_raw=core.notes_raw,
         vmcoreinfo_desc_offset=core.vmcoreinfo_desc_offset,
         vmcoreinfo_size=note.desc_size if note is not None else 0, nr_cpus=core.nr_cpus,
-        problems=core.problems, core=core,
+        problems=tuple(problems), core=core,
     )
 
 
@@ -241,6 +252,47 @@ def _geometry(
                       mem_map_error, max_mapnr, **fields)
 
 
+# Bytes one bitmap may take whatever the file: a few bitmaps live at once, and a
+# capture kernel has about 256 MiB. Beyond it the file must justify the size.
+_BITMAP_BUDGET = 8 << 20
+
+
+def _justified_max_mapnr(
+    file: MappedFile,
+    phys: PhysicalMemory,
+    loads: tuple[LoadSegment, ...],
+    page_size: int,
+    problems: list[str],
+) -> int:
+    """max_mapnr from the PT_LOADs, sized by what the file can justify.
+
+    reference: makedumpfile get_max_mapnr (end of the highest PT_LOAD). A header
+    may claim memory up to 2^52 bytes; every bitmap is max_mapnr / 8 bytes. A
+    tail of p_memsz beyond every p_filesz holds no data (exclude_nodata_pages
+    would drop it): it is cut off when it alone would blow the budget. Frames
+    that are file-backed must be backed by a file big enough for them: a bitmap
+    larger than the budget and than 1/64 of the file is refused.
+    """
+    max_mapnr = (phys.end_paddr + page_size - 1) // page_size
+    budget = max(_BITMAP_BUDGET, file.size // 64)
+    if max_mapnr // 8 <= budget:
+        return max_mapnr
+    file_end = max((seg.paddr + seg.filesz for seg in loads if seg.filesz > 0), default=0)
+    backed = (file_end + page_size - 1) // page_size
+    if backed // 8 <= budget:
+        problems.append(
+            f"PT_LOADs claim memory up to paddr {phys.end_paddr:#x}, but no file data lies "
+            f"beyond {file_end:#x}: max_mapnr cut from {max_mapnr} to {backed} (the rest "
+            "would be excluded as no-data pages anyway)"
+        )
+        return backed
+    raise UnsupportedError(
+        f"{file.path}: PT_LOADs span {backed} page frames (bitmaps of {backed // 8 >> 20} "
+        f"MiB each) but the file holds {file.size >> 20} MiB; refusing to size memory by "
+        "a header the file does not justify"
+    )
+
+
 def first_bitmap(image: InputImage) -> Bitmap:
     """Frames present in the dump (reference: makedumpfile create_bitmap_from_memhole;
     copy_1st_bitmap_from_memory when refiltering)."""
@@ -289,13 +341,22 @@ def read_utsname(image: InputImage) -> tuple[bytes, str | None]:
     if info is None:
         reason = "no VMCOREINFO"
     else:
-        sym = info.get_symbol("init_uts_ns")
-        # reference: makedumpfile check_release — kernels before 5.11 do not
-        # export OFFSET(uts_namespace.name); there name follows struct kref (an int)
-        off = info.get_offset("uts_namespace.name")
-        if off is None:
+        sym: int | None = None
+        off: int | None = None
+        try:
+            sym = info.get_symbol("init_uts_ns")
+            # reference: makedumpfile check_release — kernels before 5.11 do not
+            # export OFFSET(uts_namespace.name); there name follows struct kref (an int)
+            off = info.get_offset("uts_namespace.name")
+        except VmcoreInfoError as exc:  # cosmetic: degrade to the stand-in
+            info_error: str | None = str(exc)
+        else:
+            info_error = None
+        if off is None or not 0 <= off < 1 << 16:
             off = 4
-        if sym is None:
+        if info_error is not None:
+            reason = info_error
+        elif sym is None:
             reason = "VMCOREINFO has no SYMBOL(init_uts_ns)"
         elif image.kernel is None:
             reason = image.kernel_error or "no page tables"
@@ -327,6 +388,7 @@ def dump(options: DumpOptions, progress: ProgressCallback | None = None) -> Dump
         codec=options.codec.label,
     )
     options.codec.check_available()
+    _check_outputs(options)  # refusals come before any memory is read
     files = open_files(options.vmcore, options.split_parts)
     try:
         return _dump(options, files, report, progress)
@@ -370,13 +432,12 @@ def _dump(
     report.dumpable_pages = bitmap2.count()
     meta = KdumpMetadata(
         utsname=utsname,
-        timestamp_sec=meta_extra.pop(
-            "timestamp_sec", (image.vmcoreinfo.crashtime or 0) if image.vmcoreinfo else 0
-        ),
+        timestamp_sec=(meta_extra.pop("timestamp_sec") if "timestamp_sec" in meta_extra
+                       else _crashtime(image, report)),
         **meta_extra,
         page_size=image.page_size,
         max_mapnr=image.max_mapnr,
-        phys_base=image.phys_base or 0,
+        phys_base=_header_phys_base(image, report),
         dump_level=int(applied),
         notes_raw=image.notes_raw,
         vmcoreinfo_desc_offset=image.vmcoreinfo_desc_offset,
@@ -423,6 +484,64 @@ def _refiltering(
     return replace(options, dump_level=DumpLevel(level)), extra
 
 
+def _check_outputs(options: DumpOptions) -> None:
+    """Output refusals (existing file, symlink, read-only fs, missing directory, the
+    input itself), before any memory is read."""
+    paths: tuple[Path, ...] = options.split_files
+    if options.split_files and options.split_only is not None:
+        paths = (options.split_files[options.split_only],)
+    elif not options.split_files:
+        paths = (options.dumpfile,) if options.dumpfile is not None else ()
+    inputs = [p for p in (options.vmcore, *options.split_parts) if str(p) != "-"]
+    for path in paths:
+        check_output(path, options.force, inputs=inputs)
+
+
+def _crashtime(image: InputImage, report: DumpReport) -> int:
+    """CRASHTIME for the header's timestamp (a u64 there); 0 with a warning if absurd."""
+    info = image.vmcoreinfo
+    if info is None:
+        return 0
+    try:
+        value = info.crashtime
+    except VmcoreInfoError as exc:
+        report.warnings.append(f"header timestamp left 0: {exc}")
+        return 0
+    if value is None:
+        return 0
+    if not 0 <= value < 1 << 63:
+        report.warnings.append(f"header timestamp left 0: CRASHTIME={value} is out of range")
+        return 0
+    return value
+
+
+def _header_phys_base(image: InputImage, report: DumpReport) -> int:
+    """phys_base for the sub-header (a signed 64-bit field); 0 with a warning if absurd."""
+    value = image.phys_base or 0
+    if not -(1 << 63) <= value < 1 << 63:
+        report.warnings.append(f"sub-header phys_base left 0: {value:#x} does not fit 64 bits")
+        return 0
+    return value
+
+
+def _verify_kernel_bitmap(image: InputImage, probe: KernelBitmap) -> KernelBitmapRefused | None:
+    """The bitmap's content against what the dump proves (crash_bitmap.verify_kernel_bitmap)."""
+    mem_map_pages: list[tuple[int, int]] = []
+    if image.kernel is not None and image.mem_map is not None:
+        mem_map_pages = mem_map_page_ranges(
+            image.kernel.translate,
+            ((r.start_pfn, r.end_pfn, r.mem_map_vaddr) for r in image.mem_map.runs),
+            image.mem_map.struct_page_size, image.page_size,
+        )
+    assert image.vmcoreinfo is not None and image.phys_base is not None  # probe passed
+    protected = protected_pfn_ranges(image.phys, image.vmcoreinfo, image.phys_base, probe,
+                                     image.max_mapnr, mem_map_pages)
+    try:
+        return verify_kernel_bitmap(image.phys, probe, image.max_mapnr, protected)
+    except AddressError as exc:
+        return KernelBitmapRefused(f"the kernel bitmap cannot be read: {exc}")
+
+
 def _exclude(
     image: InputImage,
     options: DumpOptions,
@@ -433,11 +552,20 @@ def _exclude(
     """Clear excluded frames from bitmap2; return the dump level really applied."""
     level = options.dump_level
     if options.use_kernel_bitmap:
-        probe = probe_kernel_bitmap(
-            image.phys, image.vmcoreinfo, image.phys_base, image.max_mapnr, level
-        )
+        probe: KernelBitmap | KernelBitmapRefused
+        try:
+            probe = probe_kernel_bitmap(
+                image.phys, image.vmcoreinfo, image.phys_base, image.max_mapnr, level
+            )
+        except AddressError as exc:  # an unreadable struct (EIO): not provable
+            probe = KernelBitmapRefused(f"crash_dump_bitmap_info cannot be read: {exc}")
+        if isinstance(probe, KernelBitmap):
+            refused = _verify_kernel_bitmap(image, probe)
+            if refused is not None:
+                probe = refused
         if isinstance(probe, KernelBitmap):
             apply_kernel_bitmap(image.phys, probe, bitmap2)
+
             report.path_taken = PathTaken.BITMAP
             report.counts.add(probe.counts)
             report.kernel_bitmap = probe.info._asdict()

@@ -48,6 +48,9 @@ class DumpReport:
     warnings: list[str] = field(default_factory=list)
     input_incomplete: bool = False  # a refiltered input was itself flagged incomplete
     kernel_bitmap: dict[str, int] | None = None  # the struct's fields when -q used it
+    pages_unreadable: int = 0  # input pages that could not be read: excluded, not dumped
+    unreadable_pages: list[dict[str, Any]] = field(default_factory=list)  # the first of them
+    pages_lost: int = 0  # dumpable pages of an incomplete dump without data (ENOSPC, signal)
     elf_excluded_pages: int | None = None  # -E: pages really left out (pfn_elf_excluded)
     split_ranges: list[tuple[int, int]] | None = None  # --split: [start_pfn, end_pfn) per file
 

@@ -22,6 +22,8 @@ PACKAGES=(
   util-linux zstd xz-utils binutils time debian-archive-keyring
   # the crash-dump-bitmap kernel (fixtures/make-real-bitmap-vmcore.sh)
   bc bison flex libelf-dev libssl-dev perl
+  # fault injection (tests/faults): fusermount3 and libfuse3 for the EIO file
+  fuse3
 )
 
 CHECK=0

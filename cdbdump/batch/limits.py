@@ -3,8 +3,8 @@
 The bound is RLIMIT_DATA: since Linux 4.7 it covers every private writable
 mapping (heap, numpy arrays, anonymous mmaps), so an input that makes a worker
 allocate past it fails with MemoryError instead of pushing the machine into
-swap. The mapped input (a shared read-only file mapping) is not counted: its
-pages are page cache, and the pipeline drops them window by window. Thread
+swap. The input is read with pread into window-sized buffers, which count (a
+few windows); its pages in the page cache do not. Thread
 stacks are private writable mappings too; they are address space, not memory,
 and are added to the limit (Python's threads get small ones).
 

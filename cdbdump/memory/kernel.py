@@ -14,7 +14,12 @@ from collections.abc import Iterable, Iterator
 import numpy as np
 import numpy.typing as npt
 
-from cdbdump.errors import BadVmcoreInfoValue, MissingVmcoreInfoKey, NotInDumpError
+from cdbdump.errors import (
+    BadVmcoreInfoValue,
+    InputReadError,
+    MissingVmcoreInfoKey,
+    NotInDumpError,
+)
 from cdbdump.formats.elf import LoadSegment
 from cdbdump.formats.x86_64 import (
     PAGE_OFFSET_L4_DEFAULT,
@@ -163,7 +168,10 @@ class KernelMemory:
         size = scratch.size
         runs = list(self.walker.iter_runs(vaddr, vaddr + size, strict=False))
         if len(runs) == 1 and runs[0][0] == vaddr and runs[0][2] == size:
-            view = view_run(self.phys, runs[0][1], size)
+            try:
+                view = view_run(self.phys, runs[0][1], size)
+            except InputReadError:
+                view = None  # _fill below finds which part is unreadable
             if view is not None:
                 return np.frombuffer(view, dtype=np.uint8), []
         return scratch, self._fill(vaddr, scratch, runs)
@@ -189,7 +197,8 @@ class KernelMemory:
             if offset > cursor:
                 missing.append((cursor, offset - cursor))
             missing.extend((offset + ext.paddr - paddr, ext.size)
-                           for ext in fill(self.phys, paddr, out[offset : offset + run_size]))
+                           for ext in fill(self.phys, paddr, out[offset : offset + run_size],
+                                           salvage=True))
             cursor = offset + run_size
         if cursor < size:
             missing.append((cursor, size - cursor))

@@ -20,7 +20,7 @@ from typing import Protocol
 import numpy as np
 import numpy.typing as npt
 
-from cdbdump.errors import NotInDumpError
+from cdbdump.errors import InputReadError, NotInDumpError
 from cdbdump.fileio import MappedFile
 from cdbdump.formats.elf import LoadSegment
 
@@ -103,16 +103,50 @@ def read_extents(mem: PhysicalMemory, paddr: int, size: int) -> bytes:
     return bytes(out)
 
 
-def fill(mem: PhysicalMemory, paddr: int, out: npt.NDArray[np.uint8]) -> list[Extent]:
-    """Copy [paddr, paddr+out.size) into ``out``; zero and return what is not DATA."""
+def fill(
+    mem: PhysicalMemory, paddr: int, out: npt.NDArray[np.uint8], *, salvage: bool = False
+) -> list[Extent]:
+    """Copy [paddr, paddr+out.size) into ``out``; zero and return what is not DATA.
+
+    A DATA extent the input cannot deliver raises InputReadError (EIO, a file
+    shrunk under us). With ``salvage`` it is retried page by page instead, so
+    one bad page does not hide its neighbours (the mem_map scan: an unreadable
+    struct page keeps its frames); the pages that still fail are zeroed and
+    returned as ABSENT.
+    """
     missing: list[Extent] = []
     for ext in mem.extents(paddr, out.size):
         lo = ext.paddr - paddr
         if ext.kind is ExtentKind.DATA:
-            out[lo : lo + ext.size] = np.frombuffer(mem.data(ext), dtype=np.uint8)
+            try:
+                out[lo : lo + ext.size] = np.frombuffer(mem.data(ext), dtype=np.uint8)
+            except InputReadError:
+                if not salvage:
+                    raise
+                missing.extend(_fill_pages(mem, ext, paddr, out))
         else:
             out[lo : lo + ext.size] = 0
             missing.append(ext)
+    return missing
+
+
+def _fill_pages(
+    mem: PhysicalMemory, ext: Extent, paddr: int, out: npt.NDArray[np.uint8]
+) -> list[Extent]:
+    """Error path of fill: copy one DATA extent page by page; return what failed."""
+    missing: list[Extent] = []
+    ps = mem.page_size
+    cur = ext.paddr
+    while cur < ext.end:
+        stop = min(ext.end, (cur // ps + 1) * ps)
+        for sub in mem.extents(cur, stop - cur):
+            lo = sub.paddr - paddr
+            try:
+                out[lo : lo + sub.size] = np.frombuffer(mem.data(sub), dtype=np.uint8)
+            except InputReadError:
+                out[lo : lo + sub.size] = 0
+                missing.append(Extent(sub.paddr, sub.size, ExtentKind.ABSENT))
+        cur = stop
     return missing
 
 

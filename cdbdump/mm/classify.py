@@ -244,7 +244,8 @@ class ChunkClassifier:
             elif page_class in (PageClass.CACHE, PageClass.CACHE_PRIVATE):
                 if cache is None or is_private is None:
                     lru, priv, swapcache = d.require_cache_flags()
-                    cache = test_bit(swapcache)
+                    cache = (test_bit(swapcache) if d.swapcache_trusted
+                             else np.zeros_like(anon))
                     if d.pg_swapbacked is not None:
                         # PG_swapcache only counts with PG_swapbacked (kernels >= 4.10)
                         cache &= test_bit(d.pg_swapbacked)

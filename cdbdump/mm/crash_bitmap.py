@@ -12,12 +12,13 @@ legacy mem_map scan with it.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import numpy as np
 
 from cdbdump.bitmap import Bitmap
-from cdbdump.errors import NotInDumpError
+from cdbdump.errors import AddressError, NotInDumpError
 from cdbdump.formats.crash_dump_bitmap import (
     CRASH_DUMP_BITMAP_INFO,
     CURRENT_BITMAP_INFO_VERSION,
@@ -29,9 +30,21 @@ from cdbdump.mm.counts import PageCounts
 from cdbdump.mm.levels import DumpLevel
 from cdbdump.vmcore.vmcoreinfo import VmcoreInfo
 
-__all__ = ("KernelBitmap", "KernelBitmapRefused", "apply_kernel_bitmap", "probe_kernel_bitmap")
+__all__ = (
+    "KernelBitmap",
+    "KernelBitmapRefused",
+    "apply_kernel_bitmap",
+    "probe_kernel_bitmap",
+    "protected_pfn_ranges",
+    "verify_kernel_bitmap",
+)
 
 SYMBOL_NAME = "crash_dump_bitmap_info"
+# Cleared bits no counter accounts for: offline pages have no counter field in the
+# RFC struct. More than this many (or 1/64 of max_mapnr) means the bitmap is not
+# the one the counters describe.
+_MIN_UNACCOUNTED_SLACK = 64
+_MAX_MEM_MAP_PROBES = 4096  # mem_map runs whose first and last struct page are checked
 _WINDOW_BYTES = 4 << 20  # 32 Mi pfns (128 GiB of RAM) per window
 
 
@@ -102,6 +115,11 @@ def probe_kernel_bitmap(
         return KernelBitmapRefused(
             f"{where} is empty (bitmap={info.bitmap:#x}, bitmap_size={info.bitmap_size})"
         )
+    if info.bitmap % phys.page_size:
+        # the RFC allocates the bitmap in whole pages (alloc_bootmem_pages)
+        return KernelBitmapRefused(
+            f"{where}: bitmap paddr {info.bitmap:#x} is not page-aligned"
+        )
     needed = (max_mapnr + 7) // 8
     if info.bitmap_size < needed:
         return KernelBitmapRefused(
@@ -156,3 +174,117 @@ def apply_kernel_bitmap(
     tail_bits = bitmap2.nr_bits & 7
     if tail_bits:
         bitmap2.bits[-1] &= (1 << tail_bits) - 1
+
+
+def protected_pfn_ranges(
+    phys: PhysicalMemory,
+    vmcoreinfo: VmcoreInfo,
+    phys_base: int,
+    kernel_bitmap: KernelBitmap,
+    max_mapnr: int,
+    mem_map_pages: Iterable[tuple[int, int]] = (),
+) -> list[tuple[int, int, str]]:
+    """[start_pfn, end_pfn) ranges the kernel bitmap must keep, with what they hold.
+
+    What the dump itself proves to be kernel data: the pages of the kernel-image
+    SYMBOLs in VMCOREINFO (text, data, the top-level page table), the struct and
+    the bitmap themselves, and the pages holding struct pages (``mem_map_pages``).
+    """
+    shift = phys.page_size.bit_length() - 1
+    ranges: list[tuple[int, int, str]] = []
+    # the page of every kernel-image symbol VMCOREINFO names (_stext, init_uts_ns,
+    # the top-level page table, ...): live data, never free. Not the span between
+    # them: the freed __init sections lie there and a kernel may exclude them.
+    for key, vaddr in _symbols(vmcoreinfo):
+        paddr = vaddr - START_KERNEL_MAP + phys_base
+        if vaddr >= START_KERNEL_MAP and paddr >= 0:
+            ranges.append((paddr >> shift, (paddr >> shift) + 1, f"the kernel image ({key})"))
+    info_pfn = kernel_bitmap.info_paddr >> shift
+    ranges.append((info_pfn, info_pfn + 1, "crash_dump_bitmap_info itself"))
+    needed = (max_mapnr + 7) // 8
+    bm = kernel_bitmap.info.bitmap
+    ranges.append((bm >> shift, ((bm + needed - 1) >> shift) + 1, "the bitmap itself"))
+    ranges.extend((lo, hi, "mem_map (struct pages)") for lo, hi in mem_map_pages)
+    return [(max(0, lo), min(hi, max_mapnr), what) for lo, hi, what in ranges
+            if lo < max_mapnr and hi > 0]
+
+
+def _symbols(vmcoreinfo: VmcoreInfo) -> list[tuple[str, int]]:
+    out: list[tuple[str, int]] = []
+    for key, raw in vmcoreinfo.entries.items():
+        if key.startswith("SYMBOL("):
+            try:
+                out.append((key, int(raw, 16)))
+            except ValueError:
+                continue
+    return out
+
+
+def verify_kernel_bitmap(
+    phys: PhysicalMemory,
+    kernel: KernelBitmap,
+    max_mapnr: int,
+    protected: Iterable[tuple[int, int, str]],
+) -> KernelBitmapRefused | None:
+    """Check the bitmap's content against what the dump proves; None when it passes.
+
+    * every protected frame is kept (a bitmap shifted, complemented or cleared over
+      the kernel would drop kernel data);
+    * the frames it clears are those its counters count: not fewer, and not more
+      than a small slack (offline pages are cleared with no counter; zero pages
+      are not its job at all).
+    """
+    where = f"crash_dump_bitmap_info at {kernel.info_vaddr:#x}"
+    base = kernel.info.bitmap
+    for lo, hi, what in protected:
+        if lo >= hi:
+            continue
+        first, last = lo >> 3, (hi - 1) >> 3
+        raw = np.frombuffer(phys.read(base + first, last - first + 1), dtype=np.uint8)
+        bits = np.unpackbits(raw, bitorder="little")[lo - first * 8 : hi - first * 8]
+        if not bits.all():
+            pfn = lo + int(np.argmin(bits))
+            return KernelBitmapRefused(
+                f"{where}: the bitmap excludes pfn {pfn:#x}, part of {what}"
+            )
+    nbytes = max_mapnr // 8
+    nr_kept = 0
+    for off in range(0, nbytes, _WINDOW_BYTES):
+        n = min(_WINDOW_BYTES, nbytes - off)
+        window = np.frombuffer(phys.read(base + off, n), dtype=np.uint8)
+        nr_kept += int(np.bitwise_count(window).sum())
+    tail = max_mapnr & 7
+    if tail:
+        last = phys.read(base + nbytes, 1)[0] & ((1 << tail) - 1)
+        nr_kept += int(last).bit_count()
+    nr_cleared = max_mapnr - nr_kept
+    counted = kernel.counts.total
+    slack = max(_MIN_UNACCOUNTED_SLACK, max_mapnr // 64)
+    if nr_cleared < counted or nr_cleared > counted + slack:
+        return KernelBitmapRefused(
+            f"{where}: the bitmap clears {nr_cleared} of {max_mapnr} frames but its "
+            f"counters account for {counted}"
+        )
+    return None
+
+
+def mem_map_page_ranges(
+    translate: Callable[[int], int], runs: Iterable[tuple[int, int, int]], struct_size: int,
+    page_size: int,
+) -> list[tuple[int, int]]:
+    """pfn ranges of the pages holding the first and last struct page of each run.
+
+    ``runs`` are (start_pfn, end_pfn, mem_map_vaddr); ``translate`` maps a kernel
+    virtual address to a physical one (raising AddressError when it cannot).
+    """
+    out: list[tuple[int, int]] = []
+    for i, (start, end, vaddr) in enumerate(runs):
+        if i >= _MAX_MEM_MAP_PROBES:
+            break
+        for v in (vaddr, vaddr + (end - start - 1) * struct_size):
+            try:
+                pfn = translate(v) // page_size
+            except (AddressError, NotInDumpError):
+                continue  # not provable from the dump: nothing to protect
+            out.append((pfn, pfn + 1))
+    return out

@@ -100,6 +100,9 @@ def _geometry(info: VmcoreInfo, levels: int) -> _Geometry:
     map_offset = _required(info.get_offset("mem_section.section_mem_map"),
                            "OFFSET(mem_section.section_mem_map)")
     page_struct_size = _required(info.get_size("page"), "SIZE(page)")
+    if not 8 <= page_struct_size <= 1024 or page_struct_size % 8:
+        raise BadVmcoreInfoValue("SIZE(page)", str(page_struct_size),
+                                 "not a plausible struct page size")
     if mem_section_size < 8 or mem_section_size > page_size or mem_section_size % 8:
         raise BadVmcoreInfoValue("SIZE(mem_section)", str(mem_section_size),
                                  "not a plausible struct mem_section size")

@@ -50,6 +50,29 @@ def flag_test_mask(nr: int) -> int:
     return 0xFFFFFFFF80000000 if bit == 31 else 1 << bit
 
 
+def _release(info: VmcoreInfo) -> tuple[int, int]:
+    """(major, minor) of OSRELEASE, (0, 0) when absent or unparsable."""
+    parts = (info.osrelease or "").split(".")
+    try:
+        return int(parts[0]), int("".join(c for c in parts[1] if c.isdigit()) or "0")
+    except (ValueError, IndexError):
+        return 0, 0
+
+
+def is_page_type_value(value: int) -> bool:
+    """A 32-bit page_type word the kernel can define, never a real _mapcount.
+
+    Before Linux v6.12 a type is one cleared bit above PAGE_MAPCOUNT_RESERVE
+    (~0x80 PageBuddy, ~0x100 PageOffline, ... : ~value a power of two >= 0x80);
+    since Linux kernel commit 4ffca5a96678 ("mm: support only one page_type per
+    page") it is PGTY_x << 24 with PGTY_x >= 0xf0 and the low 24 bits free.
+    """
+    inverted = ~value & _U32
+    old_style = inverted >= 0x80 and inverted & (inverted - 1) == 0
+    new_style = value & 0xFFFFFF == 0 and value >> 24 >= 0xF0 and value >> 24 != 0xFF
+    return old_style or new_style
+
+
 @dataclass(frozen=True, slots=True)
 class PageDialect:
     """Everything the classifier needs to know about this kernel's struct page.
@@ -78,6 +101,8 @@ class PageDialect:
     free_area_length: int | None  # LENGTH(zone.free_area) = MAX_ORDER + 1
     order_source: OrderSource
     hugetlb_test: HugetlbTest
+    problems: tuple[str, ...] = ()  # absurd values ignored (pages kept), for the report
+    swapcache_trusted: bool = True  # False: PG_swapcache alone never makes a cache page
 
     @property
     def has_buddy_method(self) -> bool:
@@ -104,9 +129,31 @@ class PageDialect:
                 raise BadVmcoreInfoValue(f"NUMBER({name})", str(value), "not a bit number")
             return value
 
+        problems: list[str] = []
+
         def page_type(name: str) -> int | None:
             value = info.get_number(name)
-            return None if value is None else value & _U32
+            if value is None:
+                return None
+            if not is_page_type_value(value & _U32):
+                # -1 is the _mapcount of every unmapped page: trusting it would drop them
+                problems.append(
+                    f"NUMBER({name})={value} is not a page type value; pages of that type "
+                    "are kept, not excluded"
+                )
+                return None
+            return value & _U32
+
+        # Linux kernel commit 1cbf29da3628 ("kdump: export PG_swapbacked to
+        # VMCOREINFO") (in v4.17): from then on its absence is damage, and
+        # PG_swapcache (PG_owner_priv_1, also a file-system flag) alone would call
+        # file-system pages cache: keep them instead. Older kernels: swapcache decides.
+        swapcache_trusted = True
+        if (info.get_number("PG_swapbacked") is None and _release(info) >= (4, 17)
+                and info.get_number("PG_swapcache") is not None):
+            swapcache_trusted = False
+            problems.append("NUMBER(PG_swapbacked) is missing on a kernel that exports it; "
+                            "swap-cache pages not on an LRU list are kept")
 
         head_mask = info.get_number("PG_head_mask")
         if head_mask is not None and head_mask <= 0:
@@ -164,6 +211,8 @@ class PageDialect:
             free_area_length=free_area_length,
             order_source=order_source,
             hugetlb_test=hugetlb_test,
+            problems=tuple(problems),
+            swapcache_trusted=swapcache_trusted,
         )
 
     def require_cache_flags(self) -> tuple[int, int, int]:

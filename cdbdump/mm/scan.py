@@ -132,7 +132,8 @@ def exclude_unnecessary_pages(
         CorruptDumpError: no valid mem_section array.
     """
     dialect = PageDialect.from_vmcoreinfo(info)
-    result = ScanResult(counts=PageCounts(), problems=[], ran=False, dialect=dialect)
+    result = ScanResult(counts=PageCounts(), problems=list(dialect.problems), ran=False,
+                        dialect=dialect)
     scan_mem_map = scan_needed(level, dialect)
     walk_free_lists = bool(level & DumpLevel.FREE) and not dialect.has_buddy_method
     if not scan_mem_map and not walk_free_lists:

@@ -39,7 +39,13 @@ import numpy.typing as npt
 
 from cdbdump.bitmap import Bitmap
 from cdbdump.codecs import Codec
-from cdbdump.errors import NotInDumpError, OutputError, OutputNoSpaceError
+from cdbdump.errors import (
+    InputReadError,
+    Interrupted,
+    NotInDumpError,
+    OutputError,
+    OutputNoSpaceError,
+)
 from cdbdump.formats.kdump import (
     DISK_DUMP_HEADER,
     DISK_DUMP_HEADER_STATUS_OFFSET,
@@ -52,6 +58,7 @@ from cdbdump.formats.kdump import (
     UTS_FIELDS,
     bitmap_bytes,
 )
+from cdbdump.interrupts import deferred
 from cdbdump.memory.physical import ExtentKind, PhysicalMemory, fill, view_run
 from cdbdump.writers.compress import PageCompressor
 from cdbdump.writers.sink import Sink
@@ -70,6 +77,7 @@ UTSNAME_SIZE = UTS_FIELD_LEN * len(UTS_FIELDS)  # struct new_utsname: 390 bytes
 MAX_MAPNR_32 = 0xFFFFFFFF  # disk_dump_header.max_mapnr is an unsigned int
 DEFAULT_WINDOW_PAGES = 512  # 2 MiB of 4 KiB pages gathered and compressed at a time
 BITMAP_WINDOW_PFNS = 1 << 20  # pfns of the 2nd bitmap unpacked at a time (1 MiB of bools)
+MAX_LISTED_LOST = 1000  # unreadable pages listed one by one in the result (all are counted)
 
 ProgressCallback = Callable[[int, int], None]
 _SUB_HEADER_ERASEINFO_OFFSET = 64  # kdump_sub_header.offset_eraseinfo, then size_eraseinfo
@@ -167,13 +175,17 @@ class KdumpWriteResult:
     nr_zero_pages: int = 0  # pages that got the shared zero descriptor
     nr_pages_by_flags: dict[int, int] = field(default_factory=dict)  # page_desc flags -> pages
     bytes_written: int = 0  # the file size: end of the page data
-    nr_pages_lost: int = 0  # dumpable pages whose descriptor stayed 0 (ENOSPC)
+    nr_pages_lost: int = 0  # dumpable pages whose descriptor stayed 0 (ENOSPC, signal)
     no_space: OutputNoSpaceError | None = None  # set when the output filled up
+    interrupted: int | None = None  # the signal that stopped the writer
+    nr_pages_unreadable: int = 0  # input pages that could not be read: excluded
+    unreadable: list[tuple[int, int, str]] = field(default_factory=list)  # (pfn, offset, why)
     timings: dict[str, float] = field(default_factory=dict)  # seconds per step
 
     @property
     def incomplete(self) -> bool:
-        return self.no_space is not None
+        return (self.no_space is not None or self.interrupted is not None
+                or self.nr_pages_unreadable > 0)
 
 
 def write_kdump(
@@ -198,11 +210,21 @@ def write_kdump(
     dumpable one; both must cover ``meta.max_mapnr`` pfns. ``exclude_zero`` is
     dump level bit 1. ``progress(done, total)`` is called after every window.
 
+    The header says DUMP_DH_COMPRESSED_INCOMPLETE from its first write; the
+    codec's plain status replaces it only at the very end, after the page data
+    is on disk (fsync), so a run killed anywhere (SIGKILL, power cut) leaves a
+    file that says it is incomplete. Every descriptor on disk points at data
+    written before it.
+
     When the output fills up (ENOSPC or the sink's size limit) the descriptors
     of pages whose data made it are kept and the rest stay zero ("lost"), like
     makedumpfile; then OutputNoSpaceError is raised, or, with
     ``allow_incomplete``, the result is returned with ``no_space`` set so the
-    caller can :func:`mark_incomplete` the header or retry at another level.
+    caller can :func:`mark_incomplete` the header or retry at another level. A
+    termination signal (:class:`~cdbdump.errors.Interrupted`) ends the
+    writing the same way (``interrupted``). An input page that cannot be read
+    is excluded (its 2nd-bitmap bit cleared, in ``bitmap2`` and on disk) and
+    listed in ``unreadable``; the rest is dumped and the header stays INCOMPLETE.
     ``window_pages`` (pages compressed at a time), ``threads`` and
     ``bitmap_window_pfns`` (pfns of the 2nd bitmap unpacked at a time) bound
     memory and time only: the file is the same whatever they are.
@@ -217,22 +239,52 @@ def write_kdump(
     _check_inputs(meta, bitmap1, bitmap2, memory)
     nr_dumpable = bitmap2.count()
     layout = KdumpLayout.compute(meta, nr_dumpable)
-    status = codec.flag | meta.status_extra
-    result = KdumpWriteResult(layout=layout, status=status)
+    status = codec.flag | meta.status_extra  # an incomplete input stays incomplete
+    # a file says INCOMPLETE until its data is durable; a stream (-F) cannot be
+    # rewritten in place, and a cut one is flagged when it is rebuilt (-R)
+    durable = callable(getattr(sink, "sync", None))
+    result = KdumpWriteResult(
+        layout=layout, status=status | DUMP_DH_COMPRESSED_INCOMPLETE if durable else status)
     with PageCompressor(codec, meta.page_size, threads=threads) as compressor:
-        _write_headers(sink, meta, layout, status, split_range)
-        _write_bitmap(sink, bitmap1, layout.offset_bitmap1, layout.bitmap_size)
-        _write_bitmap(sink, bitmap2, layout.offset_bitmap2, layout.bitmap_size)
-        result.timings["headers"] = time.perf_counter() - t_start
-        writer = _PageWriter(sink, meta, layout, memory, compressor, exclude_zero, result,
-                             window_pages, split_range, bitmap_window_pfns)
-        writer.write_all(bitmap2, progress)
-        if meta.eraseinfo and result.no_space is None:
-            _write_eraseinfo(sink, meta, writer.cursor, result)
+        try:
+            with deferred():  # headers and bitmaps whole, or nothing that a reader opens
+                _write_headers(sink, meta, layout, result.status, split_range)
+                _write_bitmap(sink, bitmap1, layout.offset_bitmap1, layout.bitmap_size)
+                _write_bitmap(sink, bitmap2, layout.offset_bitmap2, layout.bitmap_size)
+        except Interrupted as exc:
+            result.interrupted = exc.signum
+            result.nr_pages_lost = (nr_dumpable if split_range is None
+                                    else bitmap2.count(*split_range))
+            result.bytes_written = sink.size
+        else:
+            result.timings["headers"] = time.perf_counter() - t_start
+            writer = _PageWriter(sink, meta, layout, memory, compressor, exclude_zero, result,
+                                 window_pages, split_range, bitmap_window_pfns)
+            writer.write_all(bitmap2, progress)
+            if meta.eraseinfo and result.no_space is None and result.interrupted is None:
+                with deferred():
+                    _write_eraseinfo(sink, meta, writer.cursor, result)
+    if durable and not result.incomplete:
+        with deferred():
+            # reference: makedumpfile writes the status once; here it turns complete
+            # only once the data it vouches for is durable
+            _sync(sink)
+            sink.pwrite(status.to_bytes(4, "little"), DISK_DUMP_HEADER_STATUS_OFFSET)
+            _sync(sink)
+            result.status = status
     result.timings["total"] = time.perf_counter() - t_start
-    if result.no_space is not None and not allow_incomplete:
-        raise result.no_space
+    if not allow_incomplete:
+        if result.no_space is not None:
+            raise result.no_space
+        if result.interrupted is not None:
+            raise Interrupted(result.interrupted)
     return result
+
+
+def _sync(sink: Sink) -> None:
+    sync = getattr(sink, "sync", None)  # a stream sink (-F) has nothing to fsync
+    if callable(sync):
+        sync()
 
 
 def mark_incomplete(sink: Sink, result: KdumpWriteResult) -> int:
@@ -393,6 +445,7 @@ class _PageWriter:
 
     def write_all(self, bitmap2: Bitmap, progress: ProgressCallback | None) -> None:
         result = self.result
+        self.bitmap2 = bitmap2
         if self.split_range is not None:
             self.nr_to_write = bitmap2.count(*self.split_range)
         try:
@@ -410,11 +463,16 @@ class _PageWriter:
             self._wait_for_io()
         except OutputNoSpaceError as exc:
             result.no_space = exc
-            result.nr_pages_lost = self.nr_to_write - self.nr_done
+        except Interrupted as exc:
+            result.interrupted = exc.signum
         finally:
             if self.pending is not None:
                 self.pending.cancel()
+            # the window in flight finishes (data, then its descriptors): nr_done is exact
             self.io.shutdown(wait=True)
+        if result.no_space is not None or result.interrupted is not None:
+            result.nr_pages_lost = (self.nr_to_write - self.nr_done
+                                    - result.nr_pages_unreadable)
         result.nr_pages_written = self.nr_done
         result.nr_pages_by_flags = dict(sorted(self.flag_counts.items()))
         result.bytes_written = self.sink.size
@@ -447,7 +505,14 @@ class _PageWriter:
         in_hole = self.memory.known_zero_frames(pfns) if self.exclude_zero else None
         read_pfns = pfns if in_hole is None else pfns[~in_hole]
         nr_read = int(read_pfns.size)
-        data = self._gather(read_pfns) if nr_read else self.gather[:0]
+        bitmap_fixes: list[tuple[int, bytes]] = []
+        try:
+            data = self._gather(read_pfns) if nr_read else self.gather[:0]
+        except InputReadError:
+            pfns, in_hole, read_pfns, data, bitmap_fixes = self._salvage(pfns, in_hole,
+                                                                         read_pfns)
+            n = int(pfns.size)
+            nr_read = int(read_pfns.size)
         t1 = time.perf_counter()
         if self.exclude_zero:
             words = np.frombuffer(data, dtype=np.uint64).reshape(nr_read, ps // 8)
@@ -478,7 +543,8 @@ class _PageWriter:
         window_start = self.cursor
         self.cursor += len(packed.payload)
         self._wait_for_io()  # one window in flight: bounded memory, ordered descriptors
-        self.pending = self.io.submit(self._store, packed.payload, window_start, descs, is_zero)
+        self.pending = self.io.submit(self._store, packed.payload, window_start, descs, is_zero,
+                                      bitmap_fixes)
         if nr_read:  # RSS: a few windows, not the whole input
             first = int(read_pfns[0])
             self.memory.release(first << self.shift, (int(read_pfns[-1]) + 1 - first) << self.shift)
@@ -493,9 +559,13 @@ class _PageWriter:
         data_offset: int,
         descs: npt.NDArray[np.void],
         is_zero: npt.NDArray[np.bool_],
+        bitmap_fixes: list[tuple[int, bytes]],
     ) -> None:
-        """On the I/O thread: the window's page data, then its descriptors."""
+        """On the I/O thread: cleared 2nd-bitmap bytes of lost pages, the window's page
+        data, then its descriptors (so every descriptor's rank matches the bitmap)."""
         t0 = time.perf_counter()
+        for file_offset, byte in bitmap_fixes:  # inside the allocated bitmap area
+            self.sink.pwrite(byte, file_offset)
         try:
             if len(payload):
                 self.sink.pwrite(payload, data_offset)
@@ -555,6 +625,48 @@ class _PageWriter:
 
     # -- input ----------------------------------------------------------------------------
 
+    def _salvage(
+        self,
+        pfns: npt.NDArray[np.int64],
+        in_hole: npt.NDArray[np.bool_] | None,
+        read_pfns: npt.NDArray[np.int64],
+    ) -> tuple[
+        npt.NDArray[np.int64], npt.NDArray[np.bool_] | None, npt.NDArray[np.int64],
+        npt.NDArray[np.uint8], list[tuple[int, bytes]],
+    ]:
+        """A window with an unreadable input range: read it page by page (error path only).
+
+        Pages that cannot be read are dropped from the window and cleared in the
+        2nd bitmap (in memory, and the returned (file offset, byte) rewrites for
+        the file); the rest are returned as the window to write.
+        """
+        ps = self.page_size
+        result = self.result
+        good = np.ones(read_pfns.size, dtype=np.bool_)
+        out = self.gather[: read_pfns.size * ps].reshape(int(read_pfns.size), ps)
+        for i, pfn in enumerate(read_pfns.tolist()):
+            try:
+                self._gather_slow(pfn << self.shift, out[i])
+            except InputReadError as exc:
+                good[i] = False
+                result.nr_pages_unreadable += 1
+                if len(result.unreadable) < MAX_LISTED_LOST:
+                    result.unreadable.append((pfn, exc.file_offset, exc.detail))
+        lost = read_pfns[~good]
+        fixes: list[tuple[int, bytes]] = []
+        for byte_index in np.unique(lost >> 3).tolist():
+            for pfn in lost[(lost >> 3) == byte_index].tolist():
+                self.bitmap2.clear_range(pfn, pfn + 1)
+            fixes.append((self.layout.offset_bitmap2 + byte_index,
+                          bytes(self.bitmap2.bits[byte_index : byte_index + 1])))
+        keep = np.ones(pfns.size, dtype=np.bool_)
+        keep[np.isin(pfns, lost)] = False
+        kept_read = read_pfns[good]
+        data = np.ascontiguousarray(out[good]).reshape(-1)
+        self.gather[: data.size] = data
+        return (pfns[keep], None if in_hole is None else in_hole[keep], kept_read,
+                self.gather[: data.size], fixes)
+
     def _gather(self, pfns: npt.NDArray[np.int64]) -> memoryview | npt.NDArray[np.uint8]:
         """The window's pages as N*page_size contiguous bytes, in pfn order."""
         ps = self.page_size
@@ -563,10 +675,11 @@ class _PageWriter:
         first = int(pfns[0])
         span = int(pfns[-1]) - first + 1
         # the whole window one stored extent: no per-run Python work (only where that
-        # costs no decoding of the pages between the window's pfns)
+        # costs no decoding of the pages between the window's pfns, and, as the span is
+        # read whole with pread, only when dense)
         ext = next(self.memory.extents(first << shift, span * ps))
         whole = ext.kind is ExtentKind.DATA and ext.size == span * ps
-        if whole and (span == n or ext.file_offset >= 0):
+        if whole and (span == n or (ext.file_offset >= 0 and span <= 2 * n)):
             view = self.memory.data(ext)
             if span == n:
                 return view  # one run: zero-copy straight from the input mapping

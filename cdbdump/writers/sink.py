@@ -22,7 +22,7 @@ from typing import Any, Protocol, TypeAlias, runtime_checkable
 
 from cdbdump.errors import OutputError, OutputNoSpaceError
 
-__all__ = ("OutputFile", "Sink", "create_output", "is_same_file")
+__all__ = ("OutputFile", "Sink", "check_output", "create_output", "is_same_file")
 
 BufferLike: TypeAlias = Any  # bytes, memoryview, numpy array: anything with the buffer protocol
 
@@ -159,6 +159,47 @@ def is_same_file(a: str | os.PathLike[str], b: str | os.PathLike[str]) -> bool:
     except OSError:
         return False
     return (sa.st_dev, sa.st_ino) == (sb.st_dev, sb.st_ino)
+
+
+def check_output(
+    path: str | os.PathLike[str],
+    force: bool = False,
+    *,
+    inputs: Iterable[str | os.PathLike[str]] = (),
+) -> None:
+    """Refuse now what create_output would refuse later, creating nothing.
+
+    For outputs written at the end of a run (--report-json): the same file as
+    an input, a symbolic link, a non-regular file, an existing file without
+    ``force``, a missing or unwritable directory.
+    """
+    path = os.fspath(path)
+    for source in inputs:
+        if is_same_file(path, source) or Path(path).absolute() == Path(source).absolute():
+            raise OutputError(f"is the same file as the input {os.fspath(source)}", path=path)
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        st = None
+    except OSError as exc:
+        raise OutputError(f"cannot stat: {exc.strerror}", path=path) from exc
+    if st is not None:
+        if stat.S_ISLNK(st.st_mode):
+            raise OutputError("is a symbolic link; refusing to write through it", path=path)
+        if not stat.S_ISREG(st.st_mode):
+            raise OutputError("exists and is not a regular file", path=path)
+        if not force:
+            raise OutputError("already exists (use -f to overwrite)", path=path)
+    parent = Path(path).absolute().parent
+    if not parent.is_dir():
+        raise OutputError(f"directory {parent} does not exist", path=path)
+    if not os.access(parent, os.W_OK):
+        raise OutputError(f"directory {parent} is not writable", path=path)
+    try:
+        if os.statvfs(parent).f_flag & os.ST_RDONLY:
+            raise OutputError(f"directory {parent} is on a read-only file system", path=path)
+    except OSError:
+        pass  # statvfs unsupported: the open will tell
 
 
 def create_output(

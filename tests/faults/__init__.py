@@ -1,0 +1,1 @@
+"""Fault injection for the reliability tests: a FUSE file with bad ranges, a gate, a shrink."""

@@ -1,0 +1,1 @@
+"""Fuzzing cdbdump: mutated vmcores run through the CLI under a memory cap and a time limit."""
