@@ -174,22 +174,7 @@ def check_output(
     ``force``, a missing or unwritable directory.
     """
     path = os.fspath(path)
-    for source in inputs:
-        if is_same_file(path, source) or Path(path).absolute() == Path(source).absolute():
-            raise OutputError(f"is the same file as the input {os.fspath(source)}", path=path)
-    try:
-        st = os.lstat(path)
-    except FileNotFoundError:
-        st = None
-    except OSError as exc:
-        raise OutputError(f"cannot stat: {exc.strerror}", path=path) from exc
-    if st is not None:
-        if stat.S_ISLNK(st.st_mode):
-            raise OutputError("is a symbolic link; refusing to write through it", path=path)
-        if not stat.S_ISREG(st.st_mode):
-            raise OutputError("exists and is not a regular file", path=path)
-        if not force:
-            raise OutputError("already exists (use -f to overwrite)", path=path)
+    _existing_output(path, force, inputs, by_name=True)
     parent = Path(path).absolute().parent
     if not parent.is_dir():
         raise OutputError(f"directory {parent} does not exist", path=path)
@@ -200,6 +185,31 @@ def check_output(
             raise OutputError(f"directory {parent} is on a read-only file system", path=path)
     except OSError:
         pass  # statvfs unsupported: the open will tell
+
+
+def _existing_output(
+    path: str, force: bool, inputs: Iterable[str | os.PathLike[str]], *, by_name: bool = False
+) -> os.stat_result | None:
+    """The output rules both checks share: never an input (also ``by_name``, for a
+    file not created yet), never a symbolic link or a non-regular file, never an
+    existing file without ``force``. Returns the existing file's lstat, or None."""
+    for source in inputs:
+        same_name = by_name and Path(path).absolute() == Path(source).absolute()
+        if same_name or is_same_file(path, source):
+            raise OutputError(f"is the same file as the input {os.fspath(source)}", path=path)
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise OutputError(f"cannot stat: {exc.strerror}", path=path) from exc
+    if stat.S_ISLNK(st.st_mode):
+        raise OutputError("is a symbolic link; refusing to write through it", path=path)
+    if not stat.S_ISREG(st.st_mode):
+        raise OutputError("exists and is not a regular file", path=path)
+    if not force:
+        raise OutputError("already exists (use -f to overwrite)", path=path)
+    return st
 
 
 def create_output(
@@ -218,22 +228,8 @@ def create_output(
     of ``inputs`` is refused before anything is touched.
     """
     path = os.fspath(path)
-    for source in inputs:
-        if is_same_file(path, source):
-            raise OutputError(f"is the same file as the input {os.fspath(source)}", path=path)
-    try:
-        st = os.lstat(path)
-    except FileNotFoundError:
-        st = None
-    except OSError as exc:
-        raise OutputError(f"cannot stat: {exc.strerror}", path=path) from exc
+    st = _existing_output(path, force, inputs)
     if st is not None:
-        if stat.S_ISLNK(st.st_mode):
-            raise OutputError("is a symbolic link; refusing to write through it", path=path)
-        if not stat.S_ISREG(st.st_mode):
-            raise OutputError("exists and is not a regular file", path=path)
-        if not force:
-            raise OutputError("already exists (use -f to overwrite)", path=path)
         try:
             Path(path).unlink()
         except FileNotFoundError:
