@@ -3,24 +3,36 @@
 reference: makedumpfile is_on / set_bitmap_buffer (makedumpfile.h). On little
 endian this equals the kernel's unsigned-long bitmaps, so kernel bitmaps can
 be combined byte-wise.
+
+A bitmap lives in anonymous memory, or (:meth:`Bitmap.in_file`) in a shared
+mapping of its final place in the output file: then every bulk operation walks
+it in windows of :data:`WINDOW_BYTES` (:meth:`Bitmap.windows`, the one seam
+for "iterate the pfn space in windows") and drops the window's pages from the
+mapping after it, so the process holds a window, not the bitmap (32 MiB per TiB
+of RAM), whatever the machine size. The pages stay in the page cache, which
+writes them back and reclaims them like any written file data (makedumpfile's
+cyclic mode keeps a window in memory and writes it out; here the kernel does
+the writing, and the bits are read back from the file, not computed twice).
 """
 
 from __future__ import annotations
 
+import mmap
 from collections.abc import Iterator
 
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ("Bitmap",)
+__all__ = ("WINDOW_BYTES", "Bitmap")
 
 U8 = npt.NDArray[np.uint8]
+WINDOW_BYTES = 1 << 17  # bitmap bytes per window: 1 Mi pfns (4 GiB of RAM), 1 MiB unpacked
 
 
 class Bitmap:
     """A packed, LSB-first bitmap over [0, nr_bits) pfns."""
 
-    __slots__ = ("bits", "nr_bits")
+    __slots__ = ("_map", "bits", "home", "nr_bits")  # an in-file one is unmapped when freed
 
     def __init__(self, nr_bits: int, bits: U8 | None = None) -> None:
         self.nr_bits = nr_bits
@@ -30,9 +42,60 @@ class Bitmap:
         elif bits.shape != (nbytes,) or bits.dtype != np.uint8:
             raise ValueError(f"bitmap of {nr_bits} bits needs {nbytes} uint8, got {bits.shape}")
         self.bits = bits
+        self.home: tuple[int, int] | None = None  # (fd, file_offset) of an in-file bitmap
+        self._map: mmap.mmap | None = None
+
+    @classmethod
+    def in_file(cls, fd: int, file_offset: int, nr_bits: int) -> Bitmap:
+        """A bitmap stored at ``file_offset`` of the open file ``fd`` (read/write).
+
+        The bytes must be allocated already (posix_fallocate): a store into a
+        hole that the file system cannot fill would be a SIGBUS, not an error.
+        """
+        nbytes = (nr_bits + 7) // 8
+        skew = file_offset % mmap.ALLOCATIONGRANULARITY
+        mapping = mmap.mmap(fd, max(1, skew + nbytes), flags=mmap.MAP_SHARED,
+                            prot=mmap.PROT_READ | mmap.PROT_WRITE, offset=file_offset - skew)
+        bitmap = cls(nr_bits, np.frombuffer(mapping, dtype=np.uint8, count=nbytes, offset=skew))
+        bitmap.home = (fd, file_offset)
+        bitmap._map = mapping
+        return bitmap
+
+    def release(self) -> None:
+        """Drop an in-file bitmap's pages from this process (they stay in the page
+        cache, written back by the kernel); nothing for a bitmap in memory."""
+        if self._map is not None:
+            self._map.madvise(mmap.MADV_DONTNEED)
+
+    def windows(self, first_byte: int = 0, end_byte: int | None = None,
+                step: int = WINDOW_BYTES) -> Iterator[tuple[int, int]]:
+        """[lo, hi) byte ranges of ``step`` bytes over [first_byte, end_byte); the
+        pages of an in-file bitmap are released after each."""
+        end_byte = self.bits.size if end_byte is None else min(end_byte, self.bits.size)
+        for lo in range(first_byte, end_byte, step):
+            yield lo, min(end_byte, lo + step)
+            self.release()
 
     def copy(self) -> Bitmap:
         return Bitmap(self.nr_bits, self.bits.copy())
+
+    def assign(self, other: Bitmap) -> None:
+        """self = other, window by window."""
+        self._check_size(other)
+        for lo, hi in self.windows():
+            self.bits[lo:hi] = other.bits[lo:hi]
+            other.release()
+
+    def intersect(self, other: Bitmap) -> None:
+        """self &= other, window by window."""
+        self._check_size(other)
+        for lo, hi in self.windows():
+            self.bits[lo:hi] &= other.bits[lo:hi]
+            other.release()
+
+    def _check_size(self, other: Bitmap) -> None:
+        if other.nr_bits != self.nr_bits:
+            raise ValueError("bitmaps of different sizes")
 
     # -- ranges -------------------------------------------------------------------
 
@@ -50,7 +113,8 @@ class Bitmap:
         first_full = (start + 7) // 8
         last_full = end // 8
         if first_full < last_full:
-            self.bits[first_full:last_full] = 0xFF if value else 0
+            for lo, hi in self.windows(first_full, last_full):
+                self.bits[lo:hi] = 0xFF if value else 0
             head = range(start, first_full * 8)
             tail = range(last_full * 8, end)
         else:
@@ -102,19 +166,24 @@ class Bitmap:
         end = self.nr_bits if end is None else min(end, self.nr_bits)
         if start == 0 and end == self.nr_bits:
             # bits past nr_bits are kept zero, so a byte popcount is exact
-            return int(np.bitwise_count(self.bits).sum(dtype=np.int64))
+            return self._popcount(0, self.bits.size)
         first_byte, last_byte = (start + 7) >> 3, end >> 3
         if first_byte >= last_byte:
             return int(self.get_bools(start, end).sum())
         # whole bytes by popcount, the partial bytes at both ends bit by bit
-        middle = int(np.bitwise_count(self.bits[first_byte:last_byte]).sum(dtype=np.int64))
+        middle = self._popcount(first_byte, last_byte)
         return (middle + int(self.get_bools(start, first_byte * 8).sum())
                 + int(self.get_bools(last_byte * 8, end).sum()))
+
+    def _popcount(self, first_byte: int, end_byte: int) -> int:
+        return sum(int(np.bitwise_count(self.bits[lo:hi]).sum(dtype=np.int64))
+                   for lo, hi in self.windows(first_byte, end_byte))
 
     def iter_set_pfns(self, window: int = 1 << 20) -> Iterator[npt.NDArray[np.int64]]:
         """Yield the set pfns in ascending order, a bounded window at a time."""
         for start in range(0, self.nr_bits, window):
             bools = self.get_bools(start, start + window)
+            self.release()
             idx = np.flatnonzero(bools).astype(np.int64, copy=False)
             if idx.size:
                 idx += start
@@ -125,6 +194,7 @@ class Bitmap:
         open_start: list[int] = []  # a run still open at the end of the last window
         for lo in range(0, self.nr_bits, window):
             bools = self.get_bools(lo, min(self.nr_bits, lo + window)).astype(np.int8)
+            self.release()
             edges = np.diff(bools, prepend=np.int8(1 if open_start else 0))
             starts = open_start + (np.flatnonzero(edges == 1) + lo).tolist()
             ends = (np.flatnonzero(edges == -1) + lo).tolist()

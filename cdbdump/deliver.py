@@ -74,14 +74,19 @@ def deliver(
     exclude_zero: bool,
     report: DumpReport,
     progress: ProgressCallback | None,
+    *,
+    out: OutputFile | FlattenedSink | None = None,
 ) -> None:
-    """Write the dump; raises IncompleteDumpError when the output filled up."""
+    """Write the dump; raises IncompleteDumpError when the output filled up.
+
+    ``out``: the output file already created (the bitmaps were built in it)."""
     if request.split_files:
         _deliver_split(request, vmcore, memory, meta, bitmap1, bitmap2, exclude_zero, report,
                        progress)
         return
-    out: OutputFile | FlattenedSink
-    if request.dumpfile is None:
+    if out is not None:
+        pass
+    elif request.dumpfile is None:
         out = FlattenedSink(_STDOUT_FD, STDOUT_NAME)
     else:
         out = create_output(request.dumpfile, request.force, inputs=[vmcore],

@@ -8,6 +8,8 @@ them and records what happened in a DumpReport. It never prints.
 
 from __future__ import annotations
 
+import errno
+import os
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -24,6 +26,7 @@ from cdbdump.errors import (
     CorruptDumpError,
     InputError,
     OutputError,
+    OutputNoSpaceError,
     UnknownFormatError,
     UnsupportedError,
     VmcoreInfoError,
@@ -55,8 +58,8 @@ from cdbdump.vmcore.flattened import FlattenedFile, spool_stdin
 from cdbdump.vmcore.kdumpfile import KdumpFile
 from cdbdump.vmcore.vmcoreinfo import VmcoreInfo
 from cdbdump.writers.flattened import RearrangeResult, mark_rebuilt_incomplete, rearrange
-from cdbdump.writers.kdump import KdumpMetadata
-from cdbdump.writers.sink import check_output, create_output
+from cdbdump.writers.kdump import KdumpLayout, KdumpMetadata
+from cdbdump.writers.sink import OutputFile, check_output, create_output
 from cdbdump.writers.split import ReassembleResult, reassemble
 
 __all__ = (
@@ -293,31 +296,84 @@ def _justified_max_mapnr(
     )
 
 
-def first_bitmap(image: InputImage) -> Bitmap:
+def first_bitmap(image: InputImage, into: Bitmap | None = None) -> Bitmap:
     """Frames present in the dump (reference: makedumpfile create_bitmap_from_memhole;
-    copy_1st_bitmap_from_memory when refiltering)."""
+    copy_1st_bitmap_from_memory when refiltering), in ``into`` (empty) when given."""
+    bitmap = Bitmap(image.max_mapnr) if into is None else into
     if image.kdump is not None:
-        return image.kdump.header_file.bitmap1.copy()
-    bitmap = Bitmap(image.max_mapnr)
+        bitmap.assign(image.kdump.header_file.bitmap1)
+        return bitmap
     for start, end in image.phys.present_pfn_ranges():
         bitmap.set_range(start, end)
     return bitmap
 
 
-def without_nodata(image: InputImage, bitmap1: Bitmap) -> Bitmap:
+def without_nodata(image: InputImage, bitmap1: Bitmap, into: Bitmap | None = None) -> Bitmap:
     """bitmap1 minus frames wholly beyond p_filesz (makedumpfile exclude_nodata_pages);
     when refiltering, the frames the input stores (makedumpfile copy_bitmap_from_memory:
-    pages the input excluded stay excluded; lost pages of an incomplete input too)."""
+    pages the input excluded stay excluded; lost pages of an incomplete input too).
+    Written into ``into`` (any content) when given; no bitmap-sized temporary."""
+    bitmap2 = Bitmap(image.max_mapnr) if into is None else into
+    bitmap2.assign(bitmap1)
     if image.kdump is not None:
-        stored = Bitmap(image.max_mapnr)
-        for lo in range(0, image.max_mapnr, 1 << 18):
-            stored.put_bools(lo, image.kdump.stored_pfns(lo, min(image.max_mapnr, lo + (1 << 18))))
+        step = 1 << 18
+        for lo in range(0, image.max_mapnr, step):
+            hi = min(image.max_mapnr, lo + step)
+            bitmap2.put_bools(lo, bitmap2.get_bools(lo, hi) & image.kdump.stored_pfns(lo, hi))
             image.kdump.release_all()  # RSS: the page_desc table is read through the mapping
-        return bitmap1 & stored
-    filebacked = Bitmap(image.max_mapnr)
-    for start, end in data_pfn_ranges(image.phys, first_byte=False):
-        filebacked.set_range(start, end)
-    return bitmap1 & filebacked
+            bitmap2.release()
+        return bitmap2
+    # clear what lies between the (sorted, merged) file-backed ranges
+    covered = 0
+    for start, end in sorted(data_pfn_ranges(image.phys, first_byte=False)):
+        bitmap2.clear_range(covered, start)
+        covered = max(covered, end)
+    bitmap2.clear_range(covered, image.max_mapnr)
+    return bitmap2
+
+
+def bitmaps_in_output(options: DumpOptions, image: InputImage) -> OutputFile | None:
+    """The output file, created now, with its two bitmap areas allocated, when the
+    bitmaps can be built in their place there (a kdump-compressed file, not a
+    stream, an ELF file or a --split set): then memory holds a window of them,
+    not 2 x max_mapnr bits. None: they are built in memory.
+
+    reference: makedumpfile's cyclic mode writes each window of the bitmaps out
+    and computes them twice; here the file keeps them and the writer reads the
+    2nd bitmap back (no second pass).
+    """
+    if options.dumpfile is None or options.elf or options.split_files:
+        return None
+    offset, size = KdumpLayout.bitmap_area(image.page_size, len(image.notes_raw),
+                                           image.max_mapnr)
+    if options.size_limit is not None and options.size_limit < offset + 2 * size:
+        return None  # the writer reports the limit where makedumpfile does
+    out = create_output(options.dumpfile, options.force, inputs=[options.vmcore],
+                        limit=options.size_limit)
+    try:
+        # allocated up front: a store through the mapping into a hole the file
+        # system cannot fill would be SIGBUS, not ENOSPC
+        os.posix_fallocate(out.fileno(), offset, 2 * size)
+    except OSError as exc:
+        out.discard()
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+            raise OutputNoSpaceError(f"no space for the bitmaps ({exc.strerror})",
+                                     path=out.path, file_offset=offset,
+                                     requested=2 * size, written=0) from exc
+        raise OutputError(f"cannot allocate the bitmaps: {exc.strerror}", path=out.path) from exc
+    return out
+
+
+def _bitmaps(image: InputImage, out: OutputFile | None) -> tuple[Bitmap, Bitmap]:
+    """The 1st bitmap and the 2nd before exclusion (in the output file when ``out``)."""
+    if out is None:
+        bitmap1 = first_bitmap(image)
+        return bitmap1, without_nodata(image, bitmap1)
+    offset, size = KdumpLayout.bitmap_area(image.page_size, len(image.notes_raw),
+                                           image.max_mapnr)
+    bitmap1 = first_bitmap(image, Bitmap.in_file(out.fileno(), offset, image.max_mapnr))
+    bitmap2 = Bitmap.in_file(out.fileno(), offset + size, image.max_mapnr)
+    return bitmap1, without_nodata(image, bitmap1, bitmap2)
 
 
 def memory_hole_pages(image: InputImage) -> int:
@@ -415,21 +471,38 @@ def _dump(
     if image.kdump is not None:
         options, meta_extra = _refiltering(options, image.kdump, report)
     with _timed(report, "check memory holes"):
-        try:
-            bitmap1 = first_bitmap(image)
-            bitmap2 = without_nodata(image, bitmap1)
-        except MemoryError:
-            raise UnsupportedError(
-                f"bitmaps for max_mapnr {image.max_mapnr} ({image.max_mapnr // 4} "
-                "bytes for the two of them) do not fit in memory"
-            ) from None
-    with _timed(report, "exclude pages"):
-        applied = _exclude(image, options, bitmap2, report, progress)
+        out = bitmaps_in_output(options, image)
+    try:
+        with _timed(report, "check memory holes"):
+            try:
+                bitmap1, bitmap2 = _bitmaps(image, out)
+            except MemoryError:
+                raise UnsupportedError(
+                    f"bitmaps for max_mapnr {image.max_mapnr} ({image.max_mapnr // 4} "
+                    "bytes for the two of them) do not fit in memory"
+                ) from None
+        with _timed(report, "exclude pages"):
+            applied = _exclude(image, options, bitmap1, bitmap2, report, progress)
+        meta = _metadata(image, options, applied, meta_extra, report)
+        report.dumpable_pages = bitmap2.count()
+    except BaseException:
+        if out is not None:
+            out.discard()  # nothing written yet that a reader could open
+        raise
+    with _timed(report, "write pages"):
+        if isinstance(files[0], MappedFile) and image.kdump is None:
+            files[0].advise_streaming()
+        deliver(options.output, options.vmcore, image.core, image.phys, meta, bitmap1,
+                bitmap2, bool(applied & DumpLevel.ZERO), report, progress, out=out)
+    return report
+
+
+def _metadata(image: InputImage, options: DumpOptions, applied: DumpLevel,
+              meta_extra: dict[str, Any], report: DumpReport) -> KdumpMetadata:
     report.dump_level_applied = int(applied)
     utsname, uts_problem = read_utsname(image)
     if uts_problem:
         report.warnings.append(uts_problem)
-    report.dumpable_pages = bitmap2.count()
     meta = KdumpMetadata(
         utsname=utsname,
         timestamp_sec=(meta_extra.pop("timestamp_sec") if "timestamp_sec" in meta_extra
@@ -448,12 +521,7 @@ def _dump(
         # reference: makedumpfile initial()
         raise UnsupportedError(f"'-E' option is disabled, because {options.vmcore} is kdump "
                                "compressed format.")
-    with _timed(report, "write pages"):
-        if isinstance(files[0], MappedFile) and image.kdump is None:
-            files[0].advise_streaming()
-        deliver(options.output, options.vmcore, image.core, image.phys, meta, bitmap1,
-                bitmap2, bool(applied & DumpLevel.ZERO), report, progress)
-    return report
+    return meta
 
 
 def _refiltering(
@@ -545,6 +613,7 @@ def _verify_kernel_bitmap(image: InputImage, probe: KernelBitmap) -> KernelBitma
 def _exclude(
     image: InputImage,
     options: DumpOptions,
+    bitmap1: Bitmap,
     bitmap2: Bitmap,
     report: DumpReport,
     progress: ProgressCallback | None,
@@ -581,7 +650,6 @@ def _exclude(
         if info is not None and "NUMBER(PG_hwpoison)" in info:
             report.warnings.append(f"hwpoison/offline pages not excluded: {why}")
         return level
-    snapshot = bitmap2.copy()
     window = {} if options.cyclic_buffer_kib is None else {  # struct pages per scan window
         "window": cyclic_pfns(options.cyclic_buffer_kib, image.max_mapnr)}
     try:
@@ -589,7 +657,7 @@ def _exclude(
             image.kernel, info, level, bitmap2, progress, mem_map=image.mem_map, **window
         )
     except _SCAN_ERRORS as exc:
-        bitmap2.bits[:] = snapshot.bits  # nothing half-excluded: the report must match
+        without_nodata(image, bitmap1, bitmap2)  # nothing half-excluded: the report must match
         if not mem_map_levels:
             report.warnings.append(f"hwpoison/offline pages not excluded: {exc}")
             return level

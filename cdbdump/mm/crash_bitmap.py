@@ -171,6 +171,7 @@ def apply_kernel_bitmap(
             else np.frombuffer(phys.read(kernel.info.bitmap + off, n), dtype=np.uint8)
         )
         np.bitwise_and(bitmap2.bits[off : off + n], window, out=bitmap2.bits[off : off + n])
+        bitmap2.release()
     tail_bits = bitmap2.nr_bits & 7
     if tail_bits:
         bitmap2.bits[-1] &= (1 << tail_bits) - 1

@@ -208,6 +208,7 @@ def _scan_mem_map(
             for lo, hi in decided.beyond:
                 bitmap2.clear_range(lo, hi)
             kernel.phys.release_all()  # RSS: one window, not the whole mem_map
+            bitmap2.release()  # nor the whole bitmap, when it lives in the output file
             done += n
             if progress is not None:
                 progress(PROGRESS_STEP, done, total)

@@ -136,16 +136,23 @@ class KdumpLayout:
     nr_dumpable: int
     offset_data: int  # first byte after the page_desc table
 
+    @staticmethod
+    def bitmap_area(page_size: int, notes_size: int, max_mapnr: int) -> tuple[int, int]:
+        """(offset of the 1st bitmap, bytes of one block-padded bitmap): known before
+        any page is classified, so the bitmaps can be built in their place."""
+        # reference: makedumpfile write_kdump_header
+        sub_hdr_size = -(-(KDUMP_SUB_HEADER.size + notes_size) // page_size)
+        return (1 + sub_hdr_size) * page_size, bitmap_bytes(max_mapnr, page_size)
+
     @classmethod
     def compute(cls, meta: KdumpMetadata, nr_dumpable: int) -> KdumpLayout:
         bs = meta.page_size
         # reference: makedumpfile write_kdump_header
         offset_note = bs + KDUMP_SUB_HEADER.size
-        sub_hdr_size = -(-(KDUMP_SUB_HEADER.size + len(meta.notes_raw)) // bs)
-        bitmap_size = bitmap_bytes(meta.max_mapnr, bs)
+        offset_bitmap1, bitmap_size = cls.bitmap_area(bs, len(meta.notes_raw), meta.max_mapnr)
+        sub_hdr_size = offset_bitmap1 // bs - 1
         bitmap_blocks = 2 * bitmap_size // bs
-        offset_bitmap1 = (1 + sub_hdr_size) * bs
-        offset_page_desc = (1 + sub_hdr_size + bitmap_blocks) * bs
+        offset_page_desc = offset_bitmap1 + 2 * bitmap_size
         offset_vmcoreinfo = (
             0 if meta.vmcoreinfo_desc_offset is None else offset_note + meta.vmcoreinfo_desc_offset
         )
@@ -315,9 +322,9 @@ def _check_inputs(
         raise OutputError(
             f"memory page size {memory.page_size:#x} differs from {meta.page_size:#x}"
         )
-    step = BITMAP_WINDOW_PFNS // 8  # bytes at a time: no bitmap-sized temporaries
-    for lo in range(0, bitmap2.bits.size, step):
-        stray = bitmap2.bits[lo : lo + step] & ~bitmap1.bits[lo : lo + step]
+    for lo, hi in bitmap2.windows():  # no bitmap-sized temporaries
+        stray = bitmap2.bits[lo:hi] & ~bitmap1.bits[lo:hi]
+        bitmap1.release()
         if stray.any():
             byte = lo + int(np.flatnonzero(stray)[0])
             low_bit = int(bitmap2.bits[byte] & ~bitmap1.bits[byte])
@@ -391,6 +398,9 @@ def _write_eraseinfo(sink: Sink, meta: KdumpMetadata, offset: int,
 def _write_bitmap(sink: Sink, bitmap: Bitmap, file_offset: int, padded_size: int) -> None:
     # The block padding is written too: crash checks that the whole bitmap area
     # lies inside the file (diskdump.c read_dump_header).
+    fileno = getattr(sink, "fileno", None)
+    if bitmap.home is not None and callable(fileno) and bitmap.home == (fileno(), file_offset):
+        return  # built in place, on allocated (zeroed) blocks padding included
     sink.pwrite(bitmap.bits, file_offset)
     pad = padded_size - bitmap.bits.size
     if pad:

@@ -236,7 +236,8 @@ def create_output(
             pass
         except OSError as exc:
             raise OutputError(f"cannot remove the old file: {exc.strerror}", path=path) from exc
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    # read too: the kdump bitmaps are built in place through a shared mapping
+    flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
     try:
         fd = os.open(path, flags, 0o600)
     except FileExistsError as exc:
