@@ -9,7 +9,7 @@ PIP    := $(PY) -m pip install -q --disable-pip-version-check
 CACHE  := .cache
 DEMO   := $(CACHE)/demo
 
-.PHONY: demo test system-deps fixtures lint typecheck unit bench fuzz clean venv real-bitmap-vmcore \
+.PHONY: demo test system-deps fixtures lint typecheck unit bench bench-memory fuzz clean venv real-bitmap-vmcore \
 	capture-exe kdump-e2e
 
 # Wheels only: python-lzo (sdist) is left out, LZO comes from the lzallright wheel.
@@ -60,6 +60,9 @@ unit: $(VENV)/.full
 
 bench: $(VENV)/.full
 	$(PY) bench/bench.py
+
+bench-memory: $(VENV)/.full  # builds 64 GiB / 256 GiB / 1 TiB machines (~7.5 GB RAM, 10 GB disk)
+	$(PY) bench/memory.py
 
 # Long fuzz run (tests/fuzz/fuzz.py): FUZZ_INPUTS mutated vmcores, both -q and the scan,
 # plus the real 5.10 vmcore when the cache has it. `make test` runs a short form.
