@@ -102,7 +102,7 @@ def test_terabyte_bitmaps_stay_out_of_memory(tmp_path: Path) -> None:
         if window is not None:
             args[:0] = ["--cyclic-buffer", window]
         rss_kib = _peak_rss_kib(args)
-        assert 0 < rss_kib <= 96 << 10, f"peak RSS {rss_kib >> 10} MiB with --cyclic-buffer {window}"
+        assert 0 < rss_kib <= 96 << 10, f"peak RSS {rss_kib >> 10} MiB, --cyclic-buffer {window}"
         outputs.append(out.read_bytes())
     assert all(o == outputs[0] for o in outputs[1:])
 
