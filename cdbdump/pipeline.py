@@ -293,12 +293,41 @@ def _justified_max_mapnr(
     )
 
 
-def first_bitmap(image: InputImage) -> Bitmap:
-    """Frames present in the dump (reference: makedumpfile create_bitmap_from_memhole;
-    copy_1st_bitmap_from_memory when refiltering)."""
+# reference: makedumpfile calculate_cyclic_buffer_size (at most 4 MiB of buffer)
+MDF_MAX_CYCLIC_BUFFER = 4 << 20
+
+
+def keeps_partial_last_pages(max_mapnr: int) -> bool:
+    """Whether makedumpfile counts a PT_LOAD's partial last page as present.
+
+    makedumpfile works in one cycle, through a bitmap file whose 1st bitmap rounds
+    each segment's end up (create_1st_bitmap_file), only when its cyclic buffer,
+    min(4 MiB, max_mapnr * 2 / 8), holds both bitmaps whole (initial); otherwise
+    create_bitmap_from_memhole truncates the end and drops that page, e.g. the x86
+    e820 range ending at 0x9fc00 of every /proc/vmcore whose max_mapnr is not a
+    multiple of 4 or exceeds 16 Mi frames. Its other inputs to that choice are not
+    followed: free memory, --cyclic-buffer (our window never changes the output) and
+    --split (split files reassemble into the direct dump).
+    """
+    buffer_bytes = min(MDF_MAX_CYCLIC_BUFFER, max_mapnr * 2 // 8)
+    return buffer_bytes * 8 >= max_mapnr * 2
+
+
+def first_bitmap(image: InputImage, partial_last_pages: bool = True) -> Bitmap:
+    """Frames present in the dump (reference: makedumpfile create_1st_bitmap_file, or
+    create_bitmap_from_memhole without ``partial_last_pages``; copy_1st_bitmap_from_memory
+    when refiltering)."""
     if image.kdump is not None:
         return image.kdump.header_file.bitmap1.copy()
     bitmap = Bitmap(image.max_mapnr)
+    if not partial_last_pages and image.loads:
+        shift = image.page_size.bit_length() - 1
+        for seg in image.loads:
+            start = min(seg.paddr >> shift, image.max_mapnr)
+            end = min((seg.paddr + seg.memsz) >> shift, image.max_mapnr)
+            if start < end:
+                bitmap.set_range(start, end)
+        return bitmap
     for start, end in image.phys.present_pfn_ranges():
         bitmap.set_range(start, end)
     return bitmap
@@ -320,16 +349,17 @@ def without_nodata(image: InputImage, bitmap1: Bitmap) -> Bitmap:
     return bitmap1 & filebacked
 
 
-def memory_hole_pages(image: InputImage) -> int:
+def memory_hole_pages(image: InputImage, partial_last_pages: bool = True) -> int:
     # makedumpfile counts PT_LOAD pages, overlapping segments twice
     # (reference: makedumpfile create_bitmap_from_memhole, pfn_memhole per PT_LOAD)
     shift = image.page_size.bit_length() - 1
+    round_up = image.page_size - 1 if partial_last_pages else 0
     present = 0
     if image.kdump is not None:
         return image.max_mapnr - image.kdump.header_file.bitmap1.count()
     for seg in image.loads:
         start = min(seg.paddr >> shift, image.max_mapnr)
-        end = min((seg.paddr + seg.memsz + image.page_size - 1) >> shift, image.max_mapnr)
+        end = min((seg.paddr + seg.memsz + round_up) >> shift, image.max_mapnr)
         present += max(0, end - start)
     return max(0, image.max_mapnr - present)
 
@@ -407,7 +437,9 @@ def _dump(
         image = open_input(files)
     report.warnings.extend(image.problems)
     report.max_mapnr = image.max_mapnr
-    report.memory_hole_pages = memory_hole_pages(image)
+    partial_pages = keeps_partial_last_pages(image.max_mapnr)
+    # -E recounts holes per PT_LOAD with the partial page (write_elf_pages_cyclic)
+    report.memory_hole_pages = memory_hole_pages(image, partial_pages or options.elf)
     report.bytes_in = sum(f.size for f in files)
     if image.loads:
         report.bytes_in = sum(seg.filesz for seg in image.loads)
@@ -416,7 +448,7 @@ def _dump(
         options, meta_extra = _refiltering(options, image.kdump, report)
     with _timed(report, "check memory holes"):
         try:
-            bitmap1 = first_bitmap(image)
+            bitmap1 = first_bitmap(image, partial_pages)
             bitmap2 = without_nodata(image, bitmap1)
         except MemoryError:
             raise UnsupportedError(
