@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from cdbdump.bitmap import Bitmap
 from cdbdump.codecs import Codec
@@ -32,32 +32,24 @@ from cdbdump.fileio import FileView, MappedFile
 from cdbdump.formats.elf import LoadSegment
 from cdbdump.formats.kdump import DUMP_DH_COMPRESSED_INCOMPLETE, UTS_FIELD_LEN, UTS_FIELDS
 from cdbdump.formats.x86_64 import PAGE_SIZE
-from cdbdump.memory.kdump import KdumpMemory
 from cdbdump.memory.kernel import KernelMemory, phys_base_from_loads
 from cdbdump.memory.physical import ElfMemory, PhysicalMemory, data_pfn_ranges
-from cdbdump.mm.crash_bitmap import (
-    KernelBitmap,
-    KernelBitmapRefused,
-    apply_kernel_bitmap,
-    mem_map_page_ranges,
-    probe_kernel_bitmap,
-    protected_pfn_ranges,
-    verify_kernel_bitmap,
-)
 from cdbdump.mm.levels import DumpLevel
 from cdbdump.mm.memmodel import MemMap, locate_mem_map
 from cdbdump.mm.scan import MemoryUsage, exclude_unnecessary_pages, memory_usage
-from cdbdump.printk import KernelLog, format_records, read_kernel_log
 from cdbdump.report import DumpReport, PathTaken, ProgressCallback
 from cdbdump.vmcore.detect import DumpFormat, sniff
 from cdbdump.vmcore.elfcore import ElfCore
-from cdbdump.vmcore.flattened import FlattenedFile, spool_stdin
-from cdbdump.vmcore.kdumpfile import KdumpFile
 from cdbdump.vmcore.vmcoreinfo import VmcoreInfo
-from cdbdump.writers.flattened import RearrangeResult, mark_rebuilt_incomplete, rearrange
 from cdbdump.writers.kdump import KdumpMetadata
 from cdbdump.writers.sink import check_output, create_output
-from cdbdump.writers.split import ReassembleResult, reassemble
+
+if TYPE_CHECKING:  # what -q, refiltering, dmesg, -R and --reassemble need: imported on use
+    from cdbdump.memory.kdump import KdumpMemory
+    from cdbdump.mm.crash_bitmap import KernelBitmap, KernelBitmapRefused
+    from cdbdump.printk import KernelLog
+    from cdbdump.writers.flattened import RearrangeResult
+    from cdbdump.writers.split import ReassembleResult
 
 __all__ = (
     "DmesgOptions",
@@ -138,6 +130,8 @@ def _timed(report: DumpReport, step: str) -> Iterator[None]:
 def open_files(path: Path, split_parts: tuple[Path, ...] = ()) -> list[FileView]:
     """The input's files: a mapped file, the file a flattened stream stands for
     (``-`` reads the stream from standard input), or every file of a split set."""
+    from cdbdump.vmcore.flattened import FlattenedFile, spool_stdin
+
     files: list[FileView] = []
     try:
         for one in (path, *split_parts):
@@ -197,6 +191,9 @@ def open_input(files: FileView | list[FileView]) -> InputImage:
 
 def _open_kdump(files: list[FileView]) -> InputImage:
     """A kdump-compressed input (or split set): refiltering, as makedumpfile does it."""
+    from cdbdump.memory.kdump import KdumpMemory
+    from cdbdump.vmcore.kdumpfile import KdumpFile
+
     parts = [KdumpFile.open(f) for f in files]
     memory = KdumpMemory(parts)
     head = memory.header_file
@@ -558,6 +555,13 @@ def _header_phys_base(image: InputImage, report: DumpReport) -> int:
 
 def _verify_kernel_bitmap(image: InputImage, probe: KernelBitmap) -> KernelBitmapRefused | None:
     """The bitmap's content against what the dump proves (crash_bitmap.verify_kernel_bitmap)."""
+    from cdbdump.mm.crash_bitmap import (
+        KernelBitmapRefused,
+        mem_map_page_ranges,
+        protected_pfn_ranges,
+        verify_kernel_bitmap,
+    )
+
     mem_map_pages: list[tuple[int, int]] = []
     if image.kernel is not None and image.mem_map is not None:
         mem_map_pages = mem_map_page_ranges(
@@ -584,6 +588,13 @@ def _exclude(
     """Clear excluded frames from bitmap2; return the dump level really applied."""
     level = options.dump_level
     if options.use_kernel_bitmap:
+        from cdbdump.mm.crash_bitmap import (
+            KernelBitmap,
+            KernelBitmapRefused,
+            apply_kernel_bitmap,
+            probe_kernel_bitmap,
+        )
+
         probe: KernelBitmap | KernelBitmapRefused
         try:
             probe = probe_kernel_bitmap(
@@ -698,6 +709,8 @@ def dump_dmesg(options: DmesgOptions, stream: BinaryIO | None = None) -> DmesgRe
     Raises:
         CdbdumpError: no log can be read from the input, or the output fails.
     """
+    from cdbdump.printk import format_records, read_kernel_log
+
     files = open_files(options.vmcore)
     try:
         image = open_input(files)
@@ -740,6 +753,8 @@ def rearrange_stream(dumpfile: Path, force: bool, fd: int = 0) -> RearrangeResul
     Raises:
         CdbdumpError: the stream is empty, malformed or cut, or the output fails.
     """
+    from cdbdump.writers.flattened import mark_rebuilt_incomplete, rearrange
+
     out = create_output(dumpfile, force)
     try:
         result = rearrange(fd, out)
@@ -763,6 +778,8 @@ def reassemble_files(pieces: list[Path], dumpfile: Path, force: bool) -> Reassem
     Raises:
         CdbdumpError: a piece is unusable, or the output fails (no file is left).
     """
+    from cdbdump.writers.split import reassemble
+
     out = create_output(dumpfile, force, inputs=pieces)
     try:
         result = reassemble(pieces, out)
