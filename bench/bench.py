@@ -112,6 +112,9 @@ def ab(name_a: str, cmd_a: list[str], name_b: str, cmd_b: list[str], out_a: Path
         print(f"  {name:<14} wall median {med[name][0]:7.3f} s (min {min(walls):.3f}, max "
               f"{max(walls):.3f}), cpu median {med[name][1]:7.3f} s, peak RSS {rss:7.1f} MiB, "
               f"output {sizes[name]:,} bytes")
+    same = (out_a.exists() and out_b.exists()
+            and subprocess.run(["cmp", "-s", str(out_a), str(out_b)]).returncode == 0)
+    print(f"  outputs byte-identical: {same}")
     ratio = med[name_a][0] / med[name_b][0]
     cpu_ratio = med[name_a][1] / med[name_b][1] if med[name_b][1] else float("nan")
     print(f"  ratio {name_a}/{name_b}: wall {ratio:.2f}x, cpu {cpu_ratio:.2f}x "
@@ -121,7 +124,7 @@ def ab(name_a: str, cmd_a: list[str], name_b: str, cmd_b: list[str], out_a: Path
         "ours_cpu_s": med[name_a][1], "theirs_cpu_s": med[name_b][1], "cpu_ratio": cpu_ratio,
         "ours_rss_mib": med[name_a][2], "theirs_rss_mib": med[name_b][2],
         "ours_bytes": sizes[name_a], "theirs_bytes": sizes[name_b],
-        "load": os.getloadavg()[0],
+        "load": os.getloadavg()[0], "identical": same,
     }
     ROWS.append(row)
     return row
@@ -459,6 +462,10 @@ def main() -> None:
     parser.add_argument("--json", type=Path, default=REPO / ".cache" / "bench" / "bench.json")
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
+    # an installed cdbdump has its bytecode; without it (PYTHONDONTWRITEBYTECODE, a fresh
+    # clone) every timed run would compile the package from source first
+    subprocess.run([sys.executable, "-m", "compileall", "-q", str(REPO / "cdbdump")],
+                   check=True)
     # outputs go to memory when it can hold them: a -d 0 dump of the 4 GiB
     # vmcore is GBs, and the disk is the input's
     shm = Path("/dev/shm")
