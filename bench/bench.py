@@ -112,9 +112,6 @@ def ab(name_a: str, cmd_a: list[str], name_b: str, cmd_b: list[str], out_a: Path
         print(f"  {name:<14} wall median {med[name][0]:7.3f} s (min {min(walls):.3f}, max "
               f"{max(walls):.3f}), cpu median {med[name][1]:7.3f} s, peak RSS {rss:7.1f} MiB, "
               f"output {sizes[name]:,} bytes")
-    same = (out_a.exists() and out_b.exists()
-            and subprocess.run(["cmp", "-s", str(out_a), str(out_b)]).returncode == 0)
-    print(f"  outputs byte-identical: {same}")
     ratio = med[name_a][0] / med[name_b][0]
     cpu_ratio = med[name_a][1] / med[name_b][1] if med[name_b][1] else float("nan")
     print(f"  ratio {name_a}/{name_b}: wall {ratio:.2f}x, cpu {cpu_ratio:.2f}x "
@@ -124,7 +121,7 @@ def ab(name_a: str, cmd_a: list[str], name_b: str, cmd_b: list[str], out_a: Path
         "ours_cpu_s": med[name_a][1], "theirs_cpu_s": med[name_b][1], "cpu_ratio": cpu_ratio,
         "ours_rss_mib": med[name_a][2], "theirs_rss_mib": med[name_b][2],
         "ours_bytes": sizes[name_a], "theirs_bytes": sizes[name_b],
-        "load": os.getloadavg()[0], "identical": same,
+        "load": os.getloadavg()[0],
     }
     ROWS.append(row)
     return row
@@ -179,13 +176,16 @@ def part_real(work: Path, rounds: int, levels: list[int], threads_vs: list[str])
     norm = real_vmcores.ensure_normalized("debian12-6.1-4g")
     for path in (raw, norm):  # warm the page cache for both tools alike
         subprocess.run(["cat", str(path)], stdout=subprocess.DEVNULL, check=True)
-    start = run([sys.executable, "-c", "import cdbdump.cli, cdbdump.pipeline"])
-    print(f"  python start-up + imports of a run: {start.wall_s:.3f} s wall, "
-          f"{start.cpu_s:.3f} s cpu")
-    ROWS.append({"run": "start-up + imports", "ours_s": start.wall_s, "theirs_s": 0.0,
-                 "ratio": float("nan"), "ours_cpu_s": start.cpu_s, "theirs_cpu_s": 0.0,
-                 "cpu_ratio": float("nan"), "ours_rss_mib": start.max_rss_kib / 1024,
-                 "theirs_rss_mib": 0.0})
+    for label, code in (("start-up + imports", "import cdbdump.cli, cdbdump.pipeline"),
+                        ("floor: python + import numpy", "import numpy")):
+        runs = sorted((run([sys.executable, "-c", code]) for _ in range(5)),
+                      key=lambda r: r.wall_s)
+        start = runs[2]  # the median of 5
+        print(f"  {label}: {start.wall_s:.3f} s wall, {start.cpu_s:.3f} s cpu (median of 5)")
+        ROWS.append({"run": label, "ours_s": start.wall_s, "theirs_s": 0.0,
+                     "ratio": float("nan"), "ours_cpu_s": start.cpu_s, "theirs_cpu_s": 0.0,
+                     "cpu_ratio": float("nan"), "ours_rss_mib": start.max_rss_kib / 1024,
+                     "theirs_rss_mib": 0.0})
     ours, theirs = work / "cdbdump.kdump", work / "mdf.kdump"
     new_mdf: str | None
     try:
@@ -393,6 +393,8 @@ def part_dense(work: Path, out_dir: Path, rounds: int) -> None:
              "makedumpfile", ["makedumpfile", "-l", "-d", "31", "--message-level", "0",
                               str(vmcore), str(theirs)], out, theirs, rounds,
              "64 GiB dense synthetic -l -d 31")
+    row["identical"] = _same(out, theirs)
+    print(f"  outputs byte-identical: {row['identical']}")
     floor(vmcore, out, row)
     out.unlink(missing_ok=True)
     theirs.unlink(missing_ok=True)
