@@ -215,8 +215,7 @@ def _deliver_split(
     from cdbdump.writers.split import split_ranges, splitblock_pages
 
     paths = request.split_files
-    block = splitblock_pages(meta.max_mapnr, meta.page_size, len(paths),
-                             request.splitblock_bytes)
+    block = splitblock_pages(meta.page_size, request.splitblock_bytes)
     ranges = split_ranges(bitmap2, len(paths), block)
     report.split_ranges = ranges
     _check_distinct(paths)

@@ -45,24 +45,19 @@ __all__ = (
 )
 
 DEFAULT_SPLITBLOCK_BYTES = 1 << 30  # makedumpfile DEFAULT_SPLITBLOCK_SIZE
-_MIN_BLOCKS_PER_FILE = 16
 _DESC_CHUNK = 1 << 16  # descriptors handled at a time
 _COPY_BYTES = 8 << 20
 _DUMP_LEVEL_ZERO = 1
 
 
-def splitblock_pages(max_mapnr: int, page_size: int, nr_files: int,
-                     splitblock_bytes: int | None) -> int:
-    """Pages per split block: --splitblock-size if given, else makedumpfile's 1 GiB
-    made smaller (a power of two, at least 8 pages) until every file can get about
-    16 blocks, so a small machine still splits evenly (makedumpfile's 1 GiB puts
-    all of a 1 GiB machine into the first file)."""
+def splitblock_pages(page_size: int, splitblock_bytes: int | None) -> int:
+    """Pages per split block: --splitblock-size, else makedumpfile's 1 GiB
+    (check_splitblock_size, prepare_splitblock_table). Kept even where it puts a
+    whole small machine into the first file: the split files are makedumpfile's
+    byte for byte; --splitblock-size spreads them."""
     if splitblock_bytes is not None:
         return max(1, splitblock_bytes // page_size)
-    pages = DEFAULT_SPLITBLOCK_BYTES // page_size
-    while pages > 8 and -(-max_mapnr // pages) < _MIN_BLOCKS_PER_FILE * nr_files:
-        pages //= 2
-    return pages
+    return DEFAULT_SPLITBLOCK_BYTES // page_size
 
 
 def split_ranges(bitmap2: Bitmap, nr_files: int, block_pages: int) -> list[tuple[int, int]]:
