@@ -439,7 +439,9 @@ def _dump(
         image = open_input(files)
     report.warnings.extend(image.problems)
     report.max_mapnr = image.max_mapnr
-    partial_pages = keeps_partial_last_pages(image.max_mapnr, len(options.split_files))
+    # batch --shards (split_only) writes pieces of the direct dump: its rule
+    nr_dumpfiles = len(options.split_files) if options.split_only is None else 1
+    partial_pages = keeps_partial_last_pages(image.max_mapnr, nr_dumpfiles)
     # -E recounts holes per PT_LOAD with the partial page (write_elf_pages_cyclic)
     report.memory_hole_pages = memory_hole_pages(image, partial_pages or options.elf)
     report.bytes_in = sum(f.size for f in files)
