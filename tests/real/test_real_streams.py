@@ -235,6 +235,21 @@ def test_split_and_reassemble_both_ways(vm: Any, work: Path, nr_files: int) -> N
         p.unlink()
 
 
+def test_split_files_equal_makedumpfile_1_7_6_zstd(vm: Any, work: Path,
+                                                   makedumpfile_new: Path) -> None:
+    ours = [work / f"zours.{i}" for i in range(3)]
+    theirs = [work / f"ztheirs.{i}" for i in range(3)]
+    for p in (*ours, *theirs):
+        p.unlink(missing_ok=True)
+    _ok(_cdbdump("--split", "-z", "-d", "31", str(vm.raw), *map(str, ours)), "cdbdump --split")
+    _ok(_run([str(makedumpfile_new), "--split", "-z", "-d", "31", str(vm.norm),
+              *map(str, theirs)]), "makedumpfile 1.7.6 --split")
+    for a, b in zip(ours, theirs, strict=True):
+        _same(a, b)
+        a.unlink()
+        b.unlink()
+
+
 # Debian kdump-tools 1.8 (kdump-config, kdump_save_core): the dump line, with its
 # defaulting of MAKEDUMP_ARGS (a -F is appended unless the arguments start with one:
 # "-c -F -d 31" from the config becomes "-c -F -d 31 -F"). KDUMP_COMPRESSION unset
