@@ -35,6 +35,18 @@ distributed = pytest.importorskip("distributed") if os.environ.get("CI") != "tru
 pytestmark = pytest.mark.slow
 
 
+def parent_pid(pid: int) -> int:
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(next(ln.split()[1] for ln in status.splitlines() if ln.startswith("PPid:")))
+
+
+def zombie(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True
+
+
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[Any]:
     with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
@@ -64,9 +76,14 @@ def test_dask_mixed_directory_killed_worker_and_rerun(
     part = wait_for(lambda: [p for p in partial_files(out) if "slow" in str(p)], 120,
                     "a Dask worker writing a slow output")
     assert isinstance(part, list)
-    pid = partial_pid(part[0])
-    assert pid in worker_pids  # the task runs in a worker process of the cluster
+    child = partial_pid(part[0])
+    assert child is not None
+    pid = parent_pid(child)
+    assert pid in worker_pids  # the task's bounded child belongs to a worker of the cluster
     os.kill(pid, signal.SIGKILL)  # the nanny restarts it; the scheduler reruns the task
+    # the child dies with its worker: no orphan publishes what the rerun writes
+    wait_for(lambda: not Path(f"/proc/{child}").exists() or zombie(child), 10,
+             "the killed worker's child to end")
     _stdout, stderr = proc.communicate(timeout=BATCH_TIMEOUT_S)
     assert proc.returncode == 1, stderr  # the corrupt and truncated inputs
     assert "Traceback" not in stderr
