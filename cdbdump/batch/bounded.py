@@ -10,7 +10,8 @@ pickled (task, options) in on its stdin, the pickled Outcome back on its stdout,
 each prefixed by its length. A plain subprocess and not multiprocessing: Dask
 workers are daemonic processes, which multiprocessing forbids to have children.
 The child is kept between tasks (an interpreter start per input costs about a
-second on a loaded machine), and replaced when the bound asked for changes.
+second on a loaded machine), replaced when the bound asked for changes, and
+closed when its batch ends (``close_idle``, run on every worker by the executor).
 
 The child dies with the Dask worker (PR_SET_PDEATHSIG; the thread that starts
 it outlives it, or takes it along), so a lost worker leaves no orphan to
@@ -37,7 +38,7 @@ from cdbdump.batch.limits import WORKER_ENVIRONMENT, die_with_parent
 from cdbdump.batch.tasks import Task, died, failure
 from cdbdump.batch.work import BatchOptions, Outcome
 
-__all__ = ("run_bounded",)
+__all__ = ("close_idle", "run_bounded")
 
 _EXIT_BUG = 1  # the child raised: Python printed the traceback on its stderr
 _TRACEBACK_CHARS = 20_000
@@ -66,6 +67,7 @@ class _Child:
 
     def __init__(self, memory_bound: int | None) -> None:
         self.memory_bound = memory_bound
+        self.busy = False
         self.stderr = tempfile.TemporaryFile()
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "cdbdump.batch.bounded", str(os.getpid())],
@@ -75,11 +77,14 @@ class _Child:
     def run(self, task: Task, options: BatchOptions) -> Outcome | None:
         """The task's Outcome; None when the child ended first (see ``ended``)."""
         assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.busy = True
         try:
             _send(self.proc.stdin, (task, options))
             outcome: Outcome = _receive(self.proc.stdout)
         except (BrokenPipeError, EOFError):
             return None
+        finally:
+            self.busy = False
         return outcome
 
     def ended(self) -> tuple[int, str]:
@@ -91,6 +96,9 @@ class _Child:
         return status, text
 
     def close(self) -> None:
+        """End the child (its stdin closed: it returns) and wait for it."""
+        with _lock:
+            _children.discard(self)
         for pipe in (self.proc.stdin, self.proc.stdout):
             if pipe is not None:
                 pipe.close()
@@ -98,7 +106,18 @@ class _Child:
         self.stderr.close()
 
 
-_local = threading.local()
+_local = threading.local()  # this thread's child
+_lock = threading.Lock()
+_children: set[_Child] = set()  # every thread's, for close_idle
+
+
+def close_idle() -> int:
+    """End the children of this process that run no task now; how many were ended."""
+    with _lock:
+        idle = [c for c in _children if not c.busy]
+    for child in idle:
+        child.close()
+    return len(idle)
 
 
 def _child(memory_bound: int | None) -> _Child:
@@ -109,6 +128,8 @@ def _child(memory_bound: int | None) -> _Child:
         child = None
     if child is None:
         child = _local.child = _Child(memory_bound)
+        with _lock:
+            _children.add(child)
     return child
 
 

@@ -26,7 +26,7 @@ from functools import partial
 from types import TracebackType
 from typing import Any
 
-from cdbdump.batch.bounded import run_bounded
+from cdbdump.batch.bounded import close_idle, run_bounded
 from cdbdump.batch.limits import MIB, WORKER_ENVIRONMENT
 from cdbdump.batch.local import DEFAULT_ATTEMPTS, DEFAULT_MEMORY_BOUND
 from cdbdump.batch.tasks import Task, failure, settle
@@ -115,6 +115,10 @@ class DaskCluster:
         if client is not None:
             if exc_type is not None and self._futures:
                 client.cancel(self._futures)  # a remote cluster stops what it can
+            try:
+                client.run(close_idle)  # our bounded children, idle now, end with the batch
+            except (OSError, TimeoutError):
+                pass  # a worker that is gone took its children along (PR_SET_PDEATHSIG)
             client.close()
         if cluster is not None:
             cluster.close()
