@@ -20,8 +20,8 @@ from cdbdump.batch.tasks import Task
 from cdbdump.batch.work import BatchOptions, Outcome, Piece, run_one
 from cdbdump.codecs import Codec
 from cdbdump.errors import OutputError
-from cdbdump.formats.kdump import DISK_DUMP_HEADER_STATUS_OFFSET, DUMP_DH_COMPRESSED_INCOMPLETE
 from cdbdump.fileio import MappedFile
+from cdbdump.formats.kdump import DISK_DUMP_HEADER_STATUS_OFFSET, DUMP_DH_COMPRESSED_INCOMPLETE
 from cdbdump.vmcore.kdumpfile import KdumpFile
 from tests.batch.conftest import MakeVmcore, cdbdump, make_dump
 
