@@ -8,6 +8,7 @@ Layout (each module has one job):
   publish.py   temporary names, atomic no-clobber rename, stale temporary files
   manifest.py  DIR/batch.jsonl: append records, read the previous runs, merged summary
   limits.py    a worker's memory bound and per-input peak RSS
+  tasks.py     Task, the Executor protocol, and what a finished task yields (settle)
   local.py     the default executor: a process pool sized to the machine
   cluster.py   the Dask executor (`cdbdump[dask]`): LocalCluster or a scheduler address
   bounded.py   a Dask task: run_one in a child process under the worker memory bound
