@@ -89,7 +89,7 @@ kdump-e2e: capture-exe
 	deb=$$($(PY) fixtures/kdump_debian.py --force) || exit 1; \
 	ln -sfn "$$deb" "$$dir/debian"; \
 	$(PY) -m pytest -q -p no:cacheprovider tests/real/test_kdump_e2e.py \
-	  tests/real/test_kdump_debian.py; rc=$$?; \
+	  tests/real/test_kdump_debian.py tests/real/test_dracut_module.py; rc=$$?; \
 	echo "$$dir"; exit $$rc
 
 clean:

@@ -35,12 +35,15 @@ def initramfs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
-def _in_initramfs(tree: Path, command: str, binds: dict[Path, str]) -> subprocess.CompletedProcess[str]:
+def _in_initramfs(tree: Path, command: str,
+                  binds: dict[Path, str]) -> subprocess.CompletedProcess[str]:
     """COMMAND by the initramfs' own /bin/sh, chrooted into the unpacked TREE; BINDS maps
     host files to paths inside (a private mount namespace)."""
-    mounts = "".join(f"touch {shlex.quote(str(tree) + dest)}; mount --bind {shlex.quote(str(src))} "
-                     f"{shlex.quote(str(tree) + dest)}; " for src, dest in binds.items())
-    script = f"set -e; mount -t proc proc {tree}/proc; {mounts}exec chroot {tree} /bin/sh -c \"$0\""
+    mounts = "".join(f"touch {shlex.quote(str(tree) + dest)}; mount --bind "
+                     f"{shlex.quote(str(src))} {shlex.quote(str(tree) + dest)}; "
+                     for src, dest in binds.items())
+    script = (f"set -e; mount -t proc proc {tree}/proc; {mounts}"
+              f'exec chroot {tree} /bin/sh -c "$0"')
     return subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c", script,
                            command], capture_output=True, text=True, check=False,
                           stdin=subprocess.DEVNULL, timeout=600)
