@@ -51,9 +51,10 @@ fixtures: $(VENV)/.full
 	$(PY) fixtures/real_vmcores.py --tested
 	$(PY) fixtures/makedumpfile_trixie.py >/dev/null
 
-# The whole suite, real-vmcore tier included.
+# The whole suite, real-vmcore tier included (the Debian root file system boot,
+# about ten minutes under TCG, is make kdump-e2e's).
 test: system-deps $(VENV)/.full lint typecheck fixtures
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q tests -m 'not rootfs_boot'
 
 unit: $(VENV)/.full
 	$(PY) -m pytest -q tests -m 'not real'
@@ -81,12 +82,17 @@ capture-exe: $(VENV)/.full
 	packaging/capture/build.sh -o $(CACHE)/capture/pyinstaller/cdbdump
 
 # A real panic: the capture kernel runs that executable on /proc/vmcore, the host checks
-# what it saved. A fresh boot every time; the last line is the directory of the results.
+# what it saved: the busybox initramfs (fixtures/kdump_e2e.py), then a Debian root file
+# system where kdump-tools saves the dump (fixtures/kdump_debian.py; DIR/debian links to
+# it). Fresh boots every time; the last line is the directory of the results.
 # KDUMP_E2E_CASES=NAME,... adds cases of fixtures/kdump_e2e.py to the default set.
 kdump-e2e: capture-exe
 	@export CDBDUMP_KDUMP_E2E_CASES=$(KDUMP_E2E_CASES); \
 	dir=$$($(PY) fixtures/kdump_e2e.py --force) || exit 1; \
-	$(PY) -m pytest -q -p no:cacheprovider tests/real/test_kdump_e2e.py; rc=$$?; \
+	deb=$$($(PY) fixtures/kdump_debian.py --force) || exit 1; \
+	ln -sfn "$$deb" "$$dir/debian"; \
+	$(PY) -m pytest -q -p no:cacheprovider tests/real/test_kdump_e2e.py \
+	  tests/real/test_kdump_debian.py tests/real/test_dracut_module.py; rc=$$?; \
 	echo "$$dir"; exit $$rc
 
 clean:

@@ -9,6 +9,11 @@ output directory; wall time covers the whole command (worker start-up included),
 so it is what a user waits. inputs/s and GB/s are over the input file sizes.
 Peak RSS per worker comes from the manifest (VmHWM per input).
 
+The --shards comparison runs on the real 4 GiB Debian 6.1 vmcore (fixtures
+real_vmcores, cached under CDBDUMP_VMCORE_CACHE) when it is built, else on one of
+the synthetic inputs. The machine may be shared: each line ends with the 1-minute
+load average at its start.
+
 Run alone (python3 bench/batch.py) or as the `batch` part of bench/bench.py.
 """
 
@@ -16,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -24,7 +30,9 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
 GB = 1e9
+REAL_VMCORE = "debian12-6.1-4g"
 
 
 def build_inputs(work: Path, count: int, ram_gib: int, data_fraction: float) -> Path:
@@ -52,15 +60,22 @@ def _inputs(src: Path) -> list[Path]:
     return sorted(p for p in src.rglob("vmcore"))
 
 
-def _line(name: str, wall: float, inputs: list[Path], extra: str = "") -> None:
+def _load() -> float:
+    return os.getloadavg()[0]
+
+
+def _line(name: str, wall: float, inputs: list[Path], extra: str = "",
+          load: float | None = None) -> None:
     size = sum(p.stat().st_size for p in inputs)
+    at = f"  [load {load:.2f}]" if load is not None else ""
     print(f"  {name:<30} {wall:7.2f} s  {len(inputs) / wall:6.2f} inputs/s  "
-          f"{size / wall / GB:6.2f} GB/s{extra}")
+          f"{size / wall / GB:6.2f} GB/s{extra}{at}", flush=True)
 
 
 def run_batch(name: str, src: Path, work: Path, *args: str) -> None:
     out = work / "out"
     shutil.rmtree(out, ignore_errors=True)
+    load = _load()
     start = time.monotonic()
     proc = subprocess.run([sys.executable, "-m", "cdbdump", "batch", str(src), "--out", str(out),
                            "-d", "31", *args], capture_output=True, text=True, check=False)
@@ -72,18 +87,19 @@ def run_batch(name: str, src: Path, work: Path, *args: str) -> None:
     rss = max(r["peak_rss_kib"] or 0 for r in records) / 1024
     busy = sum(r["seconds"] for r in records)
     _line(name, wall, _inputs(src), f"  (sum of per-input times {busy:.2f} s; peak RSS per "
-          f"input {rss:.0f} MiB)")
+          f"input {rss:.0f} MiB)", load)
 
 
 def run_loop(src: Path, work: Path) -> None:
     inputs = _inputs(src)
+    load = _load()
     start = time.monotonic()
     for i, path in enumerate(inputs):
         out = work / f"single-{i}.kdump"
         out.unlink(missing_ok=True)
         subprocess.run([sys.executable, "-m", "cdbdump", "-d", "31", "--message-level", "0",
                         str(path), str(out)], check=True)
-    _line("shell loop of cdbdump", time.monotonic() - start, inputs)
+    _line("shell loop of cdbdump", time.monotonic() - start, inputs, load=load)
 
 
 def main_part(work: Path, count: int = 8, ram_gib: int = 1, data_fraction: float = 0.1) -> None:
@@ -101,26 +117,40 @@ def main_part(work: Path, count: int = 8, ram_gib: int = 1, data_fraction: float
             print("  batch --local-cluster 2: skipped (pip install 'cdbdump[dask]')")
         else:
             run_batch("batch --local-cluster 2", src, scratch, "--local-cluster", "2")
-        run_shards(src / "m0" / "vmcore", scratch)
+        run_shards(_shards_input(src), scratch)
+
+
+def _shards_input(src: Path) -> Path:
+    """The real 4 GiB vmcore when the cache holds it (never built here), else a synthetic one."""
+    from fixtures import real_vmcores
+
+    real = real_vmcores.raw_path(REAL_VMCORE)
+    if real.is_file() and Path(f"{real}.meta.txt").is_file():  # meta.txt is written last
+        return real
+    print(f"  (--shards: {REAL_VMCORE} not built in {real.parent}; a synthetic input instead)")
+    return src / "m0" / "vmcore"
 
 
 def run_shards(vmcore: Path, work: Path) -> None:
     """One input: the single-process dump against batch --shards 2 (2 workers)."""
+    print(f"  --shards input: {vmcore} ({vmcore.stat().st_size / GB:.2f} GB)")
     single = work / "single.kdump"
     single.unlink(missing_ok=True)
+    load = _load()
     start = time.monotonic()
     subprocess.run([sys.executable, "-m", "cdbdump", "-d", "31", "--message-level", "0",
                     str(vmcore), str(single)], check=True)
-    _line("one input, single process", time.monotonic() - start, [vmcore])
+    _line("one input, single process", time.monotonic() - start, [vmcore], load=load)
     out = work / "shards"
     shutil.rmtree(out, ignore_errors=True)
+    load = _load()
     start = time.monotonic()
     subprocess.run([sys.executable, "-m", "cdbdump", "batch", str(vmcore), "--out", str(out),
                     "-d", "31", "--jobs", "2", "--shards", "2"], capture_output=True,
                    check=True)
     same = (out / (vmcore.name + ".kdump")).read_bytes() == single.read_bytes()
     _line("one input, batch --shards 2", time.monotonic() - start, [vmcore],
-          f"  (byte-identical to the single-process dump: {same})")
+          f"  (byte-identical to the single-process dump: {same})", load)
 
 
 def main() -> None:
@@ -130,8 +160,15 @@ def main() -> None:
     parser.add_argument("--ram-gib", type=int, default=1)
     parser.add_argument("--data-fraction", type=float, default=0.1)
     parser.add_argument("--work", type=Path, default=REPO / ".cache" / "bench")
+    parser.add_argument("--shards-only", action="store_true",
+                        help="only the --shards comparison")
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
+    if args.shards_only:
+        with tempfile.TemporaryDirectory(dir=args.work) as tmp:
+            src = build_inputs(args.work, 1, args.ram_gib, args.data_fraction)
+            run_shards(_shards_input(src), Path(tmp))
+        return
     main_part(args.work, args.inputs, args.ram_gib, args.data_fraction)
 
 

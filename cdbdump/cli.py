@@ -97,8 +97,8 @@ def _version(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
 @click.option("--split", "split", is_flag=True,
               help="Write VMCORE into DUMPFILE1 DUMPFILE2 ... (pfn ranges, concurrently).")
 @click.option("--splitblock-size", "splitblock_kib", type=click.IntRange(min=1),
-              help="--split balances whole blocks of this many KiB (default: 1 GiB or "
-              "smaller on small machines).")
+              help="--split balances whole blocks of this many KiB (default: 1 GiB, as "
+              "makedumpfile).")
 @click.option("--reassemble", "reassemble_files", is_flag=True,
               help="Join the --split files DUMPFILE1 ... into the last file named.")
 @click.option("--message-level", type=click.IntRange(0, 31), default=DEFAULT_MESSAGE_LEVEL,

@@ -217,11 +217,13 @@ def _deliver_split(
 ) -> None:
     from concurrent.futures import ThreadPoolExecutor
 
-    from cdbdump.writers.split import split_ranges, splitblock_pages
+    from cdbdump.writers.split import balanced_splitblock_pages, split_ranges, splitblock_pages
 
     paths = request.split_files
-    block = splitblock_pages(meta.max_mapnr, meta.page_size, len(paths),
-                             request.splitblock_bytes)
+    if request.split_only is None or request.splitblock_bytes is not None:
+        block = splitblock_pages(meta.page_size, request.splitblock_bytes)
+    else:  # batch --shards: pieces of one dump, spread evenly even on small machines
+        block = balanced_splitblock_pages(meta.max_mapnr, meta.page_size, len(paths))
     ranges = split_ranges(bitmap2, len(paths), block)
     report.split_ranges = ranges
     _check_distinct(paths)

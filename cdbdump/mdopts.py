@@ -104,8 +104,8 @@ OPTIONS: tuple[OptionSpec, ...] = (
          "the output is the same bytes whatever the number)"),
     _opt(None, "cyclic-buffer", True, _I, "KiB of bitmap per window of the scan and the writer"),
     _opt("L", None, True, _I, "output size limit (K, M, G suffixes); reached, it is ENOSPC"),
+    _opt(None, "splitblock-size", True, _I, "KiB per block that --split balances (default 1 GiB)"),
     _opt("b", None, True, _N, "page cache order; cdbdump sizes its own windows"),
-    _opt(None, "splitblock-size", True, _N, "cdbdump balances --split on exact kept-page counts"),
     _opt(None, "work-dir", True, _N, "cdbdump keeps no bitmap files"),
     _opt(None, "non-mmap", False, _N, "cdbdump falls back to read(2) by itself"),
     _opt(None, "num-buffers", True, _N,
@@ -181,6 +181,7 @@ class Invocation:
     num_threads: int = 0
     size_limit: int | None = None  # -L
     cyclic_buffer_kib: int | None = None  # --cyclic-buffer
+    splitblock_kib: int | None = None  # --splitblock-size
     notices: list[str] = field(default_factory=list)  # options accepted with no effect
     argv: list[str] = field(default_factory=list)
 
@@ -248,6 +249,8 @@ def parse(argv: list[str]) -> Invocation:
             inv.size_limit = _memparse(value)
         elif key == "cyclic-buffer":
             inv.cyclic_buffer_kib = atoi(value) or None  # 0: makedumpfile's own choice
+        elif key == "splitblock-size":
+            inv.splitblock_kib = atoi(value) or None  # 0: the 1 GiB default
         elif key == "num-threads":
             inv.num_threads = max(atoi(value), 0)
         elif key == "D":

@@ -70,6 +70,7 @@ def _dump(inv: Invocation, messages: Messages, progress: ProgressCallback) -> in
             force=inv.force or attempt > 0,  # a retry rewrites its own incomplete file
             elf=inv.elf,
             split_files=tuple(Path(name) for name in inv.dumpfiles),
+            splitblock_bytes=None if inv.splitblock_kib is None else inv.splitblock_kib << 10,
             size_limit=inv.size_limit,
             threads=max(1, inv.num_threads) if inv.num_threads else None,
             cyclic_buffer_kib=inv.cyclic_buffer_kib,

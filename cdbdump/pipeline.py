@@ -297,7 +297,7 @@ def _justified_max_mapnr(
 MDF_MAX_CYCLIC_BUFFER = 4 << 20
 
 
-def keeps_partial_last_pages(max_mapnr: int) -> bool:
+def keeps_partial_last_pages(max_mapnr: int, nr_dumpfiles: int = 1) -> bool:
     """Whether makedumpfile counts a PT_LOAD's partial last page as present.
 
     makedumpfile works in one cycle, through a bitmap file whose 1st bitmap rounds
@@ -306,10 +306,15 @@ def keeps_partial_last_pages(max_mapnr: int) -> bool:
     create_bitmap_from_memhole truncates the end and drops that page, e.g. the x86
     e820 range ending at 0x9fc00 of every /proc/vmcore whose max_mapnr is not a
     multiple of 4 or exceeds 16 Mi frames. Its other inputs to that choice are not
-    followed: free memory, --cyclic-buffer (our window never changes the output) and
-    --split (split files reassemble into the direct dump).
+    followed: free memory and --cyclic-buffer (our window never changes the output).
+    With --split the buffer is shared by the ``nr_dumpfiles`` files, so makedumpfile
+    is always cyclic: the split files drop the page and their reassembly can differ
+    from a one-cycle direct dump by it, as makedumpfile's own do.
     """
-    buffer_bytes = min(MDF_MAX_CYCLIC_BUFFER, max_mapnr * 2 // 8)
+    bitmaps_bytes = max_mapnr * 2 // 8
+    if nr_dumpfiles > 1:
+        bitmaps_bytes //= nr_dumpfiles
+    buffer_bytes = min(MDF_MAX_CYCLIC_BUFFER, bitmaps_bytes)
     return buffer_bytes * 8 >= max_mapnr * 2
 
 
@@ -493,7 +498,9 @@ def _dump(
         image = open_input(files)
     report.warnings.extend(image.problems)
     report.max_mapnr = image.max_mapnr
-    partial_pages = keeps_partial_last_pages(image.max_mapnr)
+    # batch --shards (split_only) writes pieces of the direct dump: its rule
+    nr_dumpfiles = len(options.split_files) if options.split_only is None else 1
+    partial_pages = keeps_partial_last_pages(image.max_mapnr, nr_dumpfiles)
     # -E recounts holes per PT_LOAD with the partial page (write_elf_pages_cyclic)
     report.memory_hole_pages = memory_hole_pages(image, partial_pages or options.elf)
     report.bytes_in = sum(f.size for f in files)

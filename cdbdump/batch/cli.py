@@ -169,7 +169,7 @@ class _Interrupted:
 @click.option("-j", "--jobs", type=click.IntRange(1), default=None,
               help="Local worker processes [default: one per CPU, as memory allows].")
 @click.option("--memory", "memory_mib", type=click.IntRange(0), default=DEFAULT_MEMORY_BOUND // MIB,
-              show_default=True, help="Memory bound of each local worker, MiB (0: none).")
+              show_default=True, help="Memory bound of each worker (local or Dask), MiB (0: none).")
 @click.option("--scheduler", metavar="ADDRESS",
               help="Run on a Dask cluster (tcp://host:port); needs cdbdump[dask].")
 @click.option("--local-cluster", type=click.IntRange(1), metavar="N",
@@ -215,7 +215,8 @@ def command(
     if scheduler is not None or local_cluster is not None:
         from cdbdump.batch.cluster import DaskCluster
 
-        executor = DaskCluster(scheduler, local_workers=local_cluster)
+        executor = DaskCluster(scheduler, local_workers=local_cluster,
+                               memory_bound=memory_mib * MIB or None)
     else:
         executor = LocalPool(jobs, memory_bound=memory_mib * MIB or None)
     progress = _Progress()

@@ -13,6 +13,11 @@ kdump-compressed, flattened), so kdump's dmesg logs beside a vmcore are passed
 over; a file named directly or by a glob is always taken. The output directory
 itself is never walked. Two inputs that would share an output are an error for
 the second, never a silent overwrite.
+
+The files of a `makedumpfile --split` set are one input, recognised by their
+headers (splitsets.py), named after the file holding the lowest pfns (its
+output, its place in the order); the others are its ``parts``. An incomplete
+set is a problem naming the missing pfn range.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from cdbdump.batch.splitsets import SplitSet, group_parts, read_split_part
 from cdbdump.formats.elf import ELFMAG
 from cdbdump.formats.flattened import MAKEDUMPFILE_SIGNATURE
 from cdbdump.formats.kdump import DISKDUMP_SIGNATURE, KDUMP_SIGNATURE
@@ -39,7 +45,8 @@ class Job:
 
     input: Path
     output: Path
-    size: int  # st_size of the input when it was found
+    size: int  # st_size of the input when it was found (of all its files, for a split set)
+    parts: tuple[Path, ...] = ()  # the other files of a split set, in pfn order
 
 
 @dataclass(slots=True)
@@ -127,10 +134,17 @@ def output_for(input_path: Path, root: Path, out_dir: Path) -> Path:
     return out_dir / rel.parent / (rel.name + OUTPUT_SUFFIX)
 
 
+@dataclass(frozen=True, slots=True)
+class _Found:
+    path: Path  # absolute
+    root: Path
+    size: int
+
+
 def discover(sources: Sequence[str], out_dir: Path) -> Discovery:
     """Expand SRC arguments into jobs, in a stable order (SRC order, then path order)."""
     found = Discovery()
-    by_output: dict[Path, Path] = {}
+    candidates: list[_Found] = []
     seen_inputs: set[tuple[int, int]] = set()
     for src in sources:
         for path, root in _expand(src, out_dir, found):
@@ -139,20 +153,42 @@ def discover(sources: Sequence[str], out_dir: Path) -> Discovery:
             except OSError as exc:
                 found.problems.append((str(path), f"cannot stat: {exc.strerror}"))
                 continue
-            path = path.absolute()  # records name inputs the same however SRC was spelled
             identity = (st.st_dev, st.st_ino)
             if identity in seen_inputs:
                 continue  # the same file named twice (or through a link)
-            output = output_for(path, root, out_dir)
-            other = by_output.get(output)
-            if other is not None:
-                found.problems.append(
-                    (str(path), f"its output {output} is also the output of {other}; "
-                     "name their common directory instead")
-                )
-                continue
             seen_inputs.add(identity)
-            by_output[output] = path
-            found.jobs.append(Job(path, output, st.st_size))
+            # records name inputs the same however SRC was spelled
+            candidates.append(_Found(path.absolute(), root, st.st_size))
+    sets = _split_sets(candidates)
+    by_output: dict[Path, Path] = {}
+    for cand in candidates:
+        split_set = sets.get(cand.path)
+        parts: tuple[Path, ...] = ()
+        size = cand.size
+        if split_set is not None:
+            if split_set.first != cand.path:
+                continue  # a later file of a set: the set is the job of its first file
+            if split_set.problem is not None:
+                found.problems.append((str(cand.path), split_set.problem))
+                continue
+            parts = tuple(p.path for p in split_set.parts[1:])
+            size = sum(c.size for c in candidates if sets.get(c.path) is split_set)
+        output = output_for(cand.path, cand.root, out_dir)
+        other = by_output.get(output)
+        if other is not None:
+            found.problems.append(
+                (str(cand.path), f"its output {output} is also the output of {other}; "
+                 "name their common directory instead")
+            )
+            continue
+        by_output[output] = cand.path
+        found.jobs.append(Job(cand.path, output, size, parts))
     return found
 
+
+def _split_sets(candidates: Sequence[_Found]) -> dict[Path, SplitSet]:
+    """Each file of a split set -> its set (files that are not split files are absent)."""
+    parts = [part for part in map(read_split_part, (c.path for c in candidates))
+             if part is not None]
+    return {part.path: split_set for split_set in group_parts(parts)
+            for part in split_set.parts}

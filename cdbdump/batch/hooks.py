@@ -74,8 +74,8 @@ def _require(hook: Hook) -> tuple[Callable[..., Any], ...]:
     return functions
 
 
-def run_verify(dumpfile: Path, source: Path) -> None:
-    """Raise CdbdumpError unless ``dumpfile`` verifies against ``source``."""
+def run_verify(dumpfile: Path, source: Path | None) -> None:
+    """Raise CdbdumpError unless ``dumpfile`` verifies (against ``source``, if given)."""
     (verify,) = _require(VERIFY)
     result = verify(dumpfile, source=source)
     if not result.ok:

@@ -14,8 +14,10 @@ fresh process before numpy is loaded.
 
 from __future__ import annotations
 
+import ctypes
 import os
 import resource
+import signal
 import threading
 from pathlib import Path
 
@@ -24,6 +26,7 @@ __all__ = (
     "THREAD_STACK_BYTES",
     "WORKER_ENVIRONMENT",
     "apply_memory_bound",
+    "die_with_parent",
     "peak_rss_kib",
     "reset_peak_rss",
 )
@@ -63,6 +66,24 @@ def apply_memory_bound(memory_bytes: int) -> int:
         limit = min(limit, hard)
     resource.setrlimit(resource.RLIMIT_DATA, (limit, hard))
     return limit
+
+
+_PR_SET_PDEATHSIG = 1  # include/uapi/linux/prctl.h
+
+
+def die_with_parent(parent_pid: int) -> None:
+    """Be killed when the process that started this one ends (prctl PR_SET_PDEATHSIG).
+
+    The signal comes when the thread that created this process exits: a pool's
+    workers are created by the thread that submits to it, which outlives them.
+    ``parent_pid`` (0: do not check) closes the race with a parent that ended
+    before the prctl.
+    """
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
+        return  # not Linux: the worker outlives a killed parent, as before
+    if parent_pid and os.getppid() != parent_pid:
+        os._exit(1)
 
 
 def reset_peak_rss() -> None:

@@ -2,10 +2,12 @@
 
 Workers are spawned (not forked: the parent may hold threads), run with one BLAS
 thread and two malloc arenas, ignore SIGINT (the parent decides what an
-interrupt stops) and bound their own memory (limits.apply_memory_bound, applied
-by run_one). At most one task per worker is in flight, so when a worker dies the
-tasks it may have been running are known: they are retried in a fresh pool, up
-to ``max_attempts`` times, and then recorded as errors; the batch goes on.
+interrupt stops), die with the process that started them (PR_SET_PDEATHSIG:
+an orphan never publishes an output its task's rerun also writes) and bound
+their own memory (limits.apply_memory_bound, applied by run_one). At most one
+task per worker is in flight, so when a worker dies the tasks it may have been
+running are known: they are retried in a fresh pool, up to ``max_attempts``
+times, and then recorded as errors; the batch goes on.
 """
 
 from __future__ import annotations
@@ -19,15 +21,16 @@ from collections.abc import Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import replace
+from functools import partial
 from multiprocessing.queues import SimpleQueue
 from pathlib import Path
 from types import TracebackType
 
-from cdbdump.batch.limits import MIB, WORKER_ENVIRONMENT
-from cdbdump.batch.tasks import Task, failure
-from cdbdump.batch.work import BatchOptions, Outcome, run_one
+from cdbdump.batch.limits import MIB, WORKER_ENVIRONMENT, die_with_parent
+from cdbdump.batch.tasks import Task, died, settle
+from cdbdump.batch.work import BatchOptions, Outcome
 
-__all__ = ("DEFAULT_MEMORY_BOUND", "LocalPool", "default_workers")
+__all__ = ("DEFAULT_ATTEMPTS", "DEFAULT_MEMORY_BOUND", "LocalPool", "default_workers")
 
 DEFAULT_MEMORY_BOUND = 96 * MIB
 _PER_WORKER_BUDGET = 128 * MIB  # the bound plus the interpreter, for sizing the pool
@@ -53,12 +56,15 @@ def default_workers() -> int:
     return max(1, min(cpus, available // _PER_WORKER_BUDGET))
 
 
-def _init_worker(pids: SimpleQueue[int]) -> None:
+def _init_worker(pids: SimpleQueue[int], parent_pid: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    die_with_parent(parent_pid)
     pids.put(os.getpid())
 
 
-def _remote_traceback(exc: BaseException) -> str:
+def _remote_traceback(exc: BaseException | None) -> str:
+    if exc is None:
+        return ""
     cause = exc.__cause__  # concurrent.futures keeps the worker's traceback text here
     text = str(cause) if cause is not None else ""
     return text or "".join(traceback.format_exception(exc))
@@ -100,7 +106,7 @@ class LocalPool:
     def _start(self, workers: int) -> ProcessPoolExecutor:
         self._pool = ProcessPoolExecutor(
             max_workers=workers, mp_context=self._ctx, initializer=_init_worker,
-            initargs=(self._pids,),
+            initargs=(self._pids, os.getpid()),
         )
         return self._pool
 
@@ -143,8 +149,7 @@ class LocalPool:
                     break
                 task = pending.popleft()
                 runs[task.number] = runs.get(task.number, 0) + 1
-                future = pool.submit(run_one, task.job.input, task.job.output, options,
-                                     task.previous, task.piece)
+                future = pool.submit(task.run, options)
                 running[future] = task
             done, _ = wait(running, return_when=FIRST_COMPLETED)
             alone = len(running) == 1
@@ -152,18 +157,13 @@ class LocalPool:
             for future in done:
                 task = running.pop(future)
                 exc = future.exception()
-                if exc is None:
-                    outcome = future.result()
-                    outcome.attempts = runs[task.number]
-                    yield task, outcome
-                elif isinstance(exc, BrokenProcessPool):
+                if isinstance(exc, BrokenProcessPool):
                     broken = True
                     yield from self._died(task, options, alone, deaths, suspects, pending)
-                else:  # not a CdbdumpError: a bug in cdbdump, recorded with its traceback
-                    yield task, failure(
-                        task, options, f"{task.job.input}: internal error: "
-                        f"{type(exc).__name__}: {exc}", attempts=runs[task.number],
-                        traceback=_remote_traceback(exc))
+                    continue
+                yield task, settle(task, options, exc, future.result,
+                                   partial(_remote_traceback, exc),
+                                   attempts=runs[task.number])
             if broken:
                 # the whole pool is gone: every task still in flight failed with it
                 for future in list(running):
@@ -185,10 +185,8 @@ class LocalPool:
         if alone:
             deaths[task.number] = deaths.get(task.number, 0) + 1
             if deaths[task.number] >= self.max_attempts:
-                yield task, failure(
-                    task, options, f"{task.job.input}: the worker process died while "
-                    f"processing it alone, {deaths[task.number]} times",
-                    attempts=deaths[task.number])
+                yield task, died(task, options, deaths[task.number])
                 return
         suspects.add(task.number)
         pending.appendleft(task)
+

@@ -130,9 +130,10 @@ def _shard(
     pieces: list[Task] = []
     for task in tasks:
         job = task.job
-        outcome = Outcome.begin(job.input, job.output, options)
+        outcome = Outcome.begin(job.input, job.output, options, job.parts)
         try:
-            if existing_outcome(job.input, job.output, options, task.previous, outcome):
+            if existing_outcome(job.input, job.output, options, task.previous, outcome,
+                                job.parts):
                 record(outcome)
                 continue
             pieces += plan_pieces(job, options, len(pieces))

@@ -105,7 +105,8 @@ def _merged(job: Job, pieces: list[Outcome]) -> Outcome:
     page facts are the first piece's; times add up, the peak is the largest."""
     first = pieces[0]
     return Outcome(
-        input=str(job.input), output=str(job.output), status=DONE, size=first.size,
+        input=str(job.input), output=str(job.output), parts=first.parts, status=DONE,
+        size=first.size,
         sha256_1mib=first.sha256_1mib, path_taken=first.path_taken,
         fallback_reason=first.fallback_reason, pages=first.pages,
         original_pages=first.original_pages, remaining_pages=first.remaining_pages,

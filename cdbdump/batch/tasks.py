@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import os
 import socket
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
 from types import TracebackType
 from typing import Any, NamedTuple, Protocol
 
 from cdbdump.batch.discover import Job
-from cdbdump.batch.work import ERROR, BatchOptions, Outcome, Piece
+from cdbdump.batch.work import ERROR, BatchOptions, Outcome, Piece, run_one
 
-__all__ = ("Executor", "Task", "failure")
+__all__ = ("Executor", "Task", "died", "failure", "settle")
 
 
 class Task(NamedTuple):
@@ -19,6 +20,15 @@ class Task(NamedTuple):
     job: Job
     previous: dict[str, Any] | None  # the manifest's last finished record of job.output
     piece: Piece | None = None  # one pfn range of a sharded input (--shards)
+
+    def run(self, options: BatchOptions) -> Outcome:
+        """The work function on this task (what every executor runs, in a worker)."""
+        job = self.job
+        return run_one(job.input, job.output, options, self.previous, self.piece, job.parts)
+
+    @property
+    def inputs(self) -> tuple[Path, ...]:
+        return (self.job.input, *self.job.parts)
 
 
 class Executor(Protocol):
@@ -47,6 +57,7 @@ def failure(
     return Outcome(
         input=str(task.job.input),
         output=str(task.job.output),
+        parts=[str(p) for p in task.job.parts] or None,
         status=ERROR,
         error=error,
         size=task.job.size,
@@ -57,3 +68,27 @@ def failure(
         attempts=attempts,
         traceback=traceback,
     )
+
+
+def settle(
+    task: Task, options: BatchOptions, exc: BaseException | None,
+    result: Callable[[], Outcome], traceback: Callable[[], str], *, attempts: int | None = None,
+) -> Outcome:
+    """What a finished task yields: its Outcome when the work function returned one
+    (``exc`` is None), else ``exc`` was not a CdbdumpError but a bug in cdbdump, an
+    error record with its traceback. Executors handle their lost workers first.
+    ``attempts``: runs of the task, when the executor counted them."""
+    if exc is None:
+        outcome = result()
+        if attempts is not None:
+            outcome.attempts = attempts
+        return outcome
+    return failure(task, options,
+                   f"{task.job.input}: internal error: {type(exc).__name__}: {exc}",
+                   attempts=attempts or 1, traceback=traceback())
+
+
+def died(task: Task, options: BatchOptions, times: int) -> Outcome:
+    """The Outcome of a task whose worker process died every time it ran it alone."""
+    return failure(task, options, f"{task.job.input}: the worker process died while "
+                   f"processing it alone, {times} times", attempts=times)

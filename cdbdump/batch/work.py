@@ -1,7 +1,9 @@
 """The one work function of a batch: one input in, one output out, one Outcome back.
 
 ``run_one(input, output, options)`` runs the library pipeline (cdbdump.pipeline
-``dump``) into a temporary name and publishes it atomically. The local pool and
+``dump``) into a temporary name and publishes it atomically. A split set
+(``parts``: its other files) is read as one input, as ``cdbdump VMCORE
+--split-part ...`` reads it. The local pool and
 Dask call exactly this function; whatever input formats the pipeline reads, the
 batch reads. It never raises for a bad input or an output problem: those are an
 ``error`` Outcome. Anything else (a bug, an interrupt) propagates to the executor.
@@ -40,7 +42,7 @@ __all__ = (
 )
 
 DONE, SKIPPED, ERROR = "done", "skipped", "error"
-FINGERPRINT_BYTES = 1 << 20  # the manifest's sha256 covers the first MiB of an input
+FINGERPRINT_BYTES = 1 << 20  # the manifest's sha256 covers the first MiB of an input's files
 DMESG_SUFFIX = ".dmesg.txt"
 
 _bound_applied: int | None = None  # the memory bound this process runs under
@@ -59,10 +61,11 @@ class BatchOptions:
     memory_bound: int | None = None  # bytes (RLIMIT_DATA) for the process running run_one
     shards: int = 1  # pieces per input (--shards): pfn ranges written by separate workers
 
-    def dump_options(self, vmcore: Path, dumpfile: Path) -> DumpOptions:
+    def dump_options(self, vmcore: Path, dumpfile: Path, parts: tuple[Path, ...] = ()
+                     ) -> DumpOptions:
         return DumpOptions(vmcore=vmcore, dumpfile=dumpfile,
                            dump_level=DumpLevel(self.dump_level), codec=self.codec,
-                           use_kernel_bitmap=self.use_kernel_bitmap)
+                           use_kernel_bitmap=self.use_kernel_bitmap, split_parts=parts)
 
 
 class Piece(NamedTuple):
@@ -81,8 +84,9 @@ class Outcome:
     output: str | None
     status: str = ERROR
     error: str | None = None
-    size: int | None = None  # input file size
-    sha256_1mib: str | None = None  # sha256 of the input's first MiB
+    parts: list[str] | None = None  # the other files of a split-set input, in pfn order
+    size: int | None = None  # input file size (the sum over a split set's files)
+    sha256_1mib: str | None = None  # sha256 of the input's first MiB (of each file's, in turn)
     path_taken: str | None = None  # bitmap / legacy / fallback / none
     fallback_reason: str | None = None
     pages: dict[str, int] | None = None  # excluded pages per class
@@ -109,11 +113,13 @@ class Outcome:
     traceback: str | None = None  # an unexpected exception's (a bug to report)
 
     @classmethod
-    def begin(cls, input_path: Path, output_path: Path, options: BatchOptions) -> Outcome:
+    def begin(cls, input_path: Path, output_path: Path, options: BatchOptions,
+              parts: tuple[Path, ...] = ()) -> Outcome:
         """An error Outcome for this input, until the work says otherwise."""
         return cls(
             input=str(input_path),
             output=str(output_path),
+            parts=[str(p) for p in parts] or None,
             dump_level=options.dump_level,
             codec=options.codec.label,
             use_kernel_bitmap=options.use_kernel_bitmap,
@@ -130,14 +136,19 @@ def dmesg_path(output: Path) -> Path:
     return output.with_name(name + DMESG_SUFFIX)
 
 
-def _fingerprint(path: Path) -> tuple[int, str]:
-    try:
-        with path.open("rb") as f:
-            size = os.fstat(f.fileno()).st_size
-            head = f.read(FINGERPRINT_BYTES)
-    except OSError as exc:
-        raise InputError(f"{path}: cannot read: {exc.strerror}") from exc
-    return size, hashlib.sha256(head).hexdigest()
+def _fingerprint(path: Path, parts: tuple[Path, ...] = ()) -> tuple[int, str]:
+    """Size and sha256 of the first MiB; of a split set, the sizes' sum and the
+    sha256 of each file's first MiB one after the other."""
+    size = 0
+    digest = hashlib.sha256()
+    for one in (path, *parts):
+        try:
+            with one.open("rb") as f:
+                size += os.fstat(f.fileno()).st_size
+                digest.update(f.read(FINGERPRINT_BYTES))
+        except OSError as exc:
+            raise InputError(f"{one}: cannot read: {exc.strerror}") from exc
+    return size, digest.hexdigest()
 
 
 def _ensure_memory_bound(bound: int) -> None:
@@ -153,8 +164,10 @@ def run_one(
     options: BatchOptions,
     previous: dict[str, Any] | None = None,
     piece: Piece | None = None,
+    parts: tuple[Path, ...] = (),
 ) -> Outcome:
-    """Turn ``input_path`` into ``output_path``; return what happened.
+    """Turn ``input_path`` (with ``parts``, a split set) into ``output_path``; return
+    what happened.
 
     ``previous`` is the manifest's last ``done`` record of this output (from an
     earlier run), used to tell a finished output from a stale one. With ``piece``
@@ -165,12 +178,12 @@ def run_one(
     if options.memory_bound is not None:
         _ensure_memory_bound(options.memory_bound)
     reset_peak_rss()
-    outcome = Outcome.begin(input_path, output_path, options)
+    outcome = Outcome.begin(input_path, output_path, options, parts)
     try:
         if piece is None:
-            _process(input_path, output_path, options, previous, outcome)
+            _process(input_path, output_path, options, previous, outcome, parts)
         else:
-            _process_piece(input_path, output_path, options, piece, outcome)
+            _process_piece(input_path, output_path, options, piece, outcome, parts)
     except IncompleteDumpError as exc:  # the output filled up: no half output is kept
         outcome.status = ERROR
         outcome.error = (f"{output_path}: the output file system filled up after "
@@ -228,6 +241,7 @@ def existing_outcome(
     options: BatchOptions,
     previous: dict[str, Any] | None,
     outcome: Outcome,
+    parts: tuple[Path, ...] = (),
 ) -> bool:
     """Decide on an output that may exist already; True when nothing is left to do.
 
@@ -235,7 +249,7 @@ def existing_outcome(
     output is this input's finished output. Raises OutputError when an output
     exists that is not, unless -f (then ``outcome.replaced`` says why).
     """
-    size, sha = _fingerprint(input_path)
+    size, sha = _fingerprint(input_path, parts)
     outcome.size, outcome.sha256_1mib = size, sha
     if not (output_path.exists() or output_path.is_symlink()):
         return False
@@ -255,30 +269,36 @@ def _process(
     options: BatchOptions,
     previous: dict[str, Any] | None,
     outcome: Outcome,
+    parts: tuple[Path, ...],
 ) -> None:
-    if existing_outcome(input_path, output_path, options, previous, outcome):
+    if existing_outcome(input_path, output_path, options, previous, outcome, parts):
         return
     output_path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     partial = partial_name(output_path)
     try:
-        report = dump(options.dump_options(input_path, partial))
+        report = dump(options.dump_options(input_path, partial, parts))
         if options.verify:
-            hooks.run_verify(partial, input_path)
+            # `cdbdump verify --source` compares with one file, not a split set
+            hooks.run_verify(partial, None if parts else input_path)
             outcome.verified = True
         publish(partial, output_path, replace=options.force)
     finally:
         partial.unlink(missing_ok=True)  # published, or a failed run: never left behind
     record_report(report, outcome)
+    if options.verify and parts:
+        outcome.warnings.append("verify: the output was checked on its own, not compared "
+                                "with the split set it came from")
     outcome.bytes_out = output_path.stat().st_size
     outcome.status = DONE
     if options.dmesg:
-        _write_dmesg(input_path, output_path, outcome)
+        _write_dmesg(input_path, output_path, outcome, parts)
 
 
 def _process_piece(
-    input_path: Path, output_path: Path, options: BatchOptions, piece: Piece, outcome: Outcome
+    input_path: Path, output_path: Path, options: BatchOptions, piece: Piece, outcome: Outcome,
+    parts: tuple[Path, ...],
 ) -> None:
-    size, sha = _fingerprint(input_path)
+    size, sha = _fingerprint(input_path, parts)
     outcome.size, outcome.sha256_1mib = size, sha
     output_path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     # the whole set's names (only ours is created): the ranges depend on their number
@@ -288,7 +308,7 @@ def _process_piece(
     path = paths[piece.number]
     kept = False
     try:
-        report = dump(replace(options.dump_options(input_path, path), split_files=paths,
+        report = dump(replace(options.dump_options(input_path, path, parts), split_files=paths,
                               split_only=piece.number))
         kept = True
     finally:
@@ -316,7 +336,8 @@ def _skip(
         if log.exists():
             outcome.dmesg = str(log)
         else:
-            _write_dmesg(Path(outcome.input), output, outcome)
+            parts = tuple(Path(p) for p in outcome.parts or ())
+            _write_dmesg(Path(outcome.input), output, outcome, parts)
 
 
 def record_report(report: DumpReport, outcome: Outcome) -> None:
@@ -331,12 +352,16 @@ def record_report(report: DumpReport, outcome: Outcome) -> None:
     outcome.warnings = list(report.warnings)
 
 
-def _write_dmesg(input_path: Path, output_path: Path, outcome: Outcome) -> None:
+def _write_dmesg(input_path: Path, output_path: Path, outcome: Outcome,
+                 parts: tuple[Path, ...] = ()) -> None:
     """The kernel log beside the output; its failure is noted, the dump stays done."""
     log = dmesg_path(output_path)
     partial = partial_name(log)
     try:
-        outcome.warnings += [f"dmesg: {w}" for w in hooks.run_dmesg(input_path, partial)]
+        # --dump-dmesg reads one file: of a split set, the dump made from it (filtering
+        # never drops the log buffer, which is kernel data)
+        source = output_path if parts else input_path
+        outcome.warnings += [f"dmesg: {w}" for w in hooks.run_dmesg(source, partial)]
         publish(partial, log, replace=True)
     except CdbdumpError as exc:
         outcome.dmesg_error = str(exc)

@@ -39,6 +39,7 @@ from cdbdump.writers.sink import OutputFile
 __all__ = (
     "DEFAULT_SPLITBLOCK_BYTES",
     "ReassembleResult",
+    "balanced_splitblock_pages",
     "reassemble",
     "split_ranges",
     "splitblock_pages",
@@ -51,14 +52,23 @@ _COPY_BYTES = 8 << 20
 _DUMP_LEVEL_ZERO = 1
 
 
-def splitblock_pages(max_mapnr: int, page_size: int, nr_files: int,
-                     splitblock_bytes: int | None) -> int:
-    """Pages per split block: --splitblock-size if given, else makedumpfile's 1 GiB
-    made smaller (a power of two, at least 8 pages) until every file can get about
-    16 blocks, so a small machine still splits evenly (makedumpfile's 1 GiB puts
-    all of a 1 GiB machine into the first file)."""
-    if splitblock_bytes is not None:
-        return max(1, splitblock_bytes // page_size)
+def splitblock_pages(page_size: int, splitblock_bytes: int | None) -> int:
+    """Pages per split block: --splitblock-size, else makedumpfile's 1 GiB
+    (check_splitblock_size, prepare_splitblock_table). Kept even where it puts a
+    whole small machine into the first file: the split files are makedumpfile's
+    byte for byte; --splitblock-size spreads them."""
+    if splitblock_bytes is None:
+        return DEFAULT_SPLITBLOCK_BYTES // page_size
+    if splitblock_bytes <= 0 or splitblock_bytes % page_size:
+        raise InputError(f"--splitblock-size {splitblock_bytes >> 10} KiB is not a positive "
+                         f"multiple of the page size ({page_size} bytes)")
+    return splitblock_bytes // page_size
+
+
+def balanced_splitblock_pages(max_mapnr: int, page_size: int, nr_files: int) -> int:
+    """Pages per block for pieces that only cdbdump reassembles (batch --shards): the
+    1 GiB block halved (a power of two, at least 8 pages) until every file can get
+    about 16 blocks, so a small machine still splits evenly."""
     pages = DEFAULT_SPLITBLOCK_BYTES // page_size
     while pages > 8 and -(-max_mapnr // pages) < _MIN_BLOCKS_PER_FILE * nr_files:
         pages //= 2

@@ -1,11 +1,16 @@
 """Inputs for the batch tests: a mixed directory and each input's single-run output.
 
-The mixed directory holds synthetic machines of several kernel dialects (one with
-the RFC kernel bitmap, taken with -q), a QEMU-layout one, a corrupt one (ELF
-signature, e_phoff past the end of the file), one truncated inside its headers, one
-truncated inside its page data, and a text file that is not a dump. The reference
-for every input is a single `cdbdump` run (the CLI, in-process) at the same
-options: exit 0 and its bytes, or a failure.
+The mixed directory holds every input format: ELF vmcores of synthetic machines
+of several kernel dialects (one with the RFC kernel bitmap, taken with -q), a
+QEMU-layout one, a kdump-compressed dump and a flattened stream named
+``dump.<stamp>`` as Debian's kdump-tools writes them (kdump-compressed on a local
+disk, flattened when it sends the dump over ssh), the three files of a
+`--split` set under names whose order is not their pfn order, a corrupt vmcore
+(ELF signature, e_phoff past the end of the file), one truncated inside its
+headers, one truncated inside its page data, a split set with its middle file
+missing, and a text file that is not a dump. The reference for every input is a
+single `cdbdump` run (the CLI) at the same options, a split set read with
+--split-part: exit 0 and its bytes, or a failure.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +34,8 @@ import pytest
 from click.testing import CliRunner
 
 from cdbdump.cli import command
+from cdbdump.fileio import MappedFile
+from cdbdump.vmcore.kdumpfile import KdumpFile
 from tests.builders import SyntheticKernel
 
 MakeVmcore = Callable[..., tuple[SyntheticKernel, Path]]
@@ -41,9 +48,25 @@ class MixedDir:
     options: tuple[str, ...]  # cdbdump options shared by the batch and the single runs
     # input path -> the single run's output bytes, or None when the single run failed
     expected: dict[Path, bytes | None]
+    # a split set's input (its file of the lowest pfns) -> its other files, in pfn order
+    parts: dict[Path, tuple[Path, ...]] = field(default_factory=dict)
+    # an incomplete split set's input -> the pfn range of its missing file ("0x..-0x..")
+    missing: dict[Path, str] = field(default_factory=dict)
 
     def output_of(self, out_dir: Path, path: Path) -> Path:
         return out_dir / path.relative_to(self.root).parent / (path.name + ".kdump")
+
+    def moved(self, root: Path) -> MixedDir:
+        """The same inputs copied below ``root``."""
+        def there(p: Path) -> Path:
+            return root / p.relative_to(self.root)
+        return replace(self, root=root,
+                       expected={there(p): d for p, d in self.expected.items()},
+                       parts={there(p): tuple(map(there, ps)) for p, ps in self.parts.items()},
+                       missing={there(p): r for p, r in self.missing.items()})
+
+    def files_of(self, path: Path) -> tuple[Path, ...]:
+        return (path, *self.parts.get(path, ()))
 
 
 def sparse_copy(src: Path, dst: Path) -> None:
@@ -51,8 +74,10 @@ def sparse_copy(src: Path, dst: Path) -> None:
     subprocess.run(["cp", "--sparse=always", str(src), str(dst)], check=True)
 
 
-def single_run(options: tuple[str, ...], vmcore: Path, out: Path) -> bytes | None:
-    result = CliRunner().invoke(command, [*options, "--message-level", "0", str(vmcore),
+def single_run(options: tuple[str, ...], vmcore: Path, out: Path,
+               parts: tuple[Path, ...] = ()) -> bytes | None:
+    more = [arg for p in parts for arg in ("--split-part", str(p))]
+    result = CliRunner().invoke(command, [*options, "--message-level", "0", *more, str(vmcore),
                                           str(out)])
     if result.exit_code != 0:
         assert "Traceback" not in result.output
@@ -86,14 +111,43 @@ def mixed_dir(tiny_vmcore: MakeVmcore, tmp_path_factory: pytest.TempPathFactory)
     with (root / "host-g" / "vmcore").open("r+b") as f:
         f.truncate(source.stat().st_size * 2 // 3)
     (root / "host-a" / "vmcore-dmesg.txt").write_text("[    0.000000] Linux version\n")
+    # the kdump-compressed formats, written by cdbdump at -d 0 (the batch refilters them)
+    make_dump("-d", "0", good["host-a/vmcore"][1], root / "host-h" / "dump.202612050101")
+    (root / "host-i").mkdir()
+    with (root / "host-i" / "dump.202612050102").open("wb") as stream:
+        subprocess.run([sys.executable, "-m", "cdbdump", "-F", "-d", "0", "--message-level",
+                        "0", str(good["host-b/vmcore"][1])], stdout=stream, check=True)
+    # a split set: names in another order than the pfns ("b" holds the lowest pfns)
+    split_names = ("b-vmcore", "c-vmcore", "a-vmcore")
+    split = [root / "host-j" / name for name in split_names]
+    make_dump("-d", "1", "--split", good["host-c/vmcore"][1], *split)
+    incomplete = [root / "host-k" / name for name in ("part1", "part2", "part3")]
+    make_dump("-d", "1", "--split", good["host-b/vmcore"][1], *incomplete)
+    with MappedFile(incomplete[1]) as f:  # the reader's view of the file about to go
+        middle = KdumpFile.open(f)
+        missing = {incomplete[0]: f"{middle.start_pfn:#x}-{middle.end_pfn:#x}"}
+    incomplete[1].unlink()  # the middle file of the set
     options = ("-q", "-d", "31")
     scratch = tmp_path_factory.mktemp("batch-single")
+    parts = {split[0]: tuple(split[1:])}
     expected: dict[Path, bytes | None] = {}
     for path in sorted(p for p in root.rglob("*") if p.is_file() and "dmesg" not in p.name):
-        expected[path] = single_run(options, path, scratch / "out.kdump")
-    assert sum(v is not None for v in expected.values()) >= 5
-    assert sum(v is None for v in expected.values()) >= 2
-    return MixedDir(root, options, expected)
+        if path in (*split[1:], incomplete[2]):
+            continue  # one input with the file of the set's lowest pfns
+        expected[path] = single_run(options, path, scratch / "out.kdump",
+                                    parts.get(path, ()))
+    assert sum(v is not None for v in expected.values()) >= 8
+    assert sum(v is None for v in expected.values()) >= 3
+    assert expected[split[0]] is not None and expected[incomplete[0]] is None
+    return MixedDir(root, options, expected, parts, missing)
+
+
+def make_dump(*args: Path | str) -> None:
+    """`cdbdump ARGS` (the CLI, in-process), which must succeed."""
+    *_, last = args
+    Path(last).parent.mkdir(parents=True, exist_ok=True)
+    result = CliRunner().invoke(command, ["--message-level", "0", *map(str, args)])
+    assert result.exit_code == 0, result.output
 
 
 @pytest.fixture(scope="session")
@@ -166,10 +220,20 @@ def check_against_single_runs(mixed: MixedDir, out: Path, records: list[dict[str
     for path, data in mixed.expected.items():
         record = by_input[path]
         output = mixed.output_of(out, path)
+        files = mixed.files_of(path)
+        if data is None and record["output"] is None:  # found bad before any work
+            assert record["status"] == "error" and str(path) in record["error"], record
+            assert f"the part holding pfns {mixed.missing[path]} is missing" in record["error"]
+            assert not output.exists()
+            continue
         assert record["output"] == str(output)
-        assert record["size"] == path.stat().st_size
-        with path.open("rb") as f:
-            assert record["sha256_1mib"] == hashlib.sha256(f.read(1 << 20)).hexdigest()
+        assert record["parts"] == ([str(p) for p in files[1:]] or None)
+        assert record["size"] == sum(p.stat().st_size for p in files)
+        digest = hashlib.sha256()
+        for one in files:
+            with one.open("rb") as f:
+                digest.update(f.read(1 << 20))
+        assert record["sha256_1mib"] == digest.hexdigest()
         if data is None:
             assert record["status"] == "error", record
             assert str(path) in record["error"]

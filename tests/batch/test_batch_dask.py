@@ -35,6 +35,18 @@ distributed = pytest.importorskip("distributed") if os.environ.get("CI") != "tru
 pytestmark = pytest.mark.slow
 
 
+def parent_pid(pid: int) -> int:
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(next(ln.split()[1] for ln in status.splitlines() if ln.startswith("PPid:")))
+
+
+def zombie(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True
+
+
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[Any]:
     with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
@@ -51,8 +63,7 @@ def test_dask_mixed_directory_killed_worker_and_rerun(
     slow_root, slow_expected, _ = slow_inputs
     for i in range(3):  # long enough to be killed in the middle of
         sparse_copy(slow_root / "m0" / "vmcore", src / f"slow{i}" / "vmcore")
-    copied = MixedDir(src, mixed_dir.options, {src / p.relative_to(mixed_dir.root): data
-                                               for p, data in mixed_dir.expected.items()})
+    copied = mixed_dir.moved(src)
     with distributed.Client(cluster) as client:
         worker_pids = set(client.run(os.getpid).values())
     assert len(worker_pids) == 2
@@ -64,9 +75,14 @@ def test_dask_mixed_directory_killed_worker_and_rerun(
     part = wait_for(lambda: [p for p in partial_files(out) if "slow" in str(p)], 120,
                     "a Dask worker writing a slow output")
     assert isinstance(part, list)
-    pid = partial_pid(part[0])
-    assert pid in worker_pids  # the task runs in a worker process of the cluster
+    child = partial_pid(part[0])
+    assert child is not None
+    pid = parent_pid(child)
+    assert pid in worker_pids  # the task's bounded child belongs to a worker of the cluster
     os.kill(pid, signal.SIGKILL)  # the nanny restarts it; the scheduler reruns the task
+    # the child dies with its worker: no orphan publishes what the rerun writes
+    wait_for(lambda: not Path(f"/proc/{child}").exists() or zombie(child), 10,
+             "the killed worker's child to end")
     _stdout, stderr = proc.communicate(timeout=BATCH_TIMEOUT_S)
     assert proc.returncode == 1, stderr  # the corrupt and truncated inputs
     assert "Traceback" not in stderr
@@ -103,3 +119,33 @@ def test_local_cluster_option_starts_and_stops_its_own_cluster(mixed_dir: MixedD
     worker_pid = int(record["worker"].rsplit(":", 1)[1])
     with pytest.raises(ProcessLookupError):  # the cluster went with the batch
         os.kill(worker_pid, 0)
+
+
+def test_dask_task_runs_under_the_memory_bound_and_a_big_one_is_an_error_line(
+    cluster: Any, mixed_dir: MixedDir, tmp_path: Path
+) -> None:
+    with distributed.Client(cluster) as client:
+        before = client.run(os.getpid)
+    vmcore = mixed_dir.root / "host-b" / "vmcore"
+    out = tmp_path / "out"
+    proc = cdbdump("batch", str(vmcore), "--out", str(out), "--scheduler",
+                   cluster.scheduler_address, "--memory", "1", *mixed_dir.options)
+    assert proc.returncode == 1, proc.stderr
+    assert "Traceback" not in proc.stderr
+    (record,) = manifest(out)
+    assert record["status"] == "error", record
+    assert "memory bound (1 MiB)" in record["error"]
+    assert record["memory_bound"] == 1 << 20
+    assert int(record["worker"].rsplit(":", 1)[1]) not in before.values()  # a child ran it
+    assert not partial_files(out) and not list(out.rglob("*.kdump"))
+    with distributed.Client(cluster) as client:
+        assert client.run(os.getpid) == before  # no Dask worker died or was restarted
+
+    # the same input at the default bound: done, within 96 MiB, on the same workers
+    again = cdbdump("batch", str(vmcore), "--out", str(out), "--scheduler",
+                    cluster.scheduler_address, *mixed_dir.options)
+    assert again.returncode == 0, again.stderr
+    record = manifest(out)[-1]
+    assert record["status"] == "done" and record["memory_bound"] == 96 << 20
+    assert 0 < record["peak_rss_kib"] < 96 * 1024
+    assert (out / "vmcore.kdump").read_bytes() == mixed_dir.expected[vmcore]

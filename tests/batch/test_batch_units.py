@@ -20,8 +20,10 @@ from cdbdump.batch.tasks import Task
 from cdbdump.batch.work import BatchOptions, Outcome, Piece, run_one
 from cdbdump.codecs import Codec
 from cdbdump.errors import OutputError
+from cdbdump.fileio import MappedFile
 from cdbdump.formats.kdump import DISK_DUMP_HEADER_STATUS_OFFSET, DUMP_DH_COMPRESSED_INCOMPLETE
-from tests.batch.conftest import MakeVmcore, cdbdump
+from cdbdump.vmcore.kdumpfile import KdumpFile
+from tests.batch.conftest import MakeVmcore, cdbdump, make_dump
 
 ELF_HEAD = b"\x7fELF\x02\x01\x01" + bytes(9)
 
@@ -63,6 +65,70 @@ def test_discover_explicit_files_duplicates_collisions_and_missing(tmp_path: Pat
     assert f"is also the output of {a}" in problems[str(b)]
     assert problems[str(tmp_path / "nothing")] == "no such file or directory"
     assert problems[str(tmp_path / "none*")] == "no file matches this pattern"
+
+
+def _pfn_range(path: Path) -> tuple[int, int]:
+    with MappedFile(path) as f:  # the reader's view, independent of discovery's
+        part = KdumpFile.open(f)
+        return part.start_pfn, part.end_pfn
+
+
+def test_discover_groups_split_sets_by_their_headers_not_their_names(
+    tiny_vmcore: MakeVmcore, tmp_path: Path
+) -> None:
+    _k1, elf1 = tiny_vmcore("6.1", seed=21)
+    _k2, elf2 = tiny_vmcore("6.1", seed=22)
+    crash = tmp_path / "crash"
+    # set 1: names sort against the pfn order; set 2 interleaved with it in one directory
+    one = [crash / "z-first", crash / "m-second", crash / "a-third"]
+    make_dump("-d", "1", "--split", elf1, *one)
+    two = [crash / "b-1", crash / "n-2"]
+    make_dump("-d", "31", "--split", elf2, *two)
+    # set 3 lost its middle file; set 4 holds one file twice (a copy under another name)
+    three = [crash / "lost" / f"p{i}" for i in range(3)]
+    make_dump("-d", "1", "--split", elf2, *three)
+    gap = _pfn_range(three[1])
+    three[1].unlink()
+    four = [crash / "dup" / f"q{i}" for i in range(2)]
+    make_dump("-d", "0", "--split", elf1, *four)
+    (crash / "dup" / "q0-copy").write_bytes(four[0].read_bytes())
+    whole = _touch(crash / "elf" / "vmcore", elf1.read_bytes())
+    out = tmp_path / "out"
+
+    found = discover([str(crash)], out)
+    jobs = {j.input: j for j in found.jobs}
+    assert set(jobs) == {one[0], two[0], whole}
+    assert jobs[one[0]].parts == tuple(one[1:])
+    assert jobs[one[0]].output == out / "z-first.kdump"
+    assert jobs[one[0]].size == sum(p.stat().st_size for p in one)
+    assert jobs[two[0]].parts == (two[1],)
+    assert jobs[whole].parts == ()
+    problems = dict(found.problems)
+    assert set(problems) == {str(three[0]), str(four[0])}
+    assert f"the part holding pfns {gap[0]:#x}-{gap[1]:#x} is missing" in problems[str(three[0])]
+    assert str(three[2]) in problems[str(three[0])]
+    assert "overlaps another file of the set" in problems[str(four[0])]
+
+    # the set named file by file, in any order, is still one input
+    named = discover([str(one[2]), str(one[0]), str(one[1])], out)
+    assert [(j.input, j.parts) for j in named.jobs] == [(one[0], tuple(one[1:]))]
+    # one file of a set alone is an incomplete set, not a dump of part of the machine
+    alone = discover([str(one[1])], out)
+    assert not alone.jobs and "is missing" in dict(alone.problems)[str(one[1])]
+
+    # run_one on the grouped set = the reader on the set (cdbdump --split-part)
+    job = jobs[one[0]]
+    reference = tmp_path / "reference.kdump"
+    make_dump("-d", "31", *(a for p in one[1:] for a in ("--split-part", p)), one[0], reference)
+    outcome = run_one(job.input, job.output, BatchOptions(), None, None, job.parts)
+    assert outcome.status == "done", outcome.error
+    assert outcome.parts == [str(p) for p in one[1:]]
+    assert job.output.read_bytes() == reference.read_bytes()
+    # --verify of a set: the output checked on its own (verify takes one source file)
+    checked = run_one(job.input, tmp_path / "checked.kdump", BatchOptions(verify=True), None,
+                      None, job.parts)
+    assert checked.status == "done" and checked.verified, checked.error
+    assert any("checked on its own" in w for w in checked.warnings)
 
 
 def test_publish_never_clobbers_and_replaces_a_link_not_its_target(tmp_path: Path) -> None:

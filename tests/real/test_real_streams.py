@@ -5,7 +5,8 @@
   cdbdump -R is makedumpfile's direct dump.
 * -E: cdbdump's ELF dump against makedumpfile -E; libkdumpfile and drgn read
   every kept page equal to the source; crash parses it.
-* --split / --reassemble, both ways round, equal the direct dumps.
+* --split files equal makedumpfile's; --split / --reassemble, both ways round, equal
+  the direct dumps.
 * Debian kdump-tools' dump line run verbatim under dash.
 
 makedumpfile reads the normalised copy (it ignores e_phoff), cdbdump QEMU's ELF.
@@ -219,6 +220,12 @@ def test_split_and_reassemble_both_ways(vm: Any, work: Path, nr_files: int) -> N
     _same(direct, joined_by_mdf)
     # crash reads the split set's first file (its headers and bitmaps)
     assert crash_header(ours[0])["split"].startswith("1")
+    # the same split by makedumpfile: each file byte for byte (start/end pfn included)
+    _ok(_run(["makedumpfile", "--split", "-l", "-d", "31", str(vm.norm),
+              *map(str, theirs)]), "makedumpfile --split")
+    for a, b in zip(ours, theirs, strict=True):
+        _same(a, b)
+        b.unlink()
     _ok(_run(["makedumpfile", "-l", "-d", "31", str(vm.norm), str(mdirect)]), "makedumpfile")
     _ok(_run(["makedumpfile", "--split", "--splitblock-size", "4096", "-l", "-d", "31",
               str(vm.norm), *map(str, theirs)]), "makedumpfile --split")
@@ -226,6 +233,21 @@ def test_split_and_reassemble_both_ways(vm: Any, work: Path, nr_files: int) -> N
     _same(mdirect, joined_by_us)
     for p in (direct, mdirect, *ours, *theirs, joined_by_mdf, joined_by_us):
         p.unlink()
+
+
+def test_split_files_equal_makedumpfile_1_7_6_zstd(vm: Any, work: Path,
+                                                   makedumpfile_new: Path) -> None:
+    ours = [work / f"zours.{i}" for i in range(3)]
+    theirs = [work / f"ztheirs.{i}" for i in range(3)]
+    for p in (*ours, *theirs):
+        p.unlink(missing_ok=True)
+    _ok(_cdbdump("--split", "-z", "-d", "31", str(vm.raw), *map(str, ours)), "cdbdump --split")
+    _ok(_run([str(makedumpfile_new), "--split", "-z", "-d", "31", str(vm.norm),
+              *map(str, theirs)]), "makedumpfile 1.7.6 --split")
+    for a, b in zip(ours, theirs, strict=True):
+        _same(a, b)
+        a.unlink()
+        b.unlink()
 
 
 # Debian kdump-tools 1.8 (kdump-config, kdump_save_core): the dump line, with its

@@ -103,13 +103,18 @@ def test_unknown_option_and_bad_message_level() -> None:
         parse("--message-level 32 v d".split())
 
 
+def test_splitblock_size_is_kib_and_zero_is_the_default() -> None:
+    assert parse("--split --splitblock-size 256 v d1 d2".split()).splitblock_kib == 256
+    assert parse("--split --splitblock-size 0 v d1 d2".split()).splitblock_kib is None
+    assert not parse("--split --splitblock-size 256 v d1 d2".split()).notices
+
+
 def test_tuning_knobs_are_accepted_with_one_notice_each() -> None:
     inv = parse("-b 8 --num-buffers=2 --work-dir /tmp --non-mmap -e "
-                "--splitblock-size 100 --num-buffers 4 v d".split())
+                "--num-buffers 4 v d".split())
     assert (inv.vmcore, inv.dumpfile) == ("v", "d")
     names = [n.split()[0] for n in inv.notices]
-    assert names == ["-b", "--num-buffers", "--work-dir", "--non-mmap", "-e",
-                     "--splitblock-size"]
+    assert names == ["-b", "--num-buffers", "--work-dir", "--non-mmap", "-e"]
 
 
 @pytest.mark.parametrize("spec", [o for o in OPTIONS if o.effect is Effect.REFUSED],
