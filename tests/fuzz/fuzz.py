@@ -1,6 +1,13 @@
 """Fuzz cdbdump with mutated vmcores (``make fuzz``; a short form runs in ``make test``).
 
-    python -m tests.fuzz.fuzz [--inputs N] [--seed S] [--real VMCORE] [--workdir DIR]
+    python -m tests.fuzz.fuzz [--inputs N] [--start K] [--plan] [--seed S] [--real VMCORE]
+                              [--workdir DIR]
+
+Inputs are drawn from one random sequence per seed, so ``--start K`` runs inputs
+K..N-1 of exactly the sequence a full run draws (the first K are drawn, not run),
+and ``--plan`` prints the categories of that range without running it. The
+sequence also depends on the pristine runs (which pages they exclude), so resume
+with the same cdbdump behaviour on the pristine bases.
 
 Bases: a synthetic 6.1 machine with the RFC kernel bitmap (tests/builders), and
 optionally a real vmcore (only in-place mutations, undone after each run, so
@@ -505,7 +512,7 @@ def check(base: Base, mutation: Mutation, mode: str, res: dict[str, object], out
 
 
 def fuzz(n_inputs: int, seed: int, workdir: Path, real: Path | None = None,
-         log: Callable[[str], None] = print) -> Stats:
+         log: Callable[[str], None] = print, start: int = 0, plan: bool = False) -> Stats:
     rng = random.Random(seed)
     runner = Runner(workdir)
     stats = Stats()
@@ -525,7 +532,11 @@ def fuzz(n_inputs: int, seed: int, workdir: Path, real: Path | None = None,
             mutation = mutator(rng, base)
             if not base.copyable and mutation[3] is not None:
                 mutation = m_phdr(rng, base)  # no truncation of the shared real copy
+            if i < start:  # drawn, so the sequence from `start` is a full run's
+                continue
             stats.inputs[mutation[0]] += 1
+            if plan:
+                continue
             target, undo = prepare(base, mutation, workdir / "input.elf")
             try:
                 for mode in ("q", "scan"):
@@ -535,8 +546,8 @@ def fuzz(n_inputs: int, seed: int, workdir: Path, real: Path | None = None,
             finally:
                 if undo:
                     restore(base, undo)
-            if (i + 1) % 500 == 0:
-                log(f"-- after {i + 1} inputs --\n{render(stats)}")
+            if (i + 1 - start) % 500 == 0:
+                log(f"-- after input {i + 1} ({i + 1 - start} run) --\n{render(stats)}")
     finally:
         runner.close()
         if mount is not None:
@@ -564,6 +575,10 @@ def render(stats: Stats) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--inputs", type=int, default=10_000)
+    ap.add_argument("--start", type=int, default=0,
+                    help="draw the first START inputs without running them")
+    ap.add_argument("--plan", action="store_true",
+                    help="print the categories of the inputs, run none of them")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--real", type=Path, help="a real vmcore (mutated in a working copy)")
     ap.add_argument("--workdir", type=Path)
@@ -572,7 +587,8 @@ def main() -> None:
     workdir.mkdir(parents=True, exist_ok=True)
     try:
         stats = fuzz(args.inputs, args.seed, workdir, args.real,
-                     log=lambda line: print(line, flush=True))
+                     log=lambda line: print(line, flush=True), start=args.start,
+                     plan=args.plan)
     finally:
         if args.workdir is None:
             shutil.rmtree(workdir, ignore_errors=True)
