@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import bisect
 import enum
+import heapq
+import itertools
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Protocol
@@ -192,57 +194,49 @@ def data_pfn_ranges(mem: PhysicalMemory, *, first_byte: bool) -> Iterator[tuple[
 # -- ELF cores ----------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class _Piece:
-    """A disjoint range [paddr, mem_end); stored up to data_end_paddr."""
-
-    paddr: int
-    mem_end: int  # p_paddr + p_memsz
-    data_end_paddr: int  # paddr up to which the bytes are in the file
-    file_offset: int  # file offset of paddr (meaningful when data_end_paddr > paddr)
-
-
 class ElfMemory:
     """Physical memory as the PT_LOAD segments of an ELF vmcore present it.
 
-    Overlapping PT_LOADs (the kernel-text LOAD that kexec adds over the
-    direct-map LOAD on x86_64) are resolved once into disjoint pieces, so
-    every lookup is a bisect.
+    The segments are resolved once into disjoint DATA and ZERO extents (what
+    is not covered is ABSENT), so every lookup is a bisect. Overlapping
+    PT_LOADs (the kernel-text LOAD that kexec puts before the direct-map LOAD
+    on x86_64) follow makedumpfile's paddr_to_offset: a byte is read from the
+    first segment in program-header order that stores it. A segment whose
+    file data ends early (p_filesz < p_memsz, or a truncated file) therefore
+    leaves its bytes to a later segment that stores them; only memory no
+    segment stores is ZERO.
     """
 
     def __init__(self, file: MappedFile, loads: Iterable[LoadSegment], page_size: int) -> None:
         self._file = file
         self.page_size = page_size
-        self._pieces = _disjoint_pieces(loads)
-        self._starts = [p.paddr for p in self._pieces]
-        self._piece_paddr = np.array(self._starts, dtype=np.int64)
-        self._piece_data_end = np.array([p.data_end_paddr for p in self._pieces], dtype=np.int64)
-        self._piece_file_offset = np.array([p.file_offset for p in self._pieces], dtype=np.int64)
+        self._runs = _resolve_loads(loads)
+        self._starts = [r.paddr for r in self._runs]
+        data = [r for r in self._runs if r.kind is ExtentKind.DATA]
+        self._data_paddr = np.array([r.paddr for r in data], dtype=np.int64)
+        self._data_end = np.array([r.end for r in data], dtype=np.int64)
+        self._data_file_offset = np.array([r.file_offset for r in data], dtype=np.int64)
 
     @property
     def end_paddr(self) -> int:
-        return max((p.mem_end for p in self._pieces), default=0)
+        return self._runs[-1].end if self._runs else 0
 
     def extents(self, paddr: int, size: int) -> Iterator[Extent]:
         end = paddr + size
         cur = paddr
+        runs = self._runs
         i = max(0, bisect.bisect_right(self._starts, paddr) - 1)
-        pieces = self._pieces
         while cur < end:
-            piece = pieces[i] if i < len(pieces) else None
-            if piece is None or cur < piece.paddr:  # a hole up to the next piece
-                stop = end if piece is None else min(end, piece.paddr)
+            run = runs[i] if i < len(runs) else None
+            if run is None or cur < run.paddr:  # a hole up to the next run
+                stop = end if run is None else min(end, run.paddr)
                 yield Extent(cur, stop - cur, ExtentKind.ABSENT)
                 cur = stop
                 continue
-            if cur < piece.data_end_paddr:
-                stop = min(end, piece.data_end_paddr)
-                offset = piece.file_offset + (cur - piece.paddr)
-                yield Extent(cur, stop - cur, ExtentKind.DATA, offset)
-                cur = stop
-            if cur < min(end, piece.mem_end):
-                stop = min(end, piece.mem_end)
-                yield Extent(cur, stop - cur, ExtentKind.ZERO)
+            if cur < run.end:
+                stop = min(end, run.end)
+                offset = run.file_offset + (cur - run.paddr) if run.file_offset >= 0 else -1
+                yield Extent(cur, stop - cur, run.kind, offset)
                 cur = stop
             i += 1
 
@@ -253,14 +247,23 @@ class ElfMemory:
         return read_extents(self, paddr, size)
 
     def present_pfn_ranges(self) -> Iterator[tuple[int, int]]:
-        """Every page with any byte in a segment's p_memsz; ranges may touch or overlap.
+        """Every page with any byte in a segment's p_memsz, touching ranges merged.
 
         A segment ending mid-page counts its last page (makedumpfile >= 1.7.6
         dumps it with the missing tail zero-filled).
         """
         ps = self.page_size
-        for p in self._pieces:
-            yield p.paddr // ps, -(-p.mem_end // ps)
+        cur: tuple[int, int] | None = None
+        for run in self._runs:
+            lo, hi = run.paddr // ps, -(-run.end // ps)
+            if cur is not None and lo <= cur[1]:
+                cur = (cur[0], max(cur[1], hi))
+                continue
+            if cur is not None:
+                yield cur
+            cur = (lo, hi)
+        if cur is not None:
+            yield cur
 
     def known_zero_frames(self, pfns: npt.NDArray[np.int64]) -> npt.NDArray[np.bool_] | None:
         """Frames whose bytes all lie in holes of a sparse input file.
@@ -273,9 +276,11 @@ class ElfMemory:
         data_starts, data_ends = extents
         ps = self.page_size
         paddr = pfns.astype(np.int64) * ps
-        piece = np.maximum(np.searchsorted(self._piece_paddr, paddr, side="right") - 1, 0)
-        whole = (paddr >= self._piece_paddr[piece]) & (paddr + ps <= self._piece_data_end[piece])
-        offset = self._piece_file_offset[piece] + (paddr - self._piece_paddr[piece])
+        if self._data_paddr.size == 0:
+            return np.zeros(pfns.size, dtype=np.bool_)
+        run = np.maximum(np.searchsorted(self._data_paddr, paddr, side="right") - 1, 0)
+        whole = (paddr >= self._data_paddr[run]) & (paddr + ps <= self._data_end[run])
+        offset = self._data_file_offset[run] + (paddr - self._data_paddr[run])
         # the first data extent ending after the page start must begin after its end
         nxt = np.searchsorted(data_ends, offset, side="right")
         clear_of_data = np.ones(pfns.size, dtype=np.bool_)
@@ -297,19 +302,47 @@ class ElfMemory:
         self._file.drop_all()
 
 
-def _disjoint_pieces(loads: Iterable[LoadSegment]) -> list[_Piece]:
-    """Cut the PT_LOADs into disjoint pieces by a sweep in paddr order.
+def _resolve_loads(loads: Iterable[LoadSegment]) -> list[Extent]:
+    """Disjoint DATA and ZERO extents of the PT_LOADs, in paddr order; gaps are ABSENT.
 
-    Where segments overlap (kexec's kernel-text LOAD inside a direct-map LOAD)
-    both hold the same memory, so the first one in paddr order keeps the range.
+    One sweep over the segments' boundaries (O(n log n) in segments, never in
+    pages): at each boundary the stored byte comes from the first segment in
+    program-header order whose [p_paddr, p_paddr+p_filesz) covers it
+    (makedumpfile paddr_to_offset); memory only some p_memsz covers is ZERO.
+    Adjacent DATA extents contiguous in the file merge (the usual case: one
+    segment, or identical copies laid out back to back).
     """
-    pieces: list[_Piece] = []
-    covered_end = -1
-    for seg in sorted(loads, key=lambda s: (s.paddr, s.index)):
-        seg_end = seg.paddr + seg.memsz
-        lo = max(seg.paddr, covered_end)
-        if lo < seg_end:
-            data_end = min(max(seg.paddr + seg.filesz, lo), seg_end)
-            pieces.append(_Piece(lo, seg_end, data_end, seg.file_offset + (lo - seg.paddr)))
-        covered_end = max(covered_end, seg_end)
-    return pieces
+    segs = sorted((s for s in loads if s.memsz > 0), key=lambda s: (s.paddr, s.index))
+    bounds = sorted({b for s in segs for b in (s.paddr, s.paddr + s.filesz, s.paddr + s.memsz)})
+    stored: list[tuple[int, int, int, int]] = []  # (index, data end, paddr, file_offset)
+    in_memory: list[int] = []  # p_paddr + p_memsz of the segments begun so far
+    runs: list[Extent] = []
+    nxt = 0
+    for at, stop in itertools.pairwise(bounds):
+        while nxt < len(segs) and segs[nxt].paddr <= at:
+            seg = segs[nxt]
+            if seg.filesz > 0:
+                heapq.heappush(stored, (seg.index, seg.paddr + seg.filesz, seg.paddr,
+                                        seg.file_offset))
+            heapq.heappush(in_memory, seg.paddr + seg.memsz)
+            nxt += 1
+        while stored and stored[0][1] <= at:
+            heapq.heappop(stored)
+        while in_memory and in_memory[0] <= at:
+            heapq.heappop(in_memory)
+        if stored:
+            _, _, seg_paddr, seg_offset = stored[0]
+            _append_run(runs, Extent(at, stop - at, ExtentKind.DATA,
+                                     seg_offset + (at - seg_paddr)))
+        elif in_memory:
+            _append_run(runs, Extent(at, stop - at, ExtentKind.ZERO))
+    return runs
+
+
+def _append_run(runs: list[Extent], ext: Extent) -> None:
+    last = runs[-1] if runs else None
+    if (last is not None and last.end == ext.paddr and last.kind is ext.kind
+            and (ext.kind is ExtentKind.ZERO or last.file_offset + last.size == ext.file_offset)):
+        runs[-1] = Extent(last.paddr, last.size + ext.size, ext.kind, last.file_offset)
+    else:
+        runs.append(ext)
