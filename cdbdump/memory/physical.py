@@ -30,6 +30,7 @@ __all__ = (
     "ElfMemory",
     "Extent",
     "ExtentKind",
+    "LostRange",
     "PhysicalMemory",
     "all_data",
     "data_pfn_ranges",
@@ -45,6 +46,17 @@ class ExtentKind(enum.Enum):
     DATA = "data"  # stored in the dump
     ZERO = "zero"  # memory the dump does not store: reads as zero (p_filesz < p_memsz)
     ABSENT = "absent"  # not in the dump
+
+
+@dataclass(frozen=True, slots=True)
+class LostRange:
+    """[paddr, end) a PT_LOAD says is stored at file_offset, which the file cannot
+    supply: past its end (``past_eof``), or file bytes an earlier PT_LOAD holds."""
+
+    paddr: int
+    end: int
+    file_offset: int
+    past_eof: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -210,7 +222,7 @@ class ElfMemory:
     def __init__(self, file: MappedFile, loads: Iterable[LoadSegment], page_size: int) -> None:
         self._file = file
         self.page_size = page_size
-        self._runs = _resolve_loads(loads)
+        self._runs, self.lost = _resolve_loads(loads, file.size)  # lost: list[LostRange]
         self._starts = [r.paddr for r in self._runs]
         data = [r for r in self._runs if r.kind is ExtentKind.DATA]
         self._data_paddr = np.array([r.paddr for r in data], dtype=np.int64)
@@ -220,6 +232,10 @@ class ElfMemory:
     @property
     def end_paddr(self) -> int:
         return self._runs[-1].end if self._runs else 0
+
+    @property
+    def file_size(self) -> int:
+        return self._file.size
 
     def extents(self, paddr: int, size: int) -> Iterator[Extent]:
         end = paddr + size
@@ -302,41 +318,96 @@ class ElfMemory:
         self._file.drop_all()
 
 
-def _resolve_loads(loads: Iterable[LoadSegment]) -> list[Extent]:
-    """Disjoint DATA and ZERO extents of the PT_LOADs, in paddr order; gaps are ABSENT.
+# (start, end, owner's program-header index, file offset minus paddr)
+_Owned = tuple[int, int, int, int]
 
-    One sweep over the segments' boundaries (O(n log n) in segments, never in
-    pages): at each boundary the stored byte comes from the first segment in
-    program-header order whose [p_paddr, p_paddr+p_filesz) covers it
-    (makedumpfile paddr_to_offset); memory only some p_memsz covers is ZERO.
-    Adjacent DATA extents contiguous in the file merge (the usual case: one
-    segment, or identical copies laid out back to back).
+
+def _resolve_loads(
+    loads: Iterable[LoadSegment], file_size: int
+) -> tuple[list[Extent], list[LostRange]]:
+    """Disjoint DATA and ZERO extents of the PT_LOADs, in paddr order (gaps are
+    ABSENT), and the ranges the headers claim are stored that the file cannot supply.
+
+    A stored byte comes from the first segment in program-header order whose
+    [p_paddr, p_paddr+p_filesz) covers it (makedumpfile paddr_to_offset).
+    Memory only p_memsz covers is ZERO. The bytes of p_filesz a segment does
+    not hold (``missing``: past the end of the file, or file bytes an earlier
+    segment holds, ElfCore.parse) are lost where no segment stores them.
+    O(n log n) in segments, never in pages.
     """
-    segs = sorted((s for s in loads if s.memsz > 0), key=lambda s: (s.paddr, s.index))
-    bounds = sorted({b for s in segs for b in (s.paddr, s.paddr + s.filesz, s.paddr + s.memsz)})
-    stored: list[tuple[int, int, int, int]] = []  # (index, data end, paddr, file_offset)
-    in_memory: list[int] = []  # p_paddr + p_memsz of the segments begun so far
+    segs = [s for s in loads if s.memsz > 0]
+    stored = first_owner([(s.paddr, s.paddr + s.filesz, s.index, s.file_offset - s.paddr)
+                          for s in segs if s.filesz > 0])
     runs: list[Extent] = []
+    for a, b, _, d in stored:
+        _append_run(runs, Extent(a, b - a, ExtentKind.DATA, a + d))
+    data = _union((a, b) for a, b, _, _ in stored)
+    for a, b in _subtract(_union((s.paddr, s.paddr + s.memsz) for s in segs), data):
+        runs.append(Extent(a, b - a, ExtentKind.ZERO))
+    runs.sort(key=lambda r: r.paddr)
+    claimed = first_owner([(s.paddr, s.paddr + s.filesz + s.missing, s.index,
+                             s.file_offset - s.paddr) for s in segs if s.filesz + s.missing])
+    lost = [LostRange(a, b, a + d, a + d >= file_size)
+            for a, b, _, d in _subtract_owned(claimed, data)]
+    return runs, lost
+
+
+def first_owner(items: list[_Owned]) -> list[_Owned]:
+    """Disjoint pieces of the union of (start, end, owner index, payload) ``items``,
+    each given to the lowest owner index that covers it, in start order."""
+    items = sorted(items)
+    bounds = sorted({x for a, b, _, _ in items for x in (a, b)})
+    active: list[tuple[int, int, int]] = []  # (owner index, end, delta), a heap
+    out: list[_Owned] = []
     nxt = 0
     for at, stop in itertools.pairwise(bounds):
-        while nxt < len(segs) and segs[nxt].paddr <= at:
-            seg = segs[nxt]
-            if seg.filesz > 0:
-                heapq.heappush(stored, (seg.index, seg.paddr + seg.filesz, seg.paddr,
-                                        seg.file_offset))
-            heapq.heappush(in_memory, seg.paddr + seg.memsz)
+        while nxt < len(items) and items[nxt][0] <= at:
+            _, end, index, delta = items[nxt]
+            heapq.heappush(active, (index, end, delta))
             nxt += 1
-        while stored and stored[0][1] <= at:
-            heapq.heappop(stored)
-        while in_memory and in_memory[0] <= at:
-            heapq.heappop(in_memory)
-        if stored:
-            _, _, seg_paddr, seg_offset = stored[0]
-            _append_run(runs, Extent(at, stop - at, ExtentKind.DATA,
-                                     seg_offset + (at - seg_paddr)))
-        elif in_memory:
-            _append_run(runs, Extent(at, stop - at, ExtentKind.ZERO))
-    return runs
+        while active and active[0][1] <= at:
+            heapq.heappop(active)
+        if active:
+            index, _, delta = active[0]
+            if out and out[-1][1] == at and out[-1][2] == index and out[-1][3] == delta:
+                out[-1] = (out[-1][0], stop, index, delta)
+            else:
+                out.append((at, stop, index, delta))
+    return out
+
+
+def _union(spans: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:
+    out: list[tuple[int, int]] = []
+    for a, b in sorted(s for s in spans if s[0] < s[1]):
+        if out and a <= out[-1][1]:
+            out[-1] = (out[-1][0], max(out[-1][1], b))
+        else:
+            out.append((a, b))
+    return out
+
+
+def _subtract(spans: list[tuple[int, int]], holes: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Sorted disjoint ``spans`` minus sorted disjoint ``holes``."""
+    return [(a, b) for a, b, _, _ in _subtract_owned([(a, b, 0, 0) for a, b in spans], holes)]
+
+
+def _subtract_owned(items: list[_Owned], holes: list[tuple[int, int]]) -> list[_Owned]:
+    out: list[_Owned] = []
+    j = 0
+    for a, b, index, delta in items:
+        cur = a
+        while j < len(holes) and holes[j][1] <= cur:
+            j += 1
+        k = j
+        while cur < b:
+            if k >= len(holes) or holes[k][0] >= b:
+                out.append((cur, b, index, delta))
+                break
+            if holes[k][0] > cur:
+                out.append((cur, holes[k][0], index, delta))
+            cur = max(cur, holes[k][1])
+            k += 1
+    return out
 
 
 def _append_run(runs: list[Extent], ext: Extent) -> None:

@@ -130,7 +130,8 @@ def parse_elf(path: Path) -> tuple[list[Phdr], tuple[int, int], bytes]:
 
 def pfn_offset(base: Base, pfn: int) -> int | None:
     paddr = pfn * PAGE
-    for ph in sorted((p for p in base.phdrs if p.p_type == 1), key=lambda p: p.p_paddr):
+    # overlapping PT_LOADs: cdbdump reads the first in program-header order that stores it
+    for ph in (p for p in base.phdrs if p.p_type == 1):
         if ph.p_paddr <= paddr and paddr + PAGE <= ph.p_paddr + ph.p_filesz:
             return ph.p_offset + paddr - ph.p_paddr
     return None
