@@ -91,8 +91,9 @@ def mixed_dir(tiny_vmcore: MakeVmcore, tmp_path_factory: pytest.TempPathFactory)
     expected: dict[Path, bytes | None] = {}
     for path in sorted(p for p in root.rglob("*") if p.is_file() and "dmesg" not in p.name):
         expected[path] = single_run(options, path, scratch / "out.kdump")
-    assert sum(v is not None for v in expected.values()) >= 5
-    assert sum(v is None for v in expected.values()) >= 2
+    # host-g's page data is cut short: its lost pages make the dump incomplete, an error
+    assert sum(v is not None for v in expected.values()) >= 4
+    assert sum(v is None for v in expected.values()) >= 3
     return MixedDir(root, options, expected)
 
 

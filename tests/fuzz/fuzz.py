@@ -22,7 +22,9 @@ the 1 GiB file is never copied). Every input runs twice, ``-q -d 31`` and
 * unreadable — exit 0 but the dump does not open or is flagged incomplete;
 * wrong kept set — for mutations that change only the data of pages the
   pristine run excluded (no struct page, page table, kernel image or bitmap
-  is touched), exit 0 and the 2nd bitmap equal to the pristine run's.
+  is touched), exit 0 and the 2nd bitmap equal to the pristine run's;
+* output over input — a dump (complete or not) larger than the input plus
+  room for headers and bitmaps.
 
 Counts per category are printed; the exit status is 1 when anything was found.
 """
@@ -55,6 +57,8 @@ from cdbdump.fileio import MappedFile  # noqa: E402
 from cdbdump.vmcore.kdumpfile import KdumpFile  # noqa: E402
 
 RSS_LIMIT_KIB = 96 * 1024
+# a dump holds no more page data than its input: headers and two bitmaps on top
+OUTPUT_SLACK = 4 << 20
 AS_LIMIT = 3 << 30  # address space: lets a runaway allocation fail instead of the machine
 TIME_LIMIT_S = 30.0
 # a real 1 GiB vmcore whose mutation defeats filtering is dumped whole, through the
@@ -490,6 +494,9 @@ def check(base: Base, mutation: Mutation, mode: str, res: dict[str, object], out
     if code not in (0, 1):
         stats.findings["bad exit"].append(f"{where}: exit {code}: {stderr[-300:]}")
         return
+    if out.exists() and out.stat().st_size > base.size + OUTPUT_SLACK:
+        stats.findings["output over input"].append(
+            f"{where}: {out.stat().st_size} bytes out of {base.size}")
     if code == 1:
         errors = [ln for ln in stderr.splitlines() if ln.startswith("cdbdump: error:")]
         if len(errors) != 1:
@@ -566,7 +573,7 @@ def render(stats: Stats) -> str:
     lines.append(f"peak RSS {stats.max_rss_kib / 1024:.1f} MiB, slowest run "
                  f"{stats.max_wall_s:.2f} s")
     for kind in ("traceback", "hang", "rss over 96 MiB", "bad exit", "not one error line",
-                 "unreadable", "wrong kept set"):
+                 "unreadable", "wrong kept set", "output over input"):
         found = stats.findings.get(kind, [])
         lines.append(f"{kind}: {len(found)}")
         lines.extend(f"  {item}" for item in found[:10])
