@@ -308,6 +308,7 @@ def _dumpable_chunks(
     # and file-backed (exclude_nodata_pages)
     extra_lo = seg.paddr >> shift
     extra_hi = min((seg.paddr + seg.memsz) >> shift, (seg.paddr + seg.filesz + ps - 1) >> shift)
+    own_hi = (seg.paddr + seg.filesz + ps - 1) >> shift  # pages with bytes of its own data
     buf = np.empty(_ZERO_WINDOW * ps, dtype=np.uint8)
     for c0 in range(0, n, _PLAN_PFNS):
         lo = pfn_first + c0
@@ -315,11 +316,11 @@ def _dumpable_chunks(
         parts: list[npt.NDArray[np.bool_]] = []
         if lo < limit:
             bools = bitmap2.get_bools(lo, min(hi, limit))
-            if extra_hi < min(hi, limit):
+            if own_hi < min(hi, limit):
                 # a page only this segment's p_memsz covers: another segment may store
                 # it, and writes it (each segment writes its own file data at most)
                 bools = bools.copy()
-                bools[max(0, extra_hi - lo) :] = False
+                bools[max(0, own_hi - lo) :] = False
             parts.append(bools)
         if hi > limit:
             elo = max(lo, limit)
