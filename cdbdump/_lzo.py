@@ -46,6 +46,7 @@ class Backend:
     name: str  # the PyPI package
     byte_identical: bool  # compress() writes exactly liblzo lzo1x_1_compress's bytes
     compress: Callable[[bytes], bytes]
+    compress_buffer: Callable[[Any], bytes]  # any page buffer (a view too): the hot path
     decompress: Callable[[bytes, int], bytes]  # (stored, page_size) -> page
 
 
@@ -56,6 +57,12 @@ def _python_lzo(module: Any) -> Backend:
         out: bytes = module.compress(page, 1, False)  # level 1 = lzo1x_1, no header
         return out
 
+    def compress_buffer(page: Any, _compress: Any = module.compress,
+                        _bytes: type[bytes] = bytes) -> bytes:
+        # python-lzo takes bytes only; one Python frame per page (locals bound early)
+        out: bytes = _compress(_bytes(page), 1, False)
+        return out
+
     def decompress_page(data: bytes, page_size: int) -> bytes:
         try:
             out: bytes = module.decompress(data, False, page_size)  # bounded by page_size
@@ -63,7 +70,7 @@ def _python_lzo(module: Any) -> Backend:
             raise LzoError(str(exc)) from None
         return out
 
-    return Backend("python-lzo", True, compress_page, decompress_page)
+    return Backend("python-lzo", True, compress_page, compress_buffer, decompress_page)
 
 
 def _lzallright(module: Any) -> Backend:
@@ -72,6 +79,10 @@ def _lzallright(module: Any) -> Backend:
 
     def compress_page(page: bytes) -> bytes:
         out: bytes = compressor.compress(page)
+        return out
+
+    def compress_buffer(page: Any) -> bytes:
+        out: bytes = compressor.compress(bytes(page))
         return out
 
     def decompress_page(data: bytes, page_size: int) -> bytes:
@@ -83,7 +94,7 @@ def _lzallright(module: Any) -> Backend:
             raise LzoError(f"lzallright: {exc.args[0] if exc.args else exc}") from None
         return out
 
-    return Backend("lzallright", False, compress_page, decompress_page)
+    return Backend("lzallright", False, compress_page, compress_buffer, decompress_page)
 
 
 # In order of preference: (PyPI package, importable module, adapter).
@@ -114,6 +125,12 @@ def backend() -> Backend:
     if wanted:
         raise UnsupportedError(f"{ENV_BACKEND}={wanted} but {wanted} is not installed")
     raise UnsupportedError(INSTALL_HINT)
+
+
+def page_compressor() -> Callable[[Any], bytes]:
+    """The chosen backend's compressor of one page buffer, bound once (no per-page
+    backend lookup): what the page writer calls."""
+    return backend().compress_buffer
 
 
 def compress(page: bytes) -> bytes:

@@ -11,9 +11,7 @@ data: the -F stream, and the text products of --mem-usage and -v.
 
 from __future__ import annotations
 
-import json
 import os
-import shutil
 import signal
 import sys
 import traceback
@@ -306,6 +304,8 @@ def _signal_exit(signum: int) -> int:
 def _write_json(path: Path, report: DumpReport, force: bool, inputs: list[Path],
                 ui: _Messages) -> None:
     """The JSON report, created like the dump: 0600, O_EXCL, never through a symlink."""
+    import json  # only with --report-json
+
     data = (json.dumps(report.as_json(), indent=2) + "\n").encode()
     try:
         out = create_output(path, force, inputs=inputs)
@@ -424,6 +424,8 @@ def _bar_style() -> dict[str, Any]:
     locale), and a sane width where the terminal reports 0 columns (serial consoles)."""
     encoding = (getattr(sys.stderr, "encoding", None) or "").lower().replace("-", "")
     plain = encoding != "utf8" or os.environ.get("TERM", "") in ("linux", "vt100", "vt220", "dumb")
+    import shutil  # only when the bar is drawn
+
     columns = shutil.get_terminal_size((0, 0)).columns
     return {"ascii": plain, "ncols": columns if columns >= 40 else 80}
 

@@ -17,6 +17,7 @@ The third-party decompressors' exceptions are translated to CorruptDumpError in
 from __future__ import annotations
 
 import enum
+import functools
 import importlib
 import sys
 import threading
@@ -135,11 +136,12 @@ def codec_for_flags(flags: int) -> Codec:
 
 
 def _zlib_compressor(_module: ModuleType | None) -> PageFunction:
-    return lambda page: zlib.compress(page, 1)  # Z_BEST_SPEED, like makedumpfile's compress2()
+    # Z_BEST_SPEED, like makedumpfile's compress2(); a partial: no Python frame per page
+    return functools.partial(zlib.compress, level=1)
 
 
 def _lzo_compressor(module: ModuleType | None) -> PageFunction:
-    return module.compress  # type: ignore[union-attr,no-any-return]  # cdbdump._lzo
+    return module.page_compressor()  # type: ignore[union-attr,no-any-return]  # cdbdump._lzo
 
 
 def _snappy_compressor(module: ModuleType | None) -> PageFunction:

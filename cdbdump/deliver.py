@@ -10,21 +10,16 @@ from __future__ import annotations
 import os
 import signal
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cdbdump.bitmap import Bitmap
 from cdbdump.codecs import Codec
 from cdbdump.errors import CdbdumpError, IncompleteDumpError, OutputError
-from cdbdump.formats.elf import ELF64_EHDR
 from cdbdump.interrupts import deferred
 from cdbdump.memory.physical import PhysicalMemory
 from cdbdump.report import DumpReport, ProgressCallback
-from cdbdump.vmcore.elfcore import ElfCore
-from cdbdump.writers.elf import exclude_zero_pages, mark_elf_incomplete, plan_elf, write_elf
-from cdbdump.writers.flattened import FlattenedSink
 from cdbdump.writers.kdump import (
     MAX_LISTED_LOST,
     KdumpMetadata,
@@ -33,7 +28,10 @@ from cdbdump.writers.kdump import (
     write_kdump,
 )
 from cdbdump.writers.sink import OutputFile, create_output
-from cdbdump.writers.split import split_ranges, splitblock_pages
+
+if TYPE_CHECKING:  # the -E, -F and --split writers are imported when a run uses them
+    from cdbdump.vmcore.elfcore import ElfCore
+    from cdbdump.writers.flattened import FlattenedSink
 
 __all__ = ("STDOUT_NAME", "OutputRequest", "cyclic_pfns", "deliver")
 
@@ -94,6 +92,8 @@ def deliver(
         return
     out: OutputFile | FlattenedSink
     if request.dumpfile is None:
+        from cdbdump.writers.flattened import FlattenedSink
+
         out = FlattenedSink(_STDOUT_FD, STDOUT_NAME)
     else:
         out = create_output(request.dumpfile, request.force, inputs=[vmcore],
@@ -197,6 +197,14 @@ def _write_elf(
     one is written again without it (a file; a -F stream keeps the pass, the
     page zero in it); the dump ends flagged DUMP_ELF_INCOMPLETE, exit 1.
     """
+    from cdbdump.formats.elf import ELF64_EHDR
+    from cdbdump.writers.elf import (
+        exclude_zero_pages,
+        mark_elf_incomplete,
+        plan_elf,
+        write_elf,
+    )
+
     if exclude_zero:
         zero_progress = (None if progress is None
                          else lambda done, total: progress("Excluding zero pages", done, total))
@@ -249,6 +257,10 @@ def _deliver_split(
     progress: ProgressCallback | None,
     input_lost: str | None = None,
 ) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from cdbdump.writers.split import split_ranges, splitblock_pages
+
     paths = request.split_files
     block = splitblock_pages(meta.max_mapnr, meta.page_size, len(paths),
                              request.splitblock_bytes)

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 import numpy as np
 
@@ -34,32 +34,24 @@ from cdbdump.fileio import FileView, MappedFile
 from cdbdump.formats.elf import LoadSegment
 from cdbdump.formats.kdump import DUMP_DH_COMPRESSED_INCOMPLETE, UTS_FIELD_LEN, UTS_FIELDS
 from cdbdump.formats.x86_64 import PAGE_SIZE
-from cdbdump.memory.kdump import KdumpMemory
 from cdbdump.memory.kernel import KernelMemory, phys_base_from_loads
 from cdbdump.memory.physical import ElfMemory, PhysicalMemory, data_pfn_ranges
-from cdbdump.mm.crash_bitmap import (
-    KernelBitmap,
-    KernelBitmapRefused,
-    apply_kernel_bitmap,
-    mem_map_page_ranges,
-    probe_kernel_bitmap,
-    protected_pfn_ranges,
-    verify_kernel_bitmap,
-)
 from cdbdump.mm.levels import DumpLevel
 from cdbdump.mm.memmodel import MemMap, locate_mem_map
 from cdbdump.mm.scan import MemoryUsage, exclude_unnecessary_pages, memory_usage
-from cdbdump.printk import KernelLog, format_records, read_kernel_log
 from cdbdump.report import DumpReport, PathTaken, ProgressCallback
 from cdbdump.vmcore.detect import DumpFormat, sniff
 from cdbdump.vmcore.elfcore import ElfCore
-from cdbdump.vmcore.flattened import FlattenedFile, spool_stdin
-from cdbdump.vmcore.kdumpfile import KdumpFile
 from cdbdump.vmcore.vmcoreinfo import VmcoreInfo
-from cdbdump.writers.flattened import RearrangeResult, mark_rebuilt_incomplete, rearrange
 from cdbdump.writers.kdump import MAX_LISTED_LOST, KdumpMetadata
 from cdbdump.writers.sink import check_output, create_output
-from cdbdump.writers.split import ReassembleResult, reassemble
+
+if TYPE_CHECKING:  # what -q, refiltering, dmesg, -R and --reassemble need: imported on use
+    from cdbdump.memory.kdump import KdumpMemory
+    from cdbdump.mm.crash_bitmap import KernelBitmap, KernelBitmapRefused
+    from cdbdump.printk import KernelLog
+    from cdbdump.writers.flattened import RearrangeResult
+    from cdbdump.writers.split import ReassembleResult
 
 __all__ = (
     "DmesgOptions",
@@ -140,6 +132,8 @@ def _timed(report: DumpReport, step: str) -> Iterator[None]:
 def open_files(path: Path, split_parts: tuple[Path, ...] = ()) -> list[FileView]:
     """The input's files: a mapped file, the file a flattened stream stands for
     (``-`` reads the stream from standard input), or every file of a split set."""
+    from cdbdump.vmcore.flattened import FlattenedFile, spool_stdin
+
     files: list[FileView] = []
     try:
         for one in (path, *split_parts):
@@ -199,6 +193,9 @@ def open_input(files: FileView | list[FileView]) -> InputImage:
 
 def _open_kdump(files: list[FileView]) -> InputImage:
     """A kdump-compressed input (or split set): refiltering, as makedumpfile does it."""
+    from cdbdump.memory.kdump import KdumpMemory
+    from cdbdump.vmcore.kdumpfile import KdumpFile
+
     parts = [KdumpFile.open(f) for f in files]
     memory = KdumpMemory(parts)
     head = memory.header_file
@@ -295,12 +292,41 @@ def _justified_max_mapnr(
     )
 
 
-def first_bitmap(image: InputImage) -> Bitmap:
-    """Frames present in the dump (reference: makedumpfile create_bitmap_from_memhole;
-    copy_1st_bitmap_from_memory when refiltering)."""
+# reference: makedumpfile calculate_cyclic_buffer_size (at most 4 MiB of buffer)
+MDF_MAX_CYCLIC_BUFFER = 4 << 20
+
+
+def keeps_partial_last_pages(max_mapnr: int) -> bool:
+    """Whether makedumpfile counts a PT_LOAD's partial last page as present.
+
+    makedumpfile works in one cycle, through a bitmap file whose 1st bitmap rounds
+    each segment's end up (create_1st_bitmap_file), only when its cyclic buffer,
+    min(4 MiB, max_mapnr * 2 / 8), holds both bitmaps whole (initial); otherwise
+    create_bitmap_from_memhole truncates the end and drops that page, e.g. the x86
+    e820 range ending at 0x9fc00 of every /proc/vmcore whose max_mapnr is not a
+    multiple of 4 or exceeds 16 Mi frames. Its other inputs to that choice are not
+    followed: free memory, --cyclic-buffer (our window never changes the output) and
+    --split (split files reassemble into the direct dump).
+    """
+    buffer_bytes = min(MDF_MAX_CYCLIC_BUFFER, max_mapnr * 2 // 8)
+    return buffer_bytes * 8 >= max_mapnr * 2
+
+
+def first_bitmap(image: InputImage, partial_last_pages: bool = True) -> Bitmap:
+    """Frames present in the dump (reference: makedumpfile create_1st_bitmap_file, or
+    create_bitmap_from_memhole without ``partial_last_pages``; copy_1st_bitmap_from_memory
+    when refiltering)."""
     if image.kdump is not None:
         return image.kdump.header_file.bitmap1.copy()
     bitmap = Bitmap(image.max_mapnr)
+    if not partial_last_pages and image.loads:
+        shift = image.page_size.bit_length() - 1
+        for seg in image.loads:
+            start = min(seg.paddr >> shift, image.max_mapnr)
+            end = min((seg.paddr + seg.memsz) >> shift, image.max_mapnr)
+            if start < end:
+                bitmap.set_range(start, end)
+        return bitmap
     for start, end in image.phys.present_pfn_ranges():
         bitmap.set_range(start, end)
     return bitmap
@@ -368,16 +394,17 @@ def _drop_lost(image: InputImage, lost: Bitmap, bitmap2: Bitmap, report: DumpRep
             f"{first['file_offset']:#x}: {first['error']})")
 
 
-def memory_hole_pages(image: InputImage) -> int:
+def memory_hole_pages(image: InputImage, partial_last_pages: bool = True) -> int:
     # makedumpfile counts PT_LOAD pages, overlapping segments twice
     # (reference: makedumpfile create_bitmap_from_memhole, pfn_memhole per PT_LOAD)
     shift = image.page_size.bit_length() - 1
+    round_up = image.page_size - 1 if partial_last_pages else 0
     present = 0
     if image.kdump is not None:
         return image.max_mapnr - image.kdump.header_file.bitmap1.count()
     for seg in image.loads:
         start = min(seg.paddr >> shift, image.max_mapnr)
-        end = min((seg.paddr + seg.memsz + image.page_size - 1) >> shift, image.max_mapnr)
+        end = min((seg.paddr + seg.memsz + round_up) >> shift, image.max_mapnr)
         present += max(0, end - start)
     return max(0, image.max_mapnr - present)
 
@@ -455,7 +482,9 @@ def _dump(
         image = open_input(files)
     report.warnings.extend(image.problems)
     report.max_mapnr = image.max_mapnr
-    report.memory_hole_pages = memory_hole_pages(image)
+    partial_pages = keeps_partial_last_pages(image.max_mapnr)
+    # -E recounts holes per PT_LOAD with the partial page (write_elf_pages_cyclic)
+    report.memory_hole_pages = memory_hole_pages(image, partial_pages or options.elf)
     report.bytes_in = sum(f.size for f in files)
     if image.loads:
         report.bytes_in = sum(seg.filesz for seg in image.loads)
@@ -464,7 +493,7 @@ def _dump(
         options, meta_extra = _refiltering(options, image.kdump, report)
     with _timed(report, "check memory holes"):
         try:
-            bitmap1 = first_bitmap(image)
+            bitmap1 = first_bitmap(image, partial_pages)
             bitmap2 = without_nodata(image, bitmap1)
             lost = lost_frames(image, bitmap1)
         except MemoryError:
@@ -599,6 +628,13 @@ def _vmcoreinfo_note(image: InputImage) -> tuple[int, int] | None:
 
 def _verify_kernel_bitmap(image: InputImage, probe: KernelBitmap) -> KernelBitmapRefused | None:
     """The bitmap's content against what the dump proves (crash_bitmap.verify_kernel_bitmap)."""
+    from cdbdump.mm.crash_bitmap import (
+        KernelBitmapRefused,
+        mem_map_page_ranges,
+        protected_pfn_ranges,
+        verify_kernel_bitmap,
+    )
+
     mem_map_pages: list[tuple[int, int]] = []
     if image.kernel is not None and image.mem_map is not None:
         kernel = image.kernel
@@ -626,6 +662,13 @@ def _exclude(
     """Clear excluded frames from bitmap2; return the dump level really applied."""
     level = options.dump_level
     if options.use_kernel_bitmap:
+        from cdbdump.mm.crash_bitmap import (
+            KernelBitmap,
+            KernelBitmapRefused,
+            apply_kernel_bitmap,
+            probe_kernel_bitmap,
+        )
+
         probe: KernelBitmap | KernelBitmapRefused
         try:
             probe = probe_kernel_bitmap(
@@ -740,6 +783,8 @@ def dump_dmesg(options: DmesgOptions, stream: BinaryIO | None = None) -> DmesgRe
     Raises:
         CdbdumpError: no log can be read from the input, or the output fails.
     """
+    from cdbdump.printk import format_records, read_kernel_log
+
     files = open_files(options.vmcore)
     try:
         image = open_input(files)
@@ -782,6 +827,8 @@ def rearrange_stream(dumpfile: Path, force: bool, fd: int = 0) -> RearrangeResul
     Raises:
         CdbdumpError: the stream is empty, malformed or cut, or the output fails.
     """
+    from cdbdump.writers.flattened import mark_rebuilt_incomplete, rearrange
+
     out = create_output(dumpfile, force)
     try:
         result = rearrange(fd, out)
@@ -805,6 +852,8 @@ def reassemble_files(pieces: list[Path], dumpfile: Path, force: bool) -> Reassem
     Raises:
         CdbdumpError: a piece is unusable, or the output fails (no file is left).
     """
+    from cdbdump.writers.split import reassemble
+
     out = create_output(dumpfile, force, inputs=pieces)
     try:
         result = reassemble(pieces, out)

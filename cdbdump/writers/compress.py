@@ -136,13 +136,13 @@ class PageCompressor:
         if not self.codec.spec.pooled:
             nr_threads = 1
         if nr_threads <= 1:
-            outs: list[BufferLike] = [fn(v) for v in views]
+            outs: list[BufferLike] = list(map(fn, views))
         else:
             step = -(-n // nr_threads)
             chunks = [views[i : i + step] for i in range(0, n, step)]
             pool = self._get_pool()
             outs = []
-            for part in pool.map(lambda chunk: [fn(v) for v in chunk], chunks):
+            for part in pool.map(lambda chunk: list(map(fn, chunk)), chunks):
                 outs.extend(part)
         return self._assemble(outs, views.__getitem__)
 

@@ -115,7 +115,8 @@ def default_ram(ram_size: int | None = None) -> list[tuple[int, int]]:
     None: a tiny machine (64 MiB: low memory ending mid-page at 0x9fc00, 0x100000-32 MiB,
     and 32 MiB above 4 GiB). Otherwise ram_size bytes: below 2 GiB, the rest above 4 GiB,
     the top 0x28000 bytes left to firmware (max_mapnr not section aligned, but a multiple
-    of 4: makedumpfile 1.7.6 was seen to drop the 0x9fc00 partial page otherwise).
+    of 4, so that makedumpfile keeps the 0x9fc00 partial page up to 64 GiB: see
+    SyntheticKernel.keeps_partial_last_pages).
     """
     if ram_size is None:
         return [(0x1000, 0x9FC00), (0x100000, 32 * MiB), (4 * GiB, 4 * GiB + 32 * MiB)]
@@ -1053,13 +1054,22 @@ class SyntheticKernel:
             mapnr = min(mapnr, (self.present_sections[-1] + 1) * SECTION_PFNS)
         return mapnr
 
+    @property
+    def keeps_partial_last_pages(self) -> bool:
+        """makedumpfile runs in one cycle (its bitmap file rounds a PT_LOAD's end up) only
+        when min(4 MiB, max_mapnr / 4 bytes) holds both bitmaps; otherwise its cyclic
+        buffer truncates the end and the segment's partial last page is not present."""
+        return min(4 << 20, self.max_mapnr * 2 // 8) * 8 >= self.max_mapnr * 2
+
     def first_bitmap(self) -> np.ndarray:
-        """bool per pfn < max_mapnr: covered by a PT_LOAD ([p_paddr>>12, ceil(end/4096)))."""
+        """bool per pfn < max_mapnr: covered by a PT_LOAD, [p_paddr>>12, end>>12) plus
+        the partial last page when keeps_partial_last_pages."""
         limit = self.max_mapnr
+        round_up = PAGE_SIZE - 1 if self.keeps_partial_last_pages else 0
         bits = np.zeros(limit, dtype=bool)
         for load in self.loads():
             first = load.paddr >> 12
-            last = (load.paddr + load.memsz + PAGE_SIZE - 1) >> 12
+            last = (load.paddr + load.memsz + round_up) >> 12
             bits[first : min(last, limit)] = True
         return bits
 
