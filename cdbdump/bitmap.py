@@ -93,6 +93,20 @@ class Bitmap:
             self.bits[lo:hi] &= other.bits[lo:hi]
             other.release()
 
+    def union(self, other: Bitmap) -> None:
+        """self |= other, window by window."""
+        self._check_size(other)
+        for lo, hi in self.windows():
+            self.bits[lo:hi] |= other.bits[lo:hi]
+            other.release()
+
+    def subtract(self, other: Bitmap) -> None:
+        """self &= ~other, window by window."""
+        self._check_size(other)
+        for lo, hi in self.windows():
+            self.bits[lo:hi] &= ~other.bits[lo:hi]
+            other.release()
+
     def _check_size(self, other: Bitmap) -> None:
         if other.nr_bits != self.nr_bits:
             raise ValueError("bitmaps of different sizes")

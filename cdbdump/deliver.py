@@ -20,7 +20,13 @@ from cdbdump.errors import CdbdumpError, IncompleteDumpError, OutputError
 from cdbdump.interrupts import deferred
 from cdbdump.memory.physical import PhysicalMemory
 from cdbdump.report import DumpReport, ProgressCallback
-from cdbdump.writers.kdump import KdumpMetadata, KdumpWriteResult, mark_incomplete, write_kdump
+from cdbdump.writers.kdump import (
+    MAX_LISTED_LOST,
+    KdumpMetadata,
+    KdumpWriteResult,
+    mark_incomplete,
+    write_kdump,
+)
 from cdbdump.writers.sink import OutputFile, create_output
 
 if TYPE_CHECKING:  # the -E, -F and --split writers are imported when a run uses them
@@ -30,6 +36,7 @@ if TYPE_CHECKING:  # the -E, -F and --split writers are imported when a run uses
 __all__ = ("STDOUT_NAME", "OutputRequest", "cyclic_pfns", "deliver")
 
 STDOUT_NAME = "STDOUT"  # makedumpfile FILENAME_STDOUT: the name -F reports
+_ELF_PASSES = 3  # -E: passes that may each meet new unreadable pages
 _STDOUT_FD = 1
 
 
@@ -74,13 +81,17 @@ def deliver(
     progress: ProgressCallback | None,
     *,
     out: OutputFile | FlattenedSink | None = None,
+    input_lost: str | None = None,
 ) -> None:
-    """Write the dump; raises IncompleteDumpError when the output filled up.
+    """Write the dump; raises IncompleteDumpError when it is incomplete: the output
+    filled up, a signal, unreadable input pages, or ``input_lost`` (why pages the
+    input claims were excluded before writing; a kdump header already says
+    INCOMPLETE through meta.status_extra).
 
     ``out``: the output file already created (the bitmaps were built in it)."""
     if request.split_files:
         _deliver_split(request, vmcore, memory, meta, bitmap1, bitmap2, exclude_zero, report,
-                       progress)
+                       progress, input_lost)
         return
     if out is not None:
         pass
@@ -95,13 +106,13 @@ def deliver(
         if request.elf:
             if core is None:
                 raise OutputError("-E needs an ELF vmcore as input")
-            _write_elf(out, core, memory, bitmap2, exclude_zero, report, progress)
+            _write_elf(out, core, memory, bitmap2, exclude_zero, report, progress, input_lost)
         else:
             result = write_kdump(out, meta, bitmap1, bitmap2, memory, request.codec,
                                  exclude_zero=exclude_zero, progress=_step(progress),
                                  allow_incomplete=True, **_tuning(request, meta.max_mapnr))
             _account(report, result)
-            if result.incomplete:
+            if result.incomplete or input_lost is not None:
                 # reference: makedumpfile check_and_modify_kdump_headers — keep what
                 # was written, flag the header INCOMPLETE (it already is: it turns
                 # complete only at the end), exit 1 (128 + signal when interrupted)
@@ -109,7 +120,8 @@ def deliver(
                     mark_incomplete(out, result)
                     report.bytes_written = out.bytes_written
                     out.close()
-                raise IncompleteDumpError(result.nr_pages_lost, incomplete_reason(result),
+                raise IncompleteDumpError(result.nr_pages_lost,
+                                          _reasons(input_lost, incomplete_reason(result)),
                                           report, cause=result.no_space,
                                           signum=result.interrupted)
     except IncompleteDumpError:
@@ -153,6 +165,10 @@ def _account(report: DumpReport, result: KdumpWriteResult) -> None:
         report.dumpable_pages -= result.nr_pages_unreadable
 
 
+def _reasons(*reasons: str | None) -> str:
+    return "; ".join(r for r in reasons if r)
+
+
 def incomplete_reason(result: KdumpWriteResult) -> str:
     """One line: why the dump is incomplete (full disk, signal, unreadable input)."""
     parts: list[str] = []
@@ -177,7 +193,14 @@ def _write_elf(
     exclude_zero: bool,
     report: DumpReport,
     progress: ProgressCallback | None,
+    input_lost: str | None = None,
 ) -> None:
+    """-E: an unreadable input page is excluded like the kdump writer excludes it.
+
+    Its place in the file is planned before it is read, so a pass that meets
+    one is written again without it (a file; a -F stream keeps the pass, the
+    page zero in it); the dump ends flagged DUMP_ELF_INCOMPLETE, exit 1.
+    """
     from cdbdump.formats.elf import ELF64_EHDR
     from cdbdump.writers.elf import (
         exclude_zero_pages,
@@ -190,18 +213,40 @@ def _write_elf(
         zero_progress = (None if progress is None
                          else lambda done, total: progress("Excluding zero pages", done, total))
         report.counts.zero += exclude_zero_pages(memory, bitmap2, zero_progress)
-    plan = plan_elf(core.loads, memory, bitmap2, len(core.notes_raw), exclude_zero=exclude_zero)
     input_ehdr = bytes(core.file.view(0, ELF64_EHDR.size, "ELF header"))
-    result = write_elf(out, input_ehdr, core.notes_raw, plan, memory, _step(progress),
-                       reserve=isinstance(out, OutputFile))
+    unreadable: dict[int, tuple[int, str]] = {}  # pfn -> (file offset, why)
+    for _ in range(_ELF_PASSES):
+        for pfn in unreadable:
+            if pfn < bitmap2.nr_bits:
+                bitmap2.clear_range(pfn, pfn + 1)
+        plan = plan_elf(core.loads, memory, bitmap2, len(core.notes_raw),
+                        exclude_zero=exclude_zero)
+        if isinstance(out, OutputFile):
+            os.ftruncate(out.fileno(), 0)  # a pass again: nothing of the last one stays
+        result = write_elf(out, input_ehdr, core.notes_raw, plan, memory, _step(progress),
+                           reserve=isinstance(out, OutputFile))
+        new = {pfn: (off, why) for pfn, off, why in result.unreadable if pfn not in unreadable}
+        unreadable.update(new)
+        if not new or result.no_space is not None or not isinstance(out, OutputFile):
+            break
     report.elf_excluded_pages = plan.nr_pages_elf_excluded
     report.pages_written = plan.nr_pages_to_write
     report.bytes_out = result.bytes_written
-    if result.no_space is not None:
+    report.pages_unreadable += len(unreadable)
+    listed = list(unreadable.items())[:MAX_LISTED_LOST]
+    report.unreadable_pages.extend({"pfn": pfn, "file_offset": off, "error": why}
+                                   for pfn, (off, why) in listed)
+    if result.no_space is not None or unreadable or input_lost is not None:
         mark_elf_incomplete(out, input_ehdr)
         report.bytes_written = out.bytes_written
         out.close()
-        raise IncompleteDumpError(result.nr_pages_lost, result.no_space, report)
+        parts = [None if result.no_space is None else str(result.no_space), input_lost]
+        if unreadable:
+            pfn, (off, why) = next(iter(unreadable.items()))
+            parts.append(f"{len(unreadable)} input pages could not be read and are excluded "
+                         f"(first: pfn {pfn:#x} at file offset {off:#x}: {why})")
+        raise IncompleteDumpError(result.nr_pages_lost, _reasons(*parts), report,
+                                  cause=result.no_space)
 
 
 def _deliver_split(
@@ -214,6 +259,7 @@ def _deliver_split(
     exclude_zero: bool,
     report: DumpReport,
     progress: ProgressCallback | None,
+    input_lost: str | None = None,
 ) -> None:
     from concurrent.futures import ThreadPoolExecutor
 
@@ -253,7 +299,7 @@ def _deliver_split(
         raise
     lost = 0
     first_full = None
-    reasons: list[str] = []
+    reasons: list[str] = [input_lost] if input_lost is not None else []
     for out, result in zip(outs, results, strict=True):
         _account(report, result)
         if result.incomplete:

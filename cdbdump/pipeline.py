@@ -17,6 +17,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
+import numpy as np
+
 from cdbdump.bitmap import Bitmap
 from cdbdump.codecs import Codec
 from cdbdump.deliver import OutputRequest, cyclic_pfns, deliver
@@ -44,7 +46,7 @@ from cdbdump.report import DumpReport, PathTaken, ProgressCallback
 from cdbdump.vmcore.detect import DumpFormat, sniff
 from cdbdump.vmcore.elfcore import ElfCore
 from cdbdump.vmcore.vmcoreinfo import VmcoreInfo
-from cdbdump.writers.kdump import KdumpLayout, KdumpMetadata
+from cdbdump.writers.kdump import MAX_LISTED_LOST, KdumpLayout, KdumpMetadata
 from cdbdump.writers.sink import OutputFile, check_output, create_output
 
 if TYPE_CHECKING:  # what -q, refiltering, dmesg, -R and --reassemble need: imported on use
@@ -410,6 +412,52 @@ def _bitmaps(image: InputImage, out: OutputFile | None,
     return bitmap1, without_nodata(image, bitmap1, bitmap2)
 
 
+def lost_frames(image: InputImage, bitmap1: Bitmap) -> Bitmap | None:
+    """Present frames with bytes a PT_LOAD says are stored that the file cannot
+    supply (ElfMemory.lost: past its end, or an earlier PT_LOAD's file bytes)."""
+    phys = image.phys
+    if not isinstance(phys, ElfMemory) or not phys.lost:
+        return None
+    ps = image.page_size
+    lost = Bitmap(image.max_mapnr)
+    for r in phys.lost:
+        lost.set_range(min(r.paddr // ps, lost.nr_bits), min(-(-r.end // ps), lost.nr_bits))
+    lost.intersect(bitmap1)
+    return lost
+
+
+def _drop_lost(image: InputImage, lost: Bitmap, bitmap2: Bitmap, report: DumpReport) -> str | None:
+    """Exclude the lost frames the dump level keeps; count and list them like unreadable
+    pages (the writers' read errors). Returns the one-line reason, None if none was kept."""
+    kept = lost & bitmap2
+    nr_kept = kept.count()
+    if not nr_kept:
+        return None
+    bitmap2.subtract(lost)
+    assert isinstance(image.phys, ElfMemory)  # lost frames come from ElfMemory.lost
+    ps = image.page_size
+    listed = report.unreadable_pages
+    seen: set[int] = set()
+    for r in image.phys.lost:  # the first MAX_LISTED_LOST, in pfn order
+        lo, hi = r.paddr // ps, min(-(-r.end // ps), kept.nr_bits)
+        while lo < hi and len(listed) < MAX_LISTED_LOST:
+            step = min(hi, lo + (1 << 20))
+            for pfn in (np.flatnonzero(kept.get_bools(lo, step)) + lo).tolist():
+                if pfn in seen or len(listed) >= MAX_LISTED_LOST:
+                    continue
+                seen.add(pfn)
+                why = (f"past the end of the file ({image.phys.file_size:#x} bytes)"
+                       if r.past_eof else "its file bytes are an earlier PT_LOAD's")
+                offset = r.file_offset + max(0, pfn * ps - r.paddr)
+                listed.append({"pfn": pfn, "file_offset": offset, "error": why})
+            lo = step
+    report.pages_unreadable += nr_kept
+    first = listed[0] if listed else {"pfn": 0, "file_offset": 0, "error": "?"}
+    return (f"{nr_kept} pages the PT_LOADs say are stored cannot be read from the input "
+            f"and are excluded (first: pfn {first['pfn']:#x} at file offset "
+            f"{first['file_offset']:#x}: {first['error']})")
+
+
 def memory_hole_pages(image: InputImage, partial_last_pages: bool = True) -> int:
     # makedumpfile counts PT_LOAD pages, overlapping segments twice
     # (reference: makedumpfile create_bitmap_from_memhole, pfn_memhole per PT_LOAD)
@@ -515,13 +563,20 @@ def _dump(
         with _timed(report, "check memory holes"):
             try:
                 bitmap1, bitmap2 = _bitmaps(image, out, partial_pages)
+                lost = lost_frames(image, bitmap1)
             except MemoryError:
                 raise UnsupportedError(
                     f"bitmaps for max_mapnr {image.max_mapnr} ({image.max_mapnr // 4} "
                     "bytes for the two of them) do not fit in memory"
                 ) from None
+        if lost is not None:
+            bitmap2.union(lost)  # the level decides on them as on the intact input
         with _timed(report, "exclude pages"):
             applied = _exclude(image, options, bitmap1, bitmap2, report, progress)
+        lost_reason = _drop_lost(image, lost, bitmap2, report) if lost is not None else None
+        if lost_reason is not None:  # the output says so from its first byte (complete never)
+            meta_extra["status_extra"] = (meta_extra.get("status_extra", 0)
+                                          | DUMP_DH_COMPRESSED_INCOMPLETE)
         meta = _metadata(image, options, applied, meta_extra, report)
         report.dumpable_pages = bitmap2.count()
     except BaseException:
@@ -532,7 +587,8 @@ def _dump(
         if isinstance(files[0], MappedFile) and image.kdump is None:
             files[0].advise_streaming()
         deliver(options.output, options.vmcore, image.core, image.phys, meta, bitmap1,
-                bitmap2, bool(applied & DumpLevel.ZERO), report, progress, out=out)
+                bitmap2, bool(applied & DumpLevel.ZERO), report, progress, out=out,
+                input_lost=lost_reason)
     return report
 
 
@@ -631,6 +687,23 @@ def _header_phys_base(image: InputImage, report: DumpReport) -> int:
     return value
 
 
+def _vmcoreinfo_note(image: InputImage) -> tuple[int, int] | None:
+    """Where the VMCOREINFO note lies in memory, when the input says so and memory
+    there holds the same note (then the kernel bitmap must keep its pages)."""
+    core = image.core
+    where = core.vmcoreinfo_note_paddr if core is not None else None
+    if core is None or where is None or core.vmcoreinfo_note is None:
+        return None
+    paddr, size = where
+    note = core.vmcoreinfo_note
+    try:
+        in_memory = image.phys.read(paddr, size)
+    except AddressError:
+        return None  # not provable from the dump
+    same = in_memory == core.notes_raw[note.note_offset : note.note_offset + size]
+    return where if same else None
+
+
 def _verify_kernel_bitmap(image: InputImage, probe: KernelBitmap) -> KernelBitmapRefused | None:
     """The bitmap's content against what the dump proves (crash_bitmap.verify_kernel_bitmap)."""
     from cdbdump.mm.crash_bitmap import (
@@ -642,14 +715,15 @@ def _verify_kernel_bitmap(image: InputImage, probe: KernelBitmap) -> KernelBitma
 
     mem_map_pages: list[tuple[int, int]] = []
     if image.kernel is not None and image.mem_map is not None:
+        kernel = image.kernel
         mem_map_pages = mem_map_page_ranges(
-            image.kernel.translate,
+            lambda vstart, vend: kernel.iter_runs(vstart, vend, strict=False),
             ((r.start_pfn, r.end_pfn, r.mem_map_vaddr) for r in image.mem_map.runs),
             image.mem_map.struct_page_size, image.page_size,
         )
     assert image.vmcoreinfo is not None and image.phys_base is not None  # probe passed
     protected = protected_pfn_ranges(image.phys, image.vmcoreinfo, image.phys_base, probe,
-                                     image.max_mapnr, mem_map_pages)
+                                     image.max_mapnr, mem_map_pages, _vmcoreinfo_note(image))
     try:
         return verify_kernel_bitmap(image.phys, probe, image.max_mapnr, protected)
     except AddressError as exc:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import signal
 import socket
 import time
 from dataclasses import asdict, dataclass, field, replace
@@ -184,10 +185,9 @@ def run_one(
             _process(input_path, output_path, options, previous, outcome, parts)
         else:
             _process_piece(input_path, output_path, options, piece, outcome, parts)
-    except IncompleteDumpError as exc:  # the output filled up: no half output is kept
+    except IncompleteDumpError as exc:  # no half output is kept
         outcome.status = ERROR
-        outcome.error = (f"{output_path}: the output file system filled up after "
-                         f"{exc.file_offset + exc.written:#x} bytes; nothing was kept, a re-run "
+        outcome.error = (f"{output_path}: {_incomplete_why(exc)}; nothing was kept, a re-run "
                          "retries it")
     except CdbdumpError as exc:
         outcome.status, outcome.error = ERROR, str(exc)
@@ -204,6 +204,16 @@ def run_one(
     outcome.seconds = time.perf_counter() - start
     outcome.peak_rss_kib = peak_rss_kib()
     return outcome
+
+
+def _incomplete_why(exc: IncompleteDumpError) -> str:
+    """Why the dump came out incomplete: a full file system, a signal, or the input
+    (unreadable pages, pages its headers claim but the file lacks)."""
+    if exc.cause is not None:
+        return f"the output file system filled up after {exc.file_offset + exc.written:#x} bytes"
+    if exc.signum is not None:
+        return f"interrupted by {signal.Signals(exc.signum).name}"
+    return f"the dump would be incomplete: {exc.reason}"
 
 
 def _previous_matches(previous: dict[str, Any] | None, options: BatchOptions) -> bool:

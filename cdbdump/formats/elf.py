@@ -54,3 +54,6 @@ class LoadSegment:
     memsz: int
     flags: int = 0
     align: int = 0
+    # bytes of p_filesz the file does not hold (it ends first): claimed stored, lost;
+    # filesz above is what the file holds
+    missing: int = 0

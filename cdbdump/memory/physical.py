@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import bisect
 import enum
+import heapq
+import itertools
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Protocol
@@ -28,6 +30,7 @@ __all__ = (
     "ElfMemory",
     "Extent",
     "ExtentKind",
+    "LostRange",
     "PhysicalMemory",
     "all_data",
     "data_pfn_ranges",
@@ -43,6 +46,17 @@ class ExtentKind(enum.Enum):
     DATA = "data"  # stored in the dump
     ZERO = "zero"  # memory the dump does not store: reads as zero (p_filesz < p_memsz)
     ABSENT = "absent"  # not in the dump
+
+
+@dataclass(frozen=True, slots=True)
+class LostRange:
+    """[paddr, end) a PT_LOAD says is stored at file_offset, which the file cannot
+    supply: past its end (``past_eof``), or file bytes an earlier PT_LOAD holds."""
+
+    paddr: int
+    end: int
+    file_offset: int
+    past_eof: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -192,57 +206,53 @@ def data_pfn_ranges(mem: PhysicalMemory, *, first_byte: bool) -> Iterator[tuple[
 # -- ELF cores ----------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class _Piece:
-    """A disjoint range [paddr, mem_end); stored up to data_end_paddr."""
-
-    paddr: int
-    mem_end: int  # p_paddr + p_memsz
-    data_end_paddr: int  # paddr up to which the bytes are in the file
-    file_offset: int  # file offset of paddr (meaningful when data_end_paddr > paddr)
-
-
 class ElfMemory:
     """Physical memory as the PT_LOAD segments of an ELF vmcore present it.
 
-    Overlapping PT_LOADs (the kernel-text LOAD that kexec adds over the
-    direct-map LOAD on x86_64) are resolved once into disjoint pieces, so
-    every lookup is a bisect.
+    The segments are resolved once into disjoint DATA and ZERO extents (what
+    is not covered is ABSENT), so every lookup is a bisect. Overlapping
+    PT_LOADs (the kernel-text LOAD that kexec puts before the direct-map LOAD
+    on x86_64) follow makedumpfile's paddr_to_offset: a byte is read from the
+    first segment in program-header order that stores it. A segment whose
+    file data ends early (p_filesz < p_memsz, or a truncated file) therefore
+    leaves its bytes to a later segment that stores them; only memory no
+    segment stores is ZERO.
     """
 
     def __init__(self, file: MappedFile, loads: Iterable[LoadSegment], page_size: int) -> None:
         self._file = file
         self.page_size = page_size
-        self._pieces = _disjoint_pieces(loads)
-        self._starts = [p.paddr for p in self._pieces]
-        self._piece_paddr = np.array(self._starts, dtype=np.int64)
-        self._piece_data_end = np.array([p.data_end_paddr for p in self._pieces], dtype=np.int64)
-        self._piece_file_offset = np.array([p.file_offset for p in self._pieces], dtype=np.int64)
+        self._runs, self.lost = _resolve_loads(loads, file.size)  # lost: list[LostRange]
+        self._starts = [r.paddr for r in self._runs]
+        data = [r for r in self._runs if r.kind is ExtentKind.DATA]
+        self._data_paddr = np.array([r.paddr for r in data], dtype=np.int64)
+        self._data_end = np.array([r.end for r in data], dtype=np.int64)
+        self._data_file_offset = np.array([r.file_offset for r in data], dtype=np.int64)
 
     @property
     def end_paddr(self) -> int:
-        return max((p.mem_end for p in self._pieces), default=0)
+        return self._runs[-1].end if self._runs else 0
+
+    @property
+    def file_size(self) -> int:
+        return self._file.size
 
     def extents(self, paddr: int, size: int) -> Iterator[Extent]:
         end = paddr + size
         cur = paddr
+        runs = self._runs
         i = max(0, bisect.bisect_right(self._starts, paddr) - 1)
-        pieces = self._pieces
         while cur < end:
-            piece = pieces[i] if i < len(pieces) else None
-            if piece is None or cur < piece.paddr:  # a hole up to the next piece
-                stop = end if piece is None else min(end, piece.paddr)
+            run = runs[i] if i < len(runs) else None
+            if run is None or cur < run.paddr:  # a hole up to the next run
+                stop = end if run is None else min(end, run.paddr)
                 yield Extent(cur, stop - cur, ExtentKind.ABSENT)
                 cur = stop
                 continue
-            if cur < piece.data_end_paddr:
-                stop = min(end, piece.data_end_paddr)
-                offset = piece.file_offset + (cur - piece.paddr)
-                yield Extent(cur, stop - cur, ExtentKind.DATA, offset)
-                cur = stop
-            if cur < min(end, piece.mem_end):
-                stop = min(end, piece.mem_end)
-                yield Extent(cur, stop - cur, ExtentKind.ZERO)
+            if cur < run.end:
+                stop = min(end, run.end)
+                offset = run.file_offset + (cur - run.paddr) if run.file_offset >= 0 else -1
+                yield Extent(cur, stop - cur, run.kind, offset)
                 cur = stop
             i += 1
 
@@ -253,14 +263,23 @@ class ElfMemory:
         return read_extents(self, paddr, size)
 
     def present_pfn_ranges(self) -> Iterator[tuple[int, int]]:
-        """Every page with any byte in a segment's p_memsz; ranges may touch or overlap.
+        """Every page with any byte in a segment's p_memsz, touching ranges merged.
 
         A segment ending mid-page counts its last page (makedumpfile >= 1.7.6
         dumps it with the missing tail zero-filled).
         """
         ps = self.page_size
-        for p in self._pieces:
-            yield p.paddr // ps, -(-p.mem_end // ps)
+        cur: tuple[int, int] | None = None
+        for run in self._runs:
+            lo, hi = run.paddr // ps, -(-run.end // ps)
+            if cur is not None and lo <= cur[1]:
+                cur = (cur[0], max(cur[1], hi))
+                continue
+            if cur is not None:
+                yield cur
+            cur = (lo, hi)
+        if cur is not None:
+            yield cur
 
     def known_zero_frames(self, pfns: npt.NDArray[np.int64]) -> npt.NDArray[np.bool_] | None:
         """Frames whose bytes all lie in holes of a sparse input file.
@@ -273,9 +292,11 @@ class ElfMemory:
         data_starts, data_ends = extents
         ps = self.page_size
         paddr = pfns.astype(np.int64) * ps
-        piece = np.maximum(np.searchsorted(self._piece_paddr, paddr, side="right") - 1, 0)
-        whole = (paddr >= self._piece_paddr[piece]) & (paddr + ps <= self._piece_data_end[piece])
-        offset = self._piece_file_offset[piece] + (paddr - self._piece_paddr[piece])
+        if self._data_paddr.size == 0:
+            return np.zeros(pfns.size, dtype=np.bool_)
+        run = np.maximum(np.searchsorted(self._data_paddr, paddr, side="right") - 1, 0)
+        whole = (paddr >= self._data_paddr[run]) & (paddr + ps <= self._data_end[run])
+        offset = self._data_file_offset[run] + (paddr - self._data_paddr[run])
         # the first data extent ending after the page start must begin after its end
         nxt = np.searchsorted(data_ends, offset, side="right")
         clear_of_data = np.ones(pfns.size, dtype=np.bool_)
@@ -297,19 +318,102 @@ class ElfMemory:
         self._file.drop_all()
 
 
-def _disjoint_pieces(loads: Iterable[LoadSegment]) -> list[_Piece]:
-    """Cut the PT_LOADs into disjoint pieces by a sweep in paddr order.
+# (start, end, owner's program-header index, file offset minus paddr)
+_Owned = tuple[int, int, int, int]
 
-    Where segments overlap (kexec's kernel-text LOAD inside a direct-map LOAD)
-    both hold the same memory, so the first one in paddr order keeps the range.
+
+def _resolve_loads(
+    loads: Iterable[LoadSegment], file_size: int
+) -> tuple[list[Extent], list[LostRange]]:
+    """Disjoint DATA and ZERO extents of the PT_LOADs, in paddr order (gaps are
+    ABSENT), and the ranges the headers claim are stored that the file cannot supply.
+
+    A stored byte comes from the first segment in program-header order whose
+    [p_paddr, p_paddr+p_filesz) covers it (makedumpfile paddr_to_offset).
+    Memory only p_memsz covers is ZERO. The bytes of p_filesz a segment does
+    not hold (``missing``: past the end of the file, or file bytes an earlier
+    segment holds, ElfCore.parse) are lost where no segment stores them.
+    O(n log n) in segments, never in pages.
     """
-    pieces: list[_Piece] = []
-    covered_end = -1
-    for seg in sorted(loads, key=lambda s: (s.paddr, s.index)):
-        seg_end = seg.paddr + seg.memsz
-        lo = max(seg.paddr, covered_end)
-        if lo < seg_end:
-            data_end = min(max(seg.paddr + seg.filesz, lo), seg_end)
-            pieces.append(_Piece(lo, seg_end, data_end, seg.file_offset + (lo - seg.paddr)))
-        covered_end = max(covered_end, seg_end)
-    return pieces
+    segs = [s for s in loads if s.memsz > 0]
+    stored = first_owner([(s.paddr, s.paddr + s.filesz, s.index, s.file_offset - s.paddr)
+                          for s in segs if s.filesz > 0])
+    runs: list[Extent] = []
+    for a, b, _, d in stored:
+        _append_run(runs, Extent(a, b - a, ExtentKind.DATA, a + d))
+    data = _union((a, b) for a, b, _, _ in stored)
+    for a, b in _subtract(_union((s.paddr, s.paddr + s.memsz) for s in segs), data):
+        runs.append(Extent(a, b - a, ExtentKind.ZERO))
+    runs.sort(key=lambda r: r.paddr)
+    claimed = first_owner([(s.paddr, s.paddr + s.filesz + s.missing, s.index,
+                             s.file_offset - s.paddr) for s in segs if s.filesz + s.missing])
+    lost = [LostRange(a, b, a + d, a + d >= file_size)
+            for a, b, _, d in _subtract_owned(claimed, data)]
+    return runs, lost
+
+
+def first_owner(items: list[_Owned]) -> list[_Owned]:
+    """Disjoint pieces of the union of (start, end, owner index, payload) ``items``,
+    each given to the lowest owner index that covers it, in start order."""
+    items = sorted(items)
+    bounds = sorted({x for a, b, _, _ in items for x in (a, b)})
+    active: list[tuple[int, int, int]] = []  # (owner index, end, delta), a heap
+    out: list[_Owned] = []
+    nxt = 0
+    for at, stop in itertools.pairwise(bounds):
+        while nxt < len(items) and items[nxt][0] <= at:
+            _, end, index, delta = items[nxt]
+            heapq.heappush(active, (index, end, delta))
+            nxt += 1
+        while active and active[0][1] <= at:
+            heapq.heappop(active)
+        if active:
+            index, _, delta = active[0]
+            if out and out[-1][1] == at and out[-1][2] == index and out[-1][3] == delta:
+                out[-1] = (out[-1][0], stop, index, delta)
+            else:
+                out.append((at, stop, index, delta))
+    return out
+
+
+def _union(spans: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:
+    out: list[tuple[int, int]] = []
+    for a, b in sorted(s for s in spans if s[0] < s[1]):
+        if out and a <= out[-1][1]:
+            out[-1] = (out[-1][0], max(out[-1][1], b))
+        else:
+            out.append((a, b))
+    return out
+
+
+def _subtract(spans: list[tuple[int, int]], holes: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Sorted disjoint ``spans`` minus sorted disjoint ``holes``."""
+    return [(a, b) for a, b, _, _ in _subtract_owned([(a, b, 0, 0) for a, b in spans], holes)]
+
+
+def _subtract_owned(items: list[_Owned], holes: list[tuple[int, int]]) -> list[_Owned]:
+    out: list[_Owned] = []
+    j = 0
+    for a, b, index, delta in items:
+        cur = a
+        while j < len(holes) and holes[j][1] <= cur:
+            j += 1
+        k = j
+        while cur < b:
+            if k >= len(holes) or holes[k][0] >= b:
+                out.append((cur, b, index, delta))
+                break
+            if holes[k][0] > cur:
+                out.append((cur, holes[k][0], index, delta))
+            cur = max(cur, holes[k][1])
+            k += 1
+    return out
+
+
+def _append_run(runs: list[Extent], ext: Extent) -> None:
+    last = runs[-1] if runs else None
+    if (last is not None and last.end == ext.paddr and last.kind is ext.kind
+            and (ext.kind is ExtentKind.ZERO or last.file_offset + last.size == ext.file_offset)):
+        runs[-1] = Extent(last.paddr, last.size + ext.size, ext.kind, last.file_offset)
+    else:
+        runs.append(ext)

@@ -16,9 +16,10 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import numpy as np
+import numpy.typing as npt
 
 from cdbdump.bitmap import Bitmap
-from cdbdump.errors import AddressError, NotInDumpError
+from cdbdump.errors import NotInDumpError
 from cdbdump.formats.crash_dump_bitmap import (
     CRASH_DUMP_BITMAP_INFO,
     CURRENT_BITMAP_INFO_VERSION,
@@ -44,7 +45,7 @@ SYMBOL_NAME = "crash_dump_bitmap_info"
 # RFC struct. More than this many (or 1/64 of max_mapnr) means the bitmap is not
 # the one the counters describe.
 _MIN_UNACCOUNTED_SLACK = 64
-_MAX_MEM_MAP_PROBES = 4096  # mem_map runs whose first and last struct page are checked
+_SLICE_BYTES = 256 << 10  # kernel-bitmap bytes checked against the protected ranges at a time
 _WINDOW_BYTES = 4 << 20  # 32 Mi pfns (128 GiB of RAM) per window
 
 
@@ -184,12 +185,14 @@ def protected_pfn_ranges(
     kernel_bitmap: KernelBitmap,
     max_mapnr: int,
     mem_map_pages: Iterable[tuple[int, int]] = (),
+    vmcoreinfo_note: tuple[int, int] | None = None,
 ) -> list[tuple[int, int, str]]:
     """[start_pfn, end_pfn) ranges the kernel bitmap must keep, with what they hold.
 
     What the dump itself proves to be kernel data: the pages of the kernel-image
     SYMBOLs in VMCOREINFO (text, data, the top-level page table), the struct and
-    the bitmap themselves, and the pages holding struct pages (``mem_map_pages``).
+    the bitmap themselves, the pages holding struct pages (``mem_map_pages``),
+    and the VMCOREINFO note's own pages (``vmcoreinfo_note``: paddr, size).
     """
     shift = phys.page_size.bit_length() - 1
     ranges: list[tuple[int, int, str]] = []
@@ -206,6 +209,10 @@ def protected_pfn_ranges(
     bm = kernel_bitmap.info.bitmap
     ranges.append((bm >> shift, ((bm + needed - 1) >> shift) + 1, "the bitmap itself"))
     ranges.extend((lo, hi, "mem_map (struct pages)") for lo, hi in mem_map_pages)
+    if vmcoreinfo_note is not None:
+        paddr, size = vmcoreinfo_note
+        ranges.append((paddr >> shift, ((paddr + max(size, 1) - 1) >> shift) + 1,
+                       "the VMCOREINFO note"))
     return [(max(0, lo), min(hi, max_mapnr), what) for lo, hi, what in ranges
             if lo < max_mapnr and hi > 0]
 
@@ -237,27 +244,25 @@ def verify_kernel_bitmap(
     """
     where = f"crash_dump_bitmap_info at {kernel.info_vaddr:#x}"
     base = kernel.info.bitmap
-    for lo, hi, what in protected:
-        if lo >= hi:
-            continue
-        first, last = lo >> 3, (hi - 1) >> 3
-        raw = np.frombuffer(phys.read(base + first, last - first + 1), dtype=np.uint8)
-        bits = np.unpackbits(raw, bitorder="little")[lo - first * 8 : hi - first * 8]
-        if not bits.all():
-            pfn = lo + int(np.argmin(bits))
-            return KernelBitmapRefused(
-                f"{where}: the bitmap excludes pfn {pfn:#x}, part of {what}"
-            )
-    nbytes = max_mapnr // 8
+    ranges = sorted((lo, hi, what) for lo, hi, what in protected if lo < hi)
+    merged = _merge([(lo, hi) for lo, hi, _ in ranges])
+    lo_arr = np.array([lo for lo, _ in merged], dtype=np.int64)
+    hi_arr = np.array([hi for _, hi in merged], dtype=np.int64)
+    nbytes = (max_mapnr + 7) // 8
     nr_kept = 0
     for off in range(0, nbytes, _WINDOW_BYTES):
         n = min(_WINDOW_BYTES, nbytes - off)
         window = np.frombuffer(phys.read(base + off, n), dtype=np.uint8)
+        if off + n == nbytes and max_mapnr & 7:  # bits past max_mapnr do not count
+            window = window.copy()
+            window[-1] &= (1 << (max_mapnr & 7)) - 1
         nr_kept += int(np.bitwise_count(window).sum())
-    tail = max_mapnr & 7
-    if tail:
-        last = phys.read(base + nbytes, 1)[0] & ((1 << tail) - 1)
-        nr_kept += int(last).bit_count()
+        bad = _first_cleared(window, off * 8, lo_arr, hi_arr)
+        if bad is not None:
+            what = next(w for lo, hi, w in ranges if lo <= bad < hi)
+            return KernelBitmapRefused(
+                f"{where}: the bitmap excludes pfn {bad:#x}, part of {what}"
+            )
     nr_cleared = max_mapnr - nr_kept
     counted = kernel.counts.total
     slack = max(_MIN_UNACCOUNTED_SLACK, max_mapnr // 64)
@@ -269,23 +274,64 @@ def verify_kernel_bitmap(
     return None
 
 
-def mem_map_page_ranges(
-    translate: Callable[[int], int], runs: Iterable[tuple[int, int, int]], struct_size: int,
-    page_size: int,
-) -> list[tuple[int, int]]:
-    """pfn ranges of the pages holding the first and last struct page of each run.
-
-    ``runs`` are (start_pfn, end_pfn, mem_map_vaddr); ``translate`` maps a kernel
-    virtual address to a physical one (raising AddressError when it cannot).
-    """
+def _merge(spans: list[tuple[int, int]]) -> list[tuple[int, int]]:
     out: list[tuple[int, int]] = []
-    for i, (start, end, vaddr) in enumerate(runs):
-        if i >= _MAX_MEM_MAP_PROBES:
-            break
-        for v in (vaddr, vaddr + (end - start - 1) * struct_size):
-            try:
-                pfn = translate(v) // page_size
-            except (AddressError, NotInDumpError):
-                continue  # not provable from the dump: nothing to protect
-            out.append((pfn, pfn + 1))
+    for lo, hi in sorted(spans):
+        if out and lo <= out[-1][1]:
+            out[-1] = (out[-1][0], max(out[-1][1], hi))
+        else:
+            out.append((lo, hi))
     return out
+
+
+def _first_cleared(
+    window: npt.NDArray[np.uint8], pfn0: int, lo: npt.NDArray[np.int64], hi: npt.NDArray[np.int64]
+) -> int | None:
+    """The first pfn of the sorted disjoint [lo, hi) ranges whose bit is clear in
+    ``window`` (the kernel bitmap from ``pfn0``, a multiple of 8), a slice at a time:
+    whole bytes inside a range must be 0xff (a running count of the others), the
+    partial first and last bytes must have the range's bits set."""
+    for b0 in range(0, window.size, _SLICE_BYTES):
+        part = window[b0 : b0 + _SLICE_BYTES]
+        p0 = pfn0 + b0 * 8
+        p1 = p0 + part.size * 8
+        a = int(np.searchsorted(hi, p0, side="right"))
+        b = int(np.searchsorted(lo, p1, side="left"))
+        if a >= b:
+            continue
+        rlo = np.maximum(lo[a:b], p0) - p0
+        rhi = np.minimum(hi[a:b], p1) - p0
+        first_byte, last_byte = rlo >> 3, (rhi - 1) >> 3
+        head = (0xFF << (rlo & 7)) & 0xFF
+        tail = (1 << (((rhi - 1) & 7) + 1)) - 1
+        head = np.where(first_byte == last_byte, head & tail, head)
+        ok = (part[first_byte] & head) == head
+        ok &= (first_byte == last_byte) | ((part[last_byte] & tail) == tail)
+        not_full = np.concatenate(([0], np.cumsum(part != 0xFF, dtype=np.int64)))
+        ok &= not_full[np.maximum(last_byte, first_byte + 1)] - not_full[first_byte + 1] == 0
+        if not ok.all():
+            k = int(np.argmin(ok))
+            start, stop, byte = int(rlo[k]), int(rhi[k]), int(first_byte[k])
+            bits = np.unpackbits(part[byte : int(last_byte[k]) + 1], bitorder="little")
+            return p0 + start + int(np.argmin(bits[start - byte * 8 : stop - byte * 8]))
+    return None
+
+
+def mem_map_page_ranges(
+    iter_runs: Callable[[int, int], Iterable[tuple[int, int, int]]],
+    runs: Iterable[tuple[int, int, int]], struct_size: int, page_size: int,
+) -> list[tuple[int, int]]:
+    """pfn ranges of every page holding struct pages, merged.
+
+    ``runs`` are (start_pfn, end_pfn, mem_map_vaddr); ``iter_runs(vstart, vend)``
+    yields the mapped (vaddr, paddr, size) runs of a kernel virtual range (pages
+    not provable from the dump are skipped). vmemmap is mapped by 2 MiB pages,
+    so a few walks cover terabytes.
+    """
+    spans = _merge([(vaddr, vaddr + (end - start) * struct_size)
+                    for start, end, vaddr in runs if end > start])
+    out: list[tuple[int, int]] = []
+    for vstart, vend in spans:
+        for _vaddr, paddr, size in iter_runs(vstart, vend):
+            out.append((paddr // page_size, -(-(paddr + size) // page_size)))
+    return _merge(out)

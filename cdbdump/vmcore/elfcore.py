@@ -7,7 +7,8 @@ never read here (see memory.physical).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import itertools
+from dataclasses import dataclass, replace
 
 from cdbdump.errors import CorruptDumpError, UnsupportedError
 from cdbdump.fileio import MappedFile
@@ -26,6 +27,7 @@ from cdbdump.formats.elf import (
     VMCOREINFO_NOTE_NAME,
     LoadSegment,
 )
+from cdbdump.memory.physical import first_owner
 from cdbdump.vmcore.notes import Note, iter_notes
 from cdbdump.vmcore.vmcoreinfo import VmcoreInfo
 
@@ -54,6 +56,8 @@ class ElfCore:
     vmcoreinfo: VmcoreInfo | None
     vmcoreinfo_note: Note | None
     problems: tuple[str, ...]  # degradations found while parsing (e.g. truncated file)
+    note_paddrs: tuple[tuple[int, int, int], ...] = ()  # PT_NOTEs: (offset in notes_raw,
+    #                                                     size, p_paddr)
 
     @property
     def nr_cpus(self) -> int:
@@ -77,6 +81,7 @@ class ElfCore:
         problems: list[str] = []
         loads: list[LoadSegment] = []
         note_chunks: list[bytes] = []
+        note_paddrs: list[tuple[int, int, int]] = []  # (offset in notes_raw, size, p_paddr)
         for index, (p_type, p_flags, p_offset, p_vaddr, p_paddr, p_filesz, p_memsz, p_align) in (
             enumerate(phdrs)
         ):
@@ -89,6 +94,7 @@ class ElfCore:
                         file_offset=phdr_offset,
                         field="program header",
                     )
+                note_paddrs.append((sum(map(len, note_chunks)), p_filesz, p_paddr))
                 note_chunks.append(bytes(file.view(p_offset, p_filesz, "PT_NOTE")))
             elif p_type == PT_LOAD:
                 if p_paddr == NO_PADDR:
@@ -106,20 +112,23 @@ class ElfCore:
                         file_offset=phdr_offset,
                         field="program header",
                     )
+                missing = 0
                 if p_offset + p_filesz > file.size:
                     kept = max(0, file.size - p_offset)
+                    missing = p_filesz - kept
                     problems.append(
                         f"PT_LOAD {index} (paddr {p_paddr:#x}) extends past end of file "
-                        f"{file.size:#x}: {p_filesz - kept:#x} bytes missing are treated as "
-                        "not in the dump"
+                        f"{file.size:#x}: {missing:#x} bytes are missing; their pages are "
+                        "lost, not dumped"
                     )
                     p_filesz = kept
                 if p_filesz == 0:
                     p_offset = 0  # nothing is read through it; keep it a sane number
                 loads.append(
                     LoadSegment(index, p_offset, p_vaddr, p_paddr, p_filesz, p_memsz, p_flags,
-                                p_align)
+                                p_align, missing)
                 )
+        loads = _unaliased(loads, problems)
         notes_raw = b"".join(note_chunks)
         notes = tuple(iter_notes(notes_raw))
         note = next((n for n in notes if n.name == VMCOREINFO_NOTE_NAME), None)
@@ -133,7 +142,22 @@ class ElfCore:
             vmcoreinfo=VmcoreInfo.parse(note.desc(notes_raw)) if note is not None else None,
             vmcoreinfo_note=note,
             problems=tuple(problems),
+            note_paddrs=tuple(note_paddrs),
         )
+
+    @property
+    def vmcoreinfo_note_paddr(self) -> tuple[int, int] | None:
+        """(paddr, size) of the whole VMCOREINFO note in the crashed kernel's memory,
+        when its PT_NOTE says where (p_paddr; kexec-tools' elfcorehdr does, the
+        merged PT_NOTE of /proc/vmcore has 0 there, fs/proc/vmcore.c)."""
+        note = self.vmcoreinfo_note
+        if note is None:
+            return None
+        for start, size, p_paddr in self.note_paddrs:
+            if p_paddr and start <= note.note_offset < start + size:
+                end = note.desc_offset + note.desc_size
+                return p_paddr + note.note_offset - start, end - note.note_offset
+        return None
 
     @property
     def vmcoreinfo_desc_offset(self) -> int | None:
@@ -142,6 +166,40 @@ class ElfCore:
 
 
 PhdrTuple = tuple[int, int, int, int, int, int, int, int]
+
+
+def _unaliased(loads: list[LoadSegment], problems: list[str]) -> list[LoadSegment]:
+    """Each file byte backs one PT_LOAD: a segment's file data ends where it reaches
+    bytes an earlier segment in program-header order holds; the rest of its p_filesz
+    is ``missing`` (lost where no other segment stores that memory).
+
+    The kernel (fs/proc/vmcore.c) and QEMU store every segment's data once, so
+    this only cuts lying headers; it bounds any output by the input's size.
+    """
+    spans = sorted((s.file_offset, s.file_offset + s.filesz, s.index, 0)
+                   for s in loads if s.filesz)
+    if all(b[0] >= a[1] for a, b in itertools.pairwise(spans)):
+        return loads  # disjoint file ranges: the usual case
+    own_end = {s.index: s.file_offset for s in loads}  # owned from p_offset up to here
+    cut: set[int] = set()
+    for start, end, index, _ in first_owner(spans):  # in file order
+        if index in cut:
+            continue
+        if start == own_end[index]:
+            own_end[index] = end
+        else:
+            cut.add(index)
+    out: list[LoadSegment] = []
+    for seg in loads:
+        keep = own_end[seg.index] - seg.file_offset
+        if keep < seg.filesz:
+            problems.append(
+                f"PT_LOAD {seg.index} (paddr {seg.paddr:#x}) reuses file bytes of an earlier "
+                f"PT_LOAD at {seg.file_offset + keep:#x}: {seg.filesz - keep:#x} bytes are "
+                "missing; their pages are lost, not dumped")
+            seg = replace(seg, filesz=keep, missing=seg.missing + seg.filesz - keep)
+        out.append(seg)
+    return out
 
 
 def _read_headers(file: MappedFile) -> tuple[int, int, list[PhdrTuple]]:

@@ -31,7 +31,7 @@ import numpy as np
 import numpy.typing as npt
 
 from cdbdump.bitmap import Bitmap
-from cdbdump.errors import OutputError, OutputNoSpaceError
+from cdbdump.errors import InputReadError, OutputError, OutputNoSpaceError
 from cdbdump.formats.elf import (
     ELF64_EHDR,
     ELF64_PHDR,
@@ -41,7 +41,7 @@ from cdbdump.formats.elf import (
     PT_NOTE,
     LoadSegment,
 )
-from cdbdump.memory.physical import PhysicalMemory, fill, view_run
+from cdbdump.memory.physical import ExtentKind, PhysicalMemory, fill, view_run
 from cdbdump.writers.sink import Sink
 
 __all__ = (
@@ -102,6 +102,9 @@ class ElfWriteResult:
     bytes_written: int = 0  # file size reached
     no_space: OutputNoSpaceError | None = None
     nr_pages_lost: int = 0
+    # input pages that could not be read (pfn, file offset, why): written as zeros here;
+    # the caller excludes them and writes again (deliver)
+    unreadable: list[tuple[int, int, str]] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
 
 
@@ -151,9 +154,16 @@ def _zero_pages(
         pfns.size, dtype=np.bool_)
     read = pfns if in_hole is None else pfns[~in_hole]
     if read.size:
-        data = _read_pages(memory, read, buf)
+        unreadable: npt.NDArray[np.bool_] | None = None
+        try:
+            data = _read_pages(memory, read, buf)
+        except InputReadError:  # error path: such a page is not zero; write_elf lists it
+            unreadable = np.zeros(read.size, dtype=np.bool_)
+            data = _read_pages(memory, read, buf, unreadable)
         words = np.frombuffer(data, dtype=np.uint64).reshape(read.size, ps // 8)
         read_zero = np.logical_not(words.any(axis=1))
+        if unreadable is not None:
+            read_zero &= ~unreadable
         if in_hole is None:
             zero = read_zero
         else:
@@ -163,15 +173,22 @@ def _zero_pages(
 
 
 def _read_pages(
-    memory: PhysicalMemory, pfns: npt.NDArray[np.int64], buf: npt.NDArray[np.uint8]
+    memory: PhysicalMemory,
+    pfns: npt.NDArray[np.int64],
+    buf: npt.NDArray[np.uint8],
+    unreadable: npt.NDArray[np.bool_] | None = None,
 ) -> memoryview | npt.NDArray[np.uint8]:
-    """The pages of ``pfns`` (ascending) as contiguous bytes; missing bytes read as 0."""
+    """The pages of ``pfns`` (ascending) as contiguous bytes; missing bytes read as 0.
+
+    With ``unreadable`` (one flag per pfn) pages the input cannot deliver are
+    zeroed and flagged instead of raising InputReadError.
+    """
     ps = memory.page_size
     shift = ps.bit_length() - 1
     n = int(pfns.size)
     first = int(pfns[0])
     span = int(pfns[-1]) - first + 1
-    view = view_run(memory, first << shift, span * ps)
+    view = view_run(memory, first << shift, span * ps) if unreadable is None else None
     if view is not None:
         if span == n:
             return view
@@ -183,7 +200,14 @@ def _read_pages(
     starts = np.concatenate(([0], breaks)).tolist()
     ends = np.concatenate((breaks, [n])).tolist()
     for lo, hi in zip(starts, ends, strict=True):
-        fill(memory, int(pfns[lo]) << shift, buf[lo * ps : hi * ps])
+        base = int(pfns[lo])
+        missing = fill(memory, base << shift, buf[lo * ps : hi * ps],
+                       salvage=unreadable is not None)
+        if unreadable is not None:
+            for ext in missing:
+                if ext.kind is ExtentKind.ABSENT:  # dumpable pages are stored: read errors
+                    unreadable[lo + (ext.paddr >> shift) - base :
+                               lo + ((ext.end - 1) >> shift) - base + 1] = True
     return buf[: n * ps]
 
 
@@ -284,13 +308,20 @@ def _dumpable_chunks(
     # and file-backed (exclude_nodata_pages)
     extra_lo = seg.paddr >> shift
     extra_hi = min((seg.paddr + seg.memsz) >> shift, (seg.paddr + seg.filesz + ps - 1) >> shift)
+    own_hi = (seg.paddr + seg.filesz + ps - 1) >> shift  # pages with bytes of its own data
     buf = np.empty(_ZERO_WINDOW * ps, dtype=np.uint8)
     for c0 in range(0, n, _PLAN_PFNS):
         lo = pfn_first + c0
         hi = pfn_first + min(n, c0 + _PLAN_PFNS)
         parts: list[npt.NDArray[np.bool_]] = []
         if lo < limit:
-            parts.append(bitmap2.get_bools(lo, min(hi, limit)))
+            bools = bitmap2.get_bools(lo, min(hi, limit))
+            if own_hi < min(hi, limit):
+                # a page only this segment's p_memsz covers: another segment may store
+                # it, and writes it (each segment writes its own file data at most)
+                bools = bools.copy()
+                bools[max(0, own_hi - lo) :] = False
+            parts.append(bools)
         if hi > limit:
             elo = max(lo, limit)
             pfns = np.arange(elo, hi, dtype=np.int64)
@@ -373,9 +404,12 @@ def write_elf(
             while done < s.filesz:
                 size = min(_COPY_BYTES, s.filesz - done)
                 paddr = s.paddr + done
-                data = view_run(memory, paddr, size)
-                if data is None:
-                    data = memoryview(memory.read(paddr, size))
+                try:
+                    data = view_run(memory, paddr, size)
+                    if data is None:
+                        data = memoryview(memory.read(paddr, size))
+                except InputReadError:
+                    data = memoryview(_salvage(memory, paddr, size, result.unreadable))
                 try:
                     sink.pwrite(data, s.file_offset + done)
                 except OutputNoSpaceError as exc:
@@ -392,6 +426,25 @@ def write_elf(
     result.bytes_written = sink.size
     result.timings["write"] = time.perf_counter() - t0
     return result
+
+
+def _salvage(
+    memory: PhysicalMemory, paddr: int, size: int, unreadable: list[tuple[int, int, str]]
+) -> bytes:
+    """Error path of write_elf: [paddr, paddr+size) page by page, zeros where the
+    input cannot be read (each such page appended to ``unreadable``)."""
+    ps = memory.page_size
+    out = bytearray(size)
+    cur = paddr
+    while cur < paddr + size:
+        stop = min(paddr + size, (cur // ps + 1) * ps)
+        try:
+            out[cur - paddr : stop - paddr] = memory.read(cur, stop - cur)
+        except InputReadError as exc:
+            if not unreadable or unreadable[-1][0] != cur // ps:
+                unreadable.append((cur // ps, exc.file_offset, exc.detail))
+        cur = stop
+    return bytes(out)
 
 
 def mark_elf_incomplete(sink: Sink, input_ehdr: bytes) -> None:

@@ -81,6 +81,7 @@ def single_run(options: tuple[str, ...], vmcore: Path, out: Path,
                                           str(out)])
     if result.exit_code != 0:
         assert "Traceback" not in result.output
+        out.unlink(missing_ok=True)  # an incomplete dump is kept, flagged; not compared
         return None
     data = out.read_bytes()
     out.unlink()
@@ -136,8 +137,10 @@ def mixed_dir(tiny_vmcore: MakeVmcore, tmp_path_factory: pytest.TempPathFactory)
             continue  # one input with the file of the set's lowest pfns
         expected[path] = single_run(options, path, scratch / "out.kdump",
                                     parts.get(path, ()))
-    assert sum(v is not None for v in expected.values()) >= 8
-    assert sum(v is None for v in expected.values()) >= 3
+    # host-g's page data is cut short: its lost pages make the dump incomplete, an error
+    assert expected[root / "host-g" / "vmcore"] is None
+    assert sum(v is not None for v in expected.values()) >= 7
+    assert sum(v is None for v in expected.values()) >= 4
     assert expected[split[0]] is not None and expected[incomplete[0]] is None
     return MixedDir(root, options, expected, parts, missing)
 

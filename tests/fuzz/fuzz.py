@@ -1,6 +1,13 @@
 """Fuzz cdbdump with mutated vmcores (``make fuzz``; a short form runs in ``make test``).
 
-    python -m tests.fuzz.fuzz [--inputs N] [--seed S] [--real VMCORE] [--workdir DIR]
+    python -m tests.fuzz.fuzz [--inputs N] [--start K] [--plan] [--seed S] [--real VMCORE]
+                              [--workdir DIR]
+
+Inputs are drawn from one random sequence per seed, so ``--start K`` runs inputs
+K..N-1 of exactly the sequence a full run draws (the first K are drawn, not run),
+and ``--plan`` prints the categories of that range without running it. The
+sequence also depends on the pristine runs (which pages they exclude), so resume
+with the same cdbdump behaviour on the pristine bases.
 
 Bases: a synthetic 6.1 machine with the RFC kernel bitmap (tests/builders), and
 optionally a real vmcore (only in-place mutations, undone after each run, so
@@ -15,7 +22,9 @@ the 1 GiB file is never copied). Every input runs twice, ``-q -d 31`` and
 * unreadable — exit 0 but the dump does not open or is flagged incomplete;
 * wrong kept set — for mutations that change only the data of pages the
   pristine run excluded (no struct page, page table, kernel image or bitmap
-  is touched), exit 0 and the 2nd bitmap equal to the pristine run's.
+  is touched), exit 0 and the 2nd bitmap equal to the pristine run's;
+* output over input — a dump (complete or not) larger than the input plus
+  room for headers and bitmaps.
 
 Counts per category are printed; the exit status is 1 when anything was found.
 """
@@ -48,6 +57,8 @@ from cdbdump.fileio import MappedFile  # noqa: E402
 from cdbdump.vmcore.kdumpfile import KdumpFile  # noqa: E402
 
 RSS_LIMIT_KIB = 96 * 1024
+# a dump holds no more page data than its input: headers and two bitmaps on top
+OUTPUT_SLACK = 4 << 20
 AS_LIMIT = 3 << 30  # address space: lets a runaway allocation fail instead of the machine
 TIME_LIMIT_S = 30.0
 # a real 1 GiB vmcore whose mutation defeats filtering is dumped whole, through the
@@ -123,7 +134,8 @@ def parse_elf(path: Path) -> tuple[list[Phdr], tuple[int, int], bytes]:
 
 def pfn_offset(base: Base, pfn: int) -> int | None:
     paddr = pfn * PAGE
-    for ph in sorted((p for p in base.phdrs if p.p_type == 1), key=lambda p: p.p_paddr):
+    # overlapping PT_LOADs: cdbdump reads the first in program-header order that stores it
+    for ph in (p for p in base.phdrs if p.p_type == 1):
         if ph.p_paddr <= paddr and paddr + PAGE <= ph.p_paddr + ph.p_filesz:
             return ph.p_offset + paddr - ph.p_paddr
     return None
@@ -482,6 +494,9 @@ def check(base: Base, mutation: Mutation, mode: str, res: dict[str, object], out
     if code not in (0, 1):
         stats.findings["bad exit"].append(f"{where}: exit {code}: {stderr[-300:]}")
         return
+    if out.exists() and out.stat().st_size > base.size + OUTPUT_SLACK:
+        stats.findings["output over input"].append(
+            f"{where}: {out.stat().st_size} bytes out of {base.size}")
     if code == 1:
         errors = [ln for ln in stderr.splitlines() if ln.startswith("cdbdump: error:")]
         if len(errors) != 1:
@@ -505,7 +520,7 @@ def check(base: Base, mutation: Mutation, mode: str, res: dict[str, object], out
 
 
 def fuzz(n_inputs: int, seed: int, workdir: Path, real: Path | None = None,
-         log: Callable[[str], None] = print) -> Stats:
+         log: Callable[[str], None] = print, start: int = 0, plan: bool = False) -> Stats:
     rng = random.Random(seed)
     runner = Runner(workdir)
     stats = Stats()
@@ -525,7 +540,11 @@ def fuzz(n_inputs: int, seed: int, workdir: Path, real: Path | None = None,
             mutation = mutator(rng, base)
             if not base.copyable and mutation[3] is not None:
                 mutation = m_phdr(rng, base)  # no truncation of the shared real copy
+            if i < start:  # drawn, so the sequence from `start` is a full run's
+                continue
             stats.inputs[mutation[0]] += 1
+            if plan:
+                continue
             target, undo = prepare(base, mutation, workdir / "input.elf")
             try:
                 for mode in ("q", "scan"):
@@ -535,8 +554,8 @@ def fuzz(n_inputs: int, seed: int, workdir: Path, real: Path | None = None,
             finally:
                 if undo:
                     restore(base, undo)
-            if (i + 1) % 500 == 0:
-                log(f"-- after {i + 1} inputs --\n{render(stats)}")
+            if (i + 1 - start) % 500 == 0:
+                log(f"-- after input {i + 1} ({i + 1 - start} run) --\n{render(stats)}")
     finally:
         runner.close()
         if mount is not None:
@@ -554,7 +573,7 @@ def render(stats: Stats) -> str:
     lines.append(f"peak RSS {stats.max_rss_kib / 1024:.1f} MiB, slowest run "
                  f"{stats.max_wall_s:.2f} s")
     for kind in ("traceback", "hang", "rss over 96 MiB", "bad exit", "not one error line",
-                 "unreadable", "wrong kept set"):
+                 "unreadable", "wrong kept set", "output over input"):
         found = stats.findings.get(kind, [])
         lines.append(f"{kind}: {len(found)}")
         lines.extend(f"  {item}" for item in found[:10])
@@ -564,6 +583,10 @@ def render(stats: Stats) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--inputs", type=int, default=10_000)
+    ap.add_argument("--start", type=int, default=0,
+                    help="draw the first START inputs without running them")
+    ap.add_argument("--plan", action="store_true",
+                    help="print the categories of the inputs, run none of them")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--real", type=Path, help="a real vmcore (mutated in a working copy)")
     ap.add_argument("--workdir", type=Path)
@@ -572,7 +595,8 @@ def main() -> None:
     workdir.mkdir(parents=True, exist_ok=True)
     try:
         stats = fuzz(args.inputs, args.seed, workdir, args.real,
-                     log=lambda line: print(line, flush=True))
+                     log=lambda line: print(line, flush=True), start=args.start,
+                     plan=args.plan)
     finally:
         if args.workdir is None:
             shutil.rmtree(workdir, ignore_errors=True)

@@ -51,7 +51,7 @@ def test_reads_straddle_segments_and_zero_fill(image: Path) -> None:
         assert exc.value.address == 0x12000
         assert view_run(phys, 0x20000, 0x1000) is not None
         assert view_run(phys, 0x11000, 0x1000) is None  # not wholly file-backed
-        assert list(phys.present_pfn_ranges()) == [(0x10, 0x11), (0x11, 0x12), (0x20, 0x21)]
+        assert list(phys.present_pfn_ranges()) == [(0x10, 0x12), (0x20, 0x21)]
         assert list(data_pfn_ranges(phys, first_byte=False)) == [(0x10, 0x12), (0x20, 0x21)]
         assert all_data(phys, 0x10000, 0x1800)
         assert not all_data(phys, 0x10000, 0x1801)
@@ -68,8 +68,7 @@ def test_extents_tell_data_zero_tail_and_absent(image: Path) -> None:
         phys = ElfMemory(f, loads, PAGE)
         assert list(phys.extents(0xF000, 0x11800)) == [
             Extent(0xF000, 0x1000, A),
-            Extent(0x10000, 0x1000, D, 0x0),
-            Extent(0x11000, 0x800, D, 0x1000),
+            Extent(0x10000, 0x1800, D, 0x0),  # contiguous in paddr and file: one run
             Extent(0x11800, 0x800, Z),
             Extent(0x12000, 0xE000, A),
             Extent(0x20000, 0x800, D, 0x2000),
@@ -146,3 +145,82 @@ def test_dense_file_reports_no_holes(image: Path) -> None:
     with MappedFile(image) as f:
         phys = ElfMemory(f, [_seg(0, 0, 0, 0x3000, 0x3000)], PAGE)
         assert phys.known_zero_frames(np.arange(3, dtype=np.int64)) is None
+
+
+# -- overlapping PT_LOADs: makedumpfile paddr_to_offset, and the copy that has data ------
+
+
+def _marked(tmp_path: Path, size: int) -> Path:
+    # every 0x100 bytes of the file hold (file offset // 0x100) & 0xff
+    path = tmp_path / "marked"
+    path.write_bytes(bytes((i // 0x100) & 0xFF for i in range(size)))
+    return path
+
+
+def test_overlap_reads_the_first_segment_in_program_header_order(tmp_path: Path) -> None:
+    # kexec's kernel-text LOAD (first) over the direct-map LOAD, with other contents
+    path = _marked(tmp_path, 0x5000)
+    loads = [_seg(0, 0x4000, 0x1000, 0x1000, 0x1000, vaddr=0xFFFFFFFF81000000),
+             _seg(1, 0x0, 0x0, 0x3000, 0x3000)]
+    with MappedFile(path) as f:
+        phys = ElfMemory(f, loads, PAGE)
+        assert phys.read(0x1000, 0x1000) == bytes((0x4000 + i) // 0x100 for i in range(0x1000))
+        assert phys.read(0x0FFF, 2) == b"\x0f\x40"  # RAM copy, then the text copy
+        assert phys.read(0x2000, 1) == b"\x20"
+        # the RAM copy first in program-header order: it wins
+        swapped = [_seg(0, 0x0, 0x0, 0x3000, 0x3000), _seg(1, 0x4000, 0x1000, 0x1000, 0x1000)]
+        phys = ElfMemory(f, swapped, PAGE)
+        assert phys.read(0x1000, 0x10) == bytes([0x10] * 0x10)
+        assert list(phys.extents(0, 0x3000)) == [Extent(0, 0x3000, ExtentKind.DATA, 0)]
+
+
+def test_overlap_takes_the_copy_that_has_data(tmp_path: Path) -> None:
+    path = _marked(tmp_path, 0x6000)
+    D, Z = ExtentKind.DATA, ExtentKind.ZERO
+    # the first copy stores only half a page (p_filesz < p_memsz, or a file cut inside
+    # it): the rest of its range comes from the second copy, not zeros
+    loads = [_seg(0, 0x4000, 0x1000, 0x800, 0x2000), _seg(1, 0x0, 0x0, 0x2800, 0x4000)]
+    with MappedFile(path) as f:
+        phys = ElfMemory(f, loads, PAGE)
+        assert list(phys.extents(0, 0x5000)) == [
+            Extent(0x0, 0x1000, D, 0x0),
+            Extent(0x1000, 0x800, D, 0x4000),  # the first copy while it has data
+            Extent(0x1800, 0x1000, D, 0x1800),  # then the second one
+            Extent(0x2800, 0x1800, Z),  # nobody stores it: p_memsz only
+            Extent(0x4000, 0x1000, ExtentKind.ABSENT),
+        ]
+        page = np.empty(PAGE, dtype=np.uint8)
+        assert fill(phys, 0x1000, page) == []
+        assert bytes(page[0x7FF:0x801]) == b"\x47\x18"
+        assert list(data_pfn_ranges(phys, first_byte=True)) == [(0, 3)]
+        assert list(phys.present_pfn_ranges()) == [(0, 4)]
+
+
+def _reference_owner(loads: list[LoadSegment], paddr: int) -> tuple[str, int]:
+    """Byte by byte: the first segment in program-header order that stores paddr."""
+    for seg in sorted(loads, key=lambda s: s.index):
+        if seg.paddr <= paddr < seg.paddr + seg.filesz:
+            return "data", seg.file_offset + paddr - seg.paddr
+    if any(seg.paddr <= paddr < seg.paddr + seg.memsz for seg in loads):
+        return "zero", -1
+    return "absent", -1
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_resolution_matches_a_byte_by_byte_reference(tmp_path: Path, seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    path = tmp_path / "empty"
+    path.write_bytes(bytes(0x40000))
+    loads = []
+    for index in range(int(rng.integers(1, 7))):
+        paddr = int(rng.integers(0, 0x40)) * 0x100
+        memsz = int(rng.integers(0, 0x30)) * 0x100
+        filesz = min(memsz, int(rng.integers(0, 0x30)) * 0x100)
+        loads.append(_seg(index, int(rng.integers(0, 0x300)) * 0x100, paddr, filesz, memsz))
+    rng.shuffle(loads)  # callers need not pass them in any order
+    with MappedFile(path) as f:
+        phys = ElfMemory(f, loads, PAGE)
+        got = [(ext.kind.value, ext.file_offset + at - ext.paddr
+                if ext.kind is ExtentKind.DATA else -1)
+               for ext in phys.extents(0, 0x8000) for at in range(ext.paddr, ext.end, 0x100)]
+    assert got == [_reference_owner(loads, at) for at in range(0, 0x8000, 0x100)], loads
