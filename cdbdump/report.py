@@ -9,10 +9,12 @@ from typing import Any
 
 from cdbdump.mm.counts import PageCounts
 
-__all__ = ("DumpReport", "PathTaken", "ProgressCallback")
+__all__ = ("DumpReport", "PageProgress", "PathTaken", "ProgressCallback")
 
 # (step name, units done, units total); called once per window, never per page
 ProgressCallback = Callable[[str, int, int], None]
+# (pages written, pages to write): a writer's progress, once per window
+PageProgress = Callable[[int, int], None]
 
 
 class PathTaken(enum.Enum):

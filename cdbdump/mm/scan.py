@@ -11,7 +11,7 @@ numpy (mm.classify); memory use stays a few windows whatever the machine size.
 from __future__ import annotations
 
 import bisect
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -26,21 +26,18 @@ from cdbdump.mm.counts import PageCounts
 from cdbdump.mm.levels import DumpLevel
 from cdbdump.mm.memmodel import MemMap, locate_mem_map
 from cdbdump.mm.pageflags import PageDialect
+from cdbdump.report import ProgressCallback
 from cdbdump.vmcore.vmcoreinfo import VmcoreInfo
 
 __all__ = (
     "DEFAULT_WINDOW",
     "MemoryUsage",
-    "ProgressCallback",
     "ScanResult",
     "exclude_unnecessary_pages",
     "memory_usage",
     "scan_needed",
 )
 
-# (step name, struct pages done, total), once per window; the same shape as
-# cdbdump.report.ProgressCallback
-ProgressCallback = Callable[[str, int, int], None]
 PROGRESS_STEP = "Excluding unnecessary pages"  # makedumpfile's step name
 DEFAULT_WINDOW = 1 << 16  # struct pages per window: 4 MiB of 64-byte struct page
 _MAX_PROBLEM_RANGES = 8

@@ -24,7 +24,7 @@ page is read twice, as in makedumpfile (exclude_zero_pages_cyclic).
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -42,6 +42,7 @@ from cdbdump.formats.elf import (
     LoadSegment,
 )
 from cdbdump.memory.physical import ExtentKind, PhysicalMemory, fill, view_run
+from cdbdump.report import PageProgress
 from cdbdump.writers.sink import Sink
 
 __all__ = (
@@ -63,7 +64,6 @@ _PLAN_PFNS = 1 << 20  # pfns of one input segment classified at a time
 _COPY_BYTES = 2 << 20  # PT_LOAD data copied 2 MiB at a time
 _ZERO_WINDOW = 512  # pages zero-tested at a time
 
-ProgressCallback = Callable[[int, int], None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,7 +112,7 @@ class ElfWriteResult:
 
 
 def exclude_zero_pages(
-    memory: PhysicalMemory, bitmap2: Bitmap, progress: ProgressCallback | None = None
+    memory: PhysicalMemory, bitmap2: Bitmap, progress: PageProgress | None = None
 ) -> int:
     """Clear all-zero dumpable pages from ``bitmap2``; return how many.
 
@@ -374,7 +374,7 @@ def write_elf(
     notes_raw: bytes,
     plan: ElfPlan,
     memory: PhysicalMemory,
-    progress: ProgressCallback | None = None,
+    progress: PageProgress | None = None,
     *,
     reserve: bool = True,
 ) -> ElfWriteResult:

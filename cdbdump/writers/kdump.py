@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import struct
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -60,6 +60,7 @@ from cdbdump.formats.kdump import (
 )
 from cdbdump.interrupts import deferred
 from cdbdump.memory.physical import ExtentKind, PhysicalMemory, fill, view_run
+from cdbdump.report import PageProgress
 from cdbdump.writers.compress import PageCompressor
 from cdbdump.writers.sink import Sink
 
@@ -79,7 +80,6 @@ DEFAULT_WINDOW_PAGES = 512  # 2 MiB of 4 KiB pages gathered and compressed at a 
 BITMAP_WINDOW_PFNS = 1 << 20  # pfns of the 2nd bitmap unpacked at a time (1 MiB of bools)
 MAX_LISTED_LOST = 1000  # unreadable pages listed one by one in the result (all are counted)
 
-ProgressCallback = Callable[[int, int], None]
 _SUB_HEADER_ERASEINFO_OFFSET = 64  # kdump_sub_header.offset_eraseinfo, then size_eraseinfo
 _ERASEINFO_FIELDS = struct.Struct("<qQ")
 
@@ -203,7 +203,7 @@ def write_kdump(
     memory: PhysicalMemory,
     codec: Codec,
     exclude_zero: bool,
-    progress: ProgressCallback | None = None,
+    progress: PageProgress | None = None,
     *,
     window_pages: int = DEFAULT_WINDOW_PAGES,
     threads: int | None = None,
@@ -453,7 +453,7 @@ class _PageWriter:
         self.timings = dict.fromkeys(("read", "zero_test", "compress", "write"), 0.0)
         self.nr_to_write = layout.nr_dumpable
 
-    def write_all(self, bitmap2: Bitmap, progress: ProgressCallback | None) -> None:
+    def write_all(self, bitmap2: Bitmap, progress: PageProgress | None) -> None:
         result = self.result
         self.bitmap2 = bitmap2
         if self.split_range is not None:
