@@ -37,7 +37,7 @@ from cdbdump.pipeline import (
     reassemble_files,
 )
 from cdbdump.report import DumpReport, PathTaken
-from cdbdump.writers.sink import check_output, create_output
+from cdbdump.writers.sink import check_output, write_small_output
 
 __all__ = ("main",)
 
@@ -308,11 +308,7 @@ def _write_json(path: Path, report: DumpReport, force: bool, inputs: list[Path],
 
     data = (json.dumps(report.as_json(), indent=2) + "\n").encode()
     try:
-        out = create_output(path, force, inputs=inputs)
-        try:
-            out.pwrite(data, 0)
-        finally:
-            out.close()
+        write_small_output(path, data, force, inputs=inputs)
     except CdbdumpError as exc:
         ui.error(f"cannot write the JSON report: {exc}")
         sys.exit(EXIT_FAILED)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
+from typing import NoReturn
 
 import click
 
@@ -16,6 +17,7 @@ from cdbdump.dumpfile import open_dump
 from cdbdump.errors import CdbdumpError
 from cdbdump.memory.kdump import KdumpMemory
 from cdbdump.verify import verify
+from cdbdump.writers.sink import check_output, write_small_output
 
 __all__ = ("SUBCOMMANDS",)
 
@@ -27,19 +29,37 @@ _PATH = click.Path(path_type=Path, dir_okay=False)
 @click.argument("split_parts", nargs=-1, type=_PATH)
 @click.option("--source", type=_PATH, help="The vmcore the dump was made from: every dumpable "
               "page must be byte-equal to it.")
-@click.option("--report-json", type=_PATH, help="Also write the result as JSON to this file.")
+@click.option("--source-part", "source_parts", type=_PATH, multiple=True,
+              help="The other files of a split set given as --source (repeatable).")
+@click.option("--report-json", type=_PATH, help="Also write the result as JSON to this file "
+              "(created 0600, never through a symlink; an existing one needs -f).")
+@click.option("-f", "--force", is_flag=True, help="Overwrite an existing --report-json file.")
 def verify_command(dumpfile: Path, split_parts: tuple[Path, ...], source: Path | None,
-                   report_json: Path | None) -> None:
+                   source_parts: tuple[Path, ...], report_json: Path | None,
+                   force: bool) -> None:
     """Check a kdump-compressed DUMPFILE (and the rest of its split set); exit 0 if sound."""
-    result = verify(dumpfile, *split_parts, source=source)
+    if source_parts and source is None:
+        _fail("--source-part needs --source")
+    inputs = [dumpfile, *split_parts, *([source] if source else []), *source_parts]
+    try:
+        if report_json is not None:  # refused before the pages are read
+            check_output(report_json, force, inputs=inputs)
+    except CdbdumpError as exc:
+        _fail(str(exc))
+    result = verify(dumpfile, *split_parts, source=source, source_parts=source_parts)
     click.echo(f"cdbdump verify: {result.verdict()}")
     if report_json is not None:
+        data = (json.dumps(result.as_json(), indent=2) + "\n").encode()
         try:
-            report_json.write_text(json.dumps(result.as_json(), indent=2) + "\n")
-        except OSError as exc:
-            click.echo(f"cdbdump: error: {report_json}: cannot write: {exc.strerror}", err=True)
-            sys.exit(1)
+            write_small_output(report_json, data, force, inputs=inputs)
+        except CdbdumpError as exc:
+            _fail(f"cannot write the JSON report: {exc}")
     sys.exit(0 if result.ok else 1)
+
+
+def _fail(message: str) -> NoReturn:
+    click.echo(f"cdbdump: error: {message}", err=True)
+    sys.exit(1)
 
 
 @click.command("info", context_settings={"help_option_names": ["-h", "--help"]})

@@ -67,7 +67,8 @@ class VerifyResult:
         return out
 
 
-def verify(dumpfile: Path, *split_parts: Path, source: Path | None = None) -> VerifyResult:
+def verify(dumpfile: Path, *split_parts: Path, source: Path | None = None,
+           source_parts: tuple[Path, ...] = ()) -> VerifyResult:
     """Check a dump; problems are collected, never raised (the first is the verdict)."""
     result = VerifyResult(str(dumpfile), str(source) if source is not None else None)
     try:
@@ -82,7 +83,7 @@ def verify(dumpfile: Path, *split_parts: Path, source: Path | None = None) -> Ve
         src = None
         if source is not None:
             try:
-                src = open_dump(source)
+                src = open_dump(source, *source_parts)
             except CdbdumpError as exc:
                 result.problem(f"source {source}: {exc}")
                 return result

@@ -74,10 +74,12 @@ def _require(hook: Hook) -> tuple[Callable[..., Any], ...]:
     return functions
 
 
-def run_verify(dumpfile: Path, source: Path | None) -> None:
-    """Raise CdbdumpError unless ``dumpfile`` verifies (against ``source``, if given)."""
+def run_verify(dumpfile: Path, source: Path | None,
+               source_parts: tuple[Path, ...] = ()) -> None:
+    """Raise CdbdumpError unless ``dumpfile`` verifies (against ``source`` and the
+    rest of its split set, if given)."""
     (verify,) = _require(VERIFY)
-    result = verify(dumpfile, source=source)
+    result = verify(dumpfile, source=source, source_parts=source_parts)
     if not result.ok:
         raise CorruptDumpError(f"cdbdump verify: {result.verdict()}")
 

@@ -22,7 +22,9 @@ from typing import Any, Protocol, TypeAlias, runtime_checkable
 
 from cdbdump.errors import OutputError, OutputNoSpaceError
 
-__all__ = ("OutputFile", "Sink", "check_output", "create_output", "is_same_file")
+__all__ = (
+    "OutputFile", "Sink", "check_output", "create_output", "is_same_file", "write_small_output",
+)
 
 BufferLike: TypeAlias = Any  # bytes, memoryview, numpy array: anything with the buffer protocol
 
@@ -246,3 +248,18 @@ def create_output(
     except OSError as exc:
         raise OutputError(f"cannot create: {exc.strerror}", path=path) from exc
     return OutputFile(path, fd, limit=limit)
+
+
+def write_small_output(
+    path: str | os.PathLike[str],
+    data: bytes,
+    force: bool = False,
+    *,
+    inputs: Iterable[str | os.PathLike[str]] = (),
+) -> None:
+    """A small file (a JSON report) created under the dump's rules (create_output)."""
+    out = create_output(path, force, inputs=inputs)
+    try:
+        out.pwrite(data, 0)
+    finally:
+        out.close()

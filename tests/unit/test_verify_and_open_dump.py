@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from pathlib import Path
 
@@ -141,3 +142,55 @@ def test_eraseinfo_carries_over(dumped: tuple[SyntheticKernel, Path, Path],
     # the rest of the file is the input's own bytes
     assert again.read_bytes()[:at] == out.read_bytes()[:at]
     assert again.read_bytes()[at + 16 : len(data)] == out.read_bytes()[at + 16 :]
+
+
+def test_verify_against_a_split_set_source(tiny_vmcore: MakeVmcore, tmp_path: Path) -> None:
+    """A dump refiltered from a split set (batch's path) verified against the set."""
+    sets = {}
+    for seed in (11, 12):
+        _kernel, vmcore = tiny_vmcore("6.6", seed=seed)
+        parts = tuple(tmp_path / f"m{seed}-part{i}" for i in range(3))
+        dump(DumpOptions(vmcore=vmcore, dumpfile=None, split_files=parts,
+                         dump_level=DumpLevel(1), codec=Codec.ZLIB, splitblock_bytes=64 * 4096))
+        sets[seed] = parts
+    parts = sets[11]
+    out = tmp_path / "refiltered.kdump"
+    dump(DumpOptions(vmcore=parts[0], split_parts=parts[1:], dumpfile=out,
+                     dump_level=DumpLevel(31), codec=Codec.ZLIB))
+    good = verify(out, source=parts[0], source_parts=parts[1:])
+    assert good.ok and good.nr_checked == good.nr_dumpable > 0, good.problems
+    # the set of another machine: pages differ
+    wrong = verify(out, source=sets[12][0], source_parts=sets[12][1:])
+    assert not wrong.ok and "differs from the source" in wrong.verdict()
+    # a set with a file missing is no source
+    missing = verify(out, source=parts[0], source_parts=(parts[2],))
+    assert not missing.ok and missing.verdict().startswith("FAILED:")
+
+
+def test_verify_report_json_follows_the_dump_rules(dumped: tuple[SyntheticKernel, Path, Path],
+                                                   tmp_path: Path,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    _kernel, vmcore, out = dumped
+    report = tmp_path / "verify.json"
+    target = tmp_path / "precious"
+    target.write_text("keep me")
+    link = tmp_path / "link.json"
+    link.symlink_to(target)
+    for args, code in (
+        ([], 0),  # created
+        ([], 1),  # exists, no -f
+        (["-f"], 0),  # replaced
+    ):
+        with pytest.raises(SystemExit) as done:
+            main(["verify", str(out), "--source", str(vmcore), "--report-json", str(report),
+                  *args])
+        assert done.value.code == code
+    assert report.stat().st_mode & 0o777 == 0o600
+    assert json.loads(report.read_text())["ok"] is True
+    for bad in (link, vmcore):
+        with pytest.raises(SystemExit) as refused:
+            main(["verify", str(out), "--source", str(vmcore), "--report-json", str(bad), "-f"])
+        assert refused.value.code == 1
+    assert target.read_text() == "keep me"
+    err = capsys.readouterr().err
+    assert err.count("cdbdump: error: ") >= 3 and "Traceback" not in err
