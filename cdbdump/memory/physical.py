@@ -185,15 +185,21 @@ def data_pfn_ranges(mem: PhysicalMemory, *, first_byte: bool) -> Iterator[tuple[
     does (makedumpfile exclude_nodata_pages keeps such frames).
     """
     ps = mem.page_size
+    yield from _merged_ranges(
+        (-(-ext.paddr // ps) if first_byte else ext.paddr // ps, -(-ext.end // ps))
+        for ext in mem.extents(0, mem.end_paddr)
+        if ext.kind is ExtentKind.DATA
+    )
+
+
+def _merged_ranges(ranges: Iterable[tuple[int, int]]) -> Iterator[tuple[int, int]]:
+    """[lo, hi) ranges in ascending order of lo with touching ones merged and
+    empty ones dropped."""
     cur: tuple[int, int] | None = None
-    for ext in mem.extents(0, mem.end_paddr):
-        if ext.kind is not ExtentKind.DATA:
-            continue
-        lo = -(-ext.paddr // ps) if first_byte else ext.paddr // ps
-        hi = -(-ext.end // ps)
+    for lo, hi in ranges:
         if lo >= hi:
             continue
-        if cur is not None and cur[1] >= lo:
+        if cur is not None and lo <= cur[1]:
             cur = (cur[0], max(cur[1], hi))
             continue
         if cur is not None:
@@ -269,17 +275,7 @@ class ElfMemory:
         dumps it with the missing tail zero-filled).
         """
         ps = self.page_size
-        cur: tuple[int, int] | None = None
-        for run in self._runs:
-            lo, hi = run.paddr // ps, -(-run.end // ps)
-            if cur is not None and lo <= cur[1]:
-                cur = (cur[0], max(cur[1], hi))
-                continue
-            if cur is not None:
-                yield cur
-            cur = (lo, hi)
-        if cur is not None:
-            yield cur
+        yield from _merged_ranges((run.paddr // ps, -(-run.end // ps)) for run in self._runs)
 
     def known_zero_frames(self, pfns: npt.NDArray[np.int64]) -> npt.NDArray[np.bool_] | None:
         """Frames whose bytes all lie in holes of a sparse input file.
