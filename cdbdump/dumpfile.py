@@ -15,11 +15,11 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
 
 import numpy as np
 
 from cdbdump.bitmap import Bitmap
+from cdbdump.closing import Closing
 from cdbdump.codecs import Codec
 from cdbdump.errors import NotInDumpError, NotPresentError, UnknownFormatError
 from cdbdump.fileio import FileView, MappedFile
@@ -55,7 +55,7 @@ class DumpFacts:
     phys_base: int | None = None
 
 
-class Dump:
+class Dump(Closing):
     """An opened dump. Build it with :func:`open_dump`; close it (or use ``with``)."""
 
     def __init__(self, files: list[FileView], memory: PhysicalMemory, facts: DumpFacts,
@@ -106,17 +106,6 @@ class Dump:
     def close(self) -> None:
         for f in self._files:
             f.close()
-
-    def __enter__(self) -> Dump:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
 
 def open_dump(path: StrPath, *split_parts: StrPath) -> Dump:

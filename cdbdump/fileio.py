@@ -13,12 +13,12 @@ import errno
 import os
 import stat
 from array import array
-from types import TracebackType
 from typing import Protocol
 
 import numpy as np
 import numpy.typing as npt
 
+from cdbdump.closing import Closing
 from cdbdump.errors import InputError, InputReadError, TruncatedDumpError
 
 __all__ = ("FileView", "MappedFile")
@@ -42,7 +42,7 @@ class FileView(Protocol):
 _MAX_PREAD = 1 << 30  # Linux transfers at most 0x7ffff000 bytes per call
 
 
-class MappedFile:
+class MappedFile(Closing):
     """A read-only file read by offset (the name is historical: nothing is mapped).
 
     Regular files and character devices with a size (/proc/vmcore is a regular
@@ -202,13 +202,3 @@ class MappedFile:
             os.close(self._fd)
             self._fd = -1
 
-    def __enter__(self) -> MappedFile:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()

@@ -15,10 +15,10 @@ import bisect
 import os
 import sys
 from pathlib import Path
-from types import TracebackType
 
 import numpy as np
 
+from cdbdump.closing import Closing
 from cdbdump.errors import CorruptDumpError, TruncatedDumpError
 from cdbdump.fileio import MappedFile
 from cdbdump.formats.flattened import (
@@ -35,7 +35,7 @@ __all__ = ("FlattenedFile", "spool_stdin")
 _HDR = MAKEDUMPFILE_DATA_HEADER.size
 
 
-class FlattenedFile:
+class FlattenedFile(Closing):
     """The rearranged file a flattened stream describes, read through an index."""
 
     def __init__(self, stream: MappedFile) -> None:
@@ -78,17 +78,6 @@ class FlattenedFile:
 
     def close(self) -> None:
         self.stream.close()
-
-    def __enter__(self) -> FlattenedFile:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
 
 def _index(stream: MappedFile) -> tuple[list[int], list[int], list[int]]:

@@ -12,11 +12,11 @@ import os
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from types import TracebackType
 
 import numpy as np
 import numpy.typing as npt
 
+from cdbdump.closing import Closing
 from cdbdump.codecs import BufferLike, Codec, PageFunction, zstd_compressor
 
 __all__ = ("CompressedPages", "PageCompressor", "default_threads")
@@ -53,7 +53,7 @@ class CompressedPages:
         return int(self.sizes.size)
 
 
-class PageCompressor:
+class PageCompressor(Closing):
     """Compresses batches of pages with one codec, using up to ``threads`` threads.
 
     zstd batches go through python-zstandard's ``multi_compress_to_buffer``
@@ -190,17 +190,6 @@ class PageCompressor:
         if self._pool is not None:
             self._pool.shutdown(wait=True)
             self._pool = None
-
-    def __enter__(self) -> PageCompressor:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
 
 def _flat_bytes(data: BufferLike) -> memoryview:

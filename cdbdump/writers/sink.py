@@ -17,9 +17,9 @@ import os
 import stat
 from collections.abc import Iterable
 from pathlib import Path
-from types import TracebackType
 from typing import Any, Protocol, TypeAlias, runtime_checkable
 
+from cdbdump.closing import Closing
 from cdbdump.errors import OutputError, OutputNoSpaceError
 
 __all__ = (
@@ -51,7 +51,7 @@ class Sink(Protocol):
         ...
 
 
-class OutputFile:
+class OutputFile(Closing):
     """A dump file opened for writing; implements :class:`Sink`.
 
     ``limit`` emulates makedumpfile -L: no byte at or past it is written and a
@@ -140,17 +140,6 @@ class OutputFile:
                 pass
             except OSError as exc:
                 raise OutputError(f"cannot remove: {exc.strerror}", path=self.path) from exc
-
-    def __enter__(self) -> OutputFile:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
 
 def is_same_file(a: str | os.PathLike[str], b: str | os.PathLike[str]) -> bool:
