@@ -188,7 +188,10 @@ def _read_pages(
     n = int(pfns.size)
     first = int(pfns[0])
     span = int(pfns[-1]) - first + 1
-    view = view_run(memory, first << shift, span * ps) if unreadable is None else None
+    # one read of the whole span only when it fits the buffer: sparse pfns would read
+    # (and hold) every page between them
+    view = (view_run(memory, first << shift, span * ps)
+            if unreadable is None and span * ps <= buf.size else None)
     if view is not None:
         if span == n:
             return view
