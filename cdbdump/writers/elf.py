@@ -140,6 +140,7 @@ def exclude_zero_pages(
             keep = bitmap2.get_bools(first, first + span).copy()
             keep[cleared - first] = False
             bitmap2.put_bools(first, keep)
+            bitmap2.release()  # a mapped bitmap: the window leaves the process
             nr_zero += int(cleared.size)
         if progress is not None:
             progress(done, total)
@@ -324,11 +325,11 @@ def _dumpable_chunks(
         hi = pfn_first + min(n, c0 + window_pfns)
         parts: list[npt.NDArray[np.bool_]] = []
         if lo < limit:
-            bools = bitmap2.get_bools(lo, min(hi, limit))
+            bools = bitmap2.get_bools(lo, min(hi, limit)).copy()  # a copy: then released
+            bitmap2.release()
             if own_hi < min(hi, limit):
                 # a page only this segment's p_memsz covers: another segment may store
                 # it, and writes it (each segment writes its own file data at most)
-                bools = bools.copy()
                 bools[max(0, own_hi - lo) :] = False
             parts.append(bools)
         if hi > limit:
