@@ -163,6 +163,7 @@ def main() -> None:
     parser.add_argument("--sizes", default="64,256,1024", help="GiB of RAM")
     parser.add_argument("--mdf-timeout", type=float, default=600)
     parser.add_argument("--keep", action="store_true", help="keep the machines")
+    parser.add_argument("--no-makedumpfile", action="store_true", help="ours only")
     parser.add_argument("--work", type=Path, default=REPO / ".cache" / "bench" / "memory")
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
@@ -185,7 +186,7 @@ def main() -> None:
                   flush=True)
             if out != kdump:
                 out.unlink(missing_ok=True)
-        if shutil.which("makedumpfile"):
+        if shutil.which("makedumpfile") and not args.no_makedumpfile:
             theirs = args.work / "mdf.kdump"
             theirs.unlink(missing_ok=True)
             rc, wall, rss, anon = timed(["makedumpfile", "-l", "-d", "31", "--message-level",
