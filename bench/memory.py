@@ -203,7 +203,8 @@ def main() -> None:
         kdump.unlink(missing_ok=True)
         if not args.keep:
             vmcore.unlink()
-    print("== projection to 16 TiB of RAM (linear from the two largest machines) ==")
+    print("== projection to 16 TiB of RAM: linear from the two largest machines, an upper "
+          "bound (a window's peak grows until its windows are dense, then stays) ==")
     for line in project(rows):
         print(line)
     (args.work.parent / "memory.json").write_text(json.dumps(rows, indent=1) + "\n")
