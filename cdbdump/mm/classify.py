@@ -23,16 +23,20 @@ from cdbdump.mm.counts import PageCounts
 from cdbdump.mm.levels import DumpLevel
 from cdbdump.mm.pageflags import HugetlbTest, OrderSource, PageDialect, flag_test_mask
 
-__all__ = ("DECISION_TABLE", "ChunkClassifier", "PageClass", "Row", "WindowResult")
+__all__ = ("DECISION_TABLE", "ChunkClassifier", "Columns", "Decision", "PageClass", "Row",
+           "WindowResult")
 
 Bools = npt.NDArray[np.bool_]
 I64 = npt.NDArray[np.int64]
+U32 = npt.NDArray[np.uint32]
 
 # makedumpfile reads struct pages PGMM_CACHED at a time into a buffer indexed
 # by pfn % PGMM_CACHED and never reads the first tail of a head in the last
 # slot: "The last pfn of the mem_map cache must not be compound head page".
 PGMM_CACHED = 512
 _MAX_SHIFT = 62  # 1 << 62 pages is "to the end of memory" after clipping
+# struct pages per block of the column pass: 512 KiB of 64-byte struct pages, in L2
+_COLUMN_BLOCK = 8192
 
 
 class PageClass(enum.IntEnum):
@@ -92,6 +96,37 @@ class WindowResult:
 
 
 @dataclass(slots=True)
+class Decision:
+    """What the rows decided for one window, before the skip-ahead (ChunkClassifier.decide).
+
+    Holds no reference to the window's struct page bytes, so their buffer can be
+    reused as soon as it is made.
+    """
+
+    code: npt.NDArray[np.int8]  # PageClass of each pfn (KEEP where no row matched)
+    exponent: I64  # the decision covers 2^exponent pages
+    is_private: Bools  # PG_private (counts a CACHE_PRIVATE page as private or not)
+    nr_invalid_free: int = 0  # buddy pages kept for an invalid free order
+    first_invalid_free_pfn: int = -1
+
+
+@dataclass(slots=True)
+class Columns:
+    """The words of a window of struct pages that the rows test, as contiguous arrays.
+
+    One strided pass over the window fills all of them (ChunkClassifier.columns),
+    block by block so that each block of struct pages is read from memory once;
+    every test after that runs over these small arrays, not the window.
+    """
+
+    low: U32  # flags, bits 0..31
+    high: U32 | None  # flags, bits 32..63: only when a tested bit lies there
+    mapcount: U32 | None  # _mapcount / page_type
+    odd_mapping: Bools  # mapping & PAGE_MAPPING_ANON
+    tail: Bools | None  # compound_head & 1: a tail page
+
+
+@dataclass(slots=True)
 class _Problems:
     invalid_free_order: int = 0
     first_invalid_free_pfn: int = -1
@@ -121,6 +156,12 @@ class ChunkClassifier:
         self._shadow_until = 0  # pfns below this (in the same section) are skipped
         self._rows = self._enabled_rows()
         self._dtype = dialect.layout.dtype()
+        d = dialect
+        masks = [flag_test_mask(nr) for nr in (d.pg_lru, d.pg_private, d.pg_swapcache,
+                                               d.pg_swapbacked, d.pg_hwpoison) if nr is not None]
+        masks += [1 << nr for nr in (d.pg_slab, d.pg_hugetlb) if nr is not None]
+        masks += [d.pg_head_mask or 0]
+        self._need_high = any(m >> 32 for m in masks)
 
     # -- setup ----------------------------------------------------------------------
 
@@ -178,58 +219,106 @@ class ChunkClassifier:
         struct page readable); ``readable`` marks struct pages whose bytes are
         valid (a head's first tail is only used when readable).
         """
+        return self.apply(start_pfn, self.decide(start_pfn, raw, candidate, readable))
+
+    def decide(
+        self,
+        start_pfn: int,
+        raw: npt.NDArray[np.uint8],
+        candidate: Bools,
+        readable: Bools,
+        columns: Columns | None = None,
+    ) -> Decision:
+        """The first half of classify: the rows' decisions for one window.
+
+        Depends on nothing but its arguments and the dialect, so windows may be
+        decided on several threads at once (numpy releases the GIL); their
+        Decisions must then be applied in ascending pfn order. ``columns``, the
+        window's Columns when the caller made them already (on another thread).
+        """
         n = candidate.size
         size = self.dialect.layout.size
-        rec = raw.view(self._dtype)
-        raw2d = raw.reshape(n, size)
-        decided = self._decide(start_pfn, rec, raw2d, candidate, readable)
-        return self._apply(start_pfn, decided)
+        cols = self.columns(raw) if columns is None else columns
+        return self._decide(start_pfn, cols, raw.view(self._dtype), raw.reshape(n, size),
+                            candidate, readable)
+
+    def columns(self, raw: npt.NDArray[np.uint8]) -> Columns:
+        """The Columns of a window of struct pages (``raw``: n * SIZE(page) bytes)."""
+        layout = self.dialect.layout
+        size = layout.size
+        n = raw.size // size
+
+        def word(offset: int, dtype: type[np.uint32] | type[np.uint8]
+                 ) -> npt.NDArray[np.uint32] | npt.NDArray[np.uint8]:
+            return np.ndarray((n,), dtype=np.dtype(dtype).newbyteorder("<"), buffer=raw,
+                              offset=offset, strides=(size,))
+
+        cols = Columns(
+            low=np.empty(n, dtype=np.uint32),
+            high=np.empty(n, dtype=np.uint32) if self._need_high else None,
+            mapcount=np.empty(n, dtype=np.uint32) if layout.mapcount is not None else None,
+            odd_mapping=np.empty(n, dtype=np.bool_),
+            tail=np.empty(n, dtype=np.bool_) if layout.compound_head is not None else None,
+        )
+        one = np.uint8(1)
+        pairs: list[tuple[npt.NDArray[np.generic], npt.NDArray[np.generic], bool]] = [
+            (cols.low, word(layout.flags, np.uint32), False),
+            (cols.odd_mapping.view(np.uint8), word(layout.mapping, np.uint8), True),
+        ]
+        if cols.high is not None:
+            pairs.append((cols.high, word(layout.flags + 4, np.uint32), False))
+        if cols.mapcount is not None and layout.mapcount is not None:
+            pairs.append((cols.mapcount, word(layout.mapcount, np.uint32), False))
+        if cols.tail is not None and layout.compound_head is not None:
+            pairs.append((cols.tail.view(np.uint8), word(layout.compound_head, np.uint8), True))
+        for lo in range(0, n, _COLUMN_BLOCK):
+            hi = min(n, lo + _COLUMN_BLOCK)
+            for out, src, low_bit in pairs:
+                if low_bit:
+                    np.bitwise_and(src[lo:hi], one, out=out[lo:hi])
+                else:
+                    np.copyto(out[lo:hi], src[lo:hi])
+        return cols
+
+    def apply(self, start_pfn: int, decision: Decision) -> WindowResult:
+        """The second half of classify: skip-ahead, counting; windows in pfn order."""
+        if decision.nr_invalid_free:
+            self._note_invalid_free(decision.first_invalid_free_pfn, decision.nr_invalid_free)
+        return self._apply(start_pfn, decision)
 
     def _decide(
         self,
         start_pfn: int,
+        cols: Columns,
         rec: npt.NDArray[np.void],
         raw2d: npt.NDArray[np.uint8],
         candidate: Bools,
         readable: Bools,
-    ) -> tuple[npt.NDArray[np.int8], I64, Bools]:
+    ) -> Decision:
         d = self.dialect
-        layout = d.layout
         n = candidate.size
-        flags: npt.NDArray[np.uint64] = rec["flags"]
-        # Contiguous copies of the words the tests read: one strided pass each.
-        # test_bit only ever looks at the low 32 bits of flags.
-        low: npt.NDArray[np.uint32] = flags.astype(np.uint32)
-        mapcount: npt.NDArray[np.uint32] = (
-            rec["mapcount"].copy() if layout.mapcount is not None
-            else np.zeros(n, dtype=np.uint32)
-        )
-        odd_mapping: Bools = (rec["mapping"].astype(np.uint8) & np.uint8(1)).view(np.bool_)
+        mapcount = cols.mapcount if cols.mapcount is not None else np.zeros(n, dtype=np.uint32)
 
         # Row 0: tail pages are skipped; only the head's decision covers them.
         cand = candidate
-        if layout.compound_head is not None:
-            tail = (rec["compound_head"].astype(np.uint8) & np.uint8(1)).view(np.bool_)
-            cand = cand & ~tail
+        if cols.tail is not None:
+            cand = cand & ~cols.tail
 
         def test_bit(nr: int) -> Bools:
-            mask = flag_test_mask(nr)
-            tested: Bools = ((flags & np.uint64(mask)) != 0 if mask >> 32
-                             else (low & np.uint32(mask)) != 0)
-            return tested
+            return _flag_set(cols, flag_test_mask(nr))
 
         slab = np.zeros(n, dtype=np.bool_)
         if d.slab_type is not None:
             slab |= mapcount == np.uint32(d.slab_type)
         if d.pg_slab is not None:
             # isSlab uses a real shift: flags & (1UL << NUMBER(PG_slab))
-            slab |= (flags & np.uint64(1 << d.pg_slab)) != 0
+            slab |= _flag_set(cols, 1 << d.pg_slab)
         not_slab = ~slab
         # isAnon: PAGE_MAPPING_ANON and not a slab page; since v6.2 slab.slabs
         # overlays page.mapping and may be odd (makedumpfile commit 5f17bdd, 1.7.3).
-        anon = odd_mapping & not_slab
+        anon = cols.odd_mapping & not_slab
 
-        order, hugetlb = self._compound(start_pfn, flags, low, mapcount, raw2d, cand, readable)
+        order, hugetlb = self._compound(start_pfn, cols, rec, mapcount, raw2d, cand, readable)
 
         is_private: Bools | None = None
         cache: Bools | None = None
@@ -264,13 +353,14 @@ class ChunkClassifier:
             conds.append((cond, int(page_class)))
         code = np.zeros(n, dtype=np.int8)
         for cond, value in reversed(conds):  # first match wins
-            code = np.where(cond, np.int8(value), code)
-        code = np.where(cand, code, np.int8(PageClass.KEEP))
+            np.copyto(code, np.int8(value), where=cond)
+        np.copyto(code, np.int8(PageClass.KEEP), where=~cand)
 
         # Pages covered by the decision: 2^exponent.
         exponent = order
+        nr_invalid, first_invalid = 0, -1
         free = code == PageClass.FREE
-        if layout.private is not None and free.any():
+        if d.layout.private is not None and free.any():
             private: npt.NDArray[np.uint64] = rec["private"]
             exponent = exponent.copy()
             where = np.flatnonzero(free)
@@ -280,7 +370,7 @@ class ChunkClassifier:
                 if bad.any():
                     # "WARNING: Invalid free page order" → continue (page kept)
                     code[where[bad]] = PageClass.KEEP
-                    self._note_invalid_free(start_pfn + int(where[bad][0]), int(bad.sum()))
+                    nr_invalid, first_invalid = int(bad.sum()), start_pfn + int(where[bad][0])
                     where, orders = where[~bad], orders[~bad]
             exponent[where] = np.minimum(orders, np.uint64(_MAX_SHIFT)).astype(np.int64)
         unaccepted = code == PageClass.UNACCEPTED
@@ -291,13 +381,13 @@ class ChunkClassifier:
             exponent[unaccepted] = d.free_area_length - 1
         if is_private is None:
             is_private = np.zeros(n, dtype=np.bool_)
-        return code, exponent, is_private
+        return Decision(code, exponent, is_private, nr_invalid, first_invalid)
 
     def _compound(
         self,
         start_pfn: int,
-        flags: npt.NDArray[np.uint64],
-        low: npt.NDArray[np.uint32],
+        cols: Columns,
+        rec: npt.NDArray[np.void],
         mapcount: npt.NDArray[np.uint32],
         raw2d: npt.NDArray[np.uint8],
         cand: Bools,
@@ -314,11 +404,7 @@ class ChunkClassifier:
             return order, hugetlb
         if d.order_source is OrderSource.NONE and d.hugetlb_test is HugetlbTest.NONE:
             return order, hugetlb
-        if d.pg_head_mask >> 32:
-            head = cand & ((flags & np.uint64(d.pg_head_mask)) != 0)
-        else:
-            head = cand & ((low & np.uint32(d.pg_head_mask)) != 0)
-        heads = np.flatnonzero(head)
+        heads = np.flatnonzero(cand & _flag_set(cols, d.pg_head_mask))
         if heads.size == 0:
             return order, hugetlb
         pfns = heads + start_pfn
@@ -330,6 +416,7 @@ class ChunkClassifier:
             return order, hugetlb
         tails = heads + 1
         layout = d.layout
+        flags: npt.NDArray[np.uint64] = rec["flags"]  # only the first tails are read
 
         def tail_field(offset: int) -> I64:
             value: I64 = raw2d[tails, offset].astype(np.int64)
@@ -370,10 +457,8 @@ class ChunkClassifier:
 
     # -- skip-ahead, clearing and counting ------------------------------------------------
 
-    def _apply(
-        self, start_pfn: int, decided: tuple[npt.NDArray[np.int8], I64, Bools]
-    ) -> WindowResult:
-        code, exponent, is_private = decided
+    def _apply(self, start_pfn: int, decided: Decision) -> WindowResult:
+        code, exponent, is_private = decided.code, decided.exponent, decided.is_private
         n = code.size
         excluded = code != PageClass.KEEP
         idx = np.flatnonzero(excluded)  # the (usually few) pages a row matched
@@ -433,6 +518,15 @@ class ChunkClassifier:
         c.user += values[PageClass.USER]
         c.hwpoison += values[PageClass.HWPOISON]
         c.offline += values[PageClass.OFFLINE]
+
+
+def _flag_set(cols: Columns, mask: int) -> Bools:
+    """flags & mask != 0 for a 64-bit mask, from the flag words of ``cols``."""
+    tested: Bools = (cols.low & np.uint32(mask & 0xFFFFFFFF)) != 0
+    if mask >> 32:
+        assert cols.high is not None  # ChunkClassifier asks for it whenever a mask needs it
+        tested |= (cols.high & np.uint32(mask >> 32)) != 0
+    return tested
 
 
 def _active_ranges(heads: I64, reach: I64, carry: int) -> Bools:
