@@ -29,6 +29,7 @@ __all__ = ("DECISION_TABLE", "ChunkClassifier", "Columns", "Decision", "PageClas
 Bools = npt.NDArray[np.bool_]
 I64 = npt.NDArray[np.int64]
 U32 = npt.NDArray[np.uint32]
+I8 = npt.NDArray[np.int8]
 
 # makedumpfile reads struct pages PGMM_CACHED at a time into a buffer indexed
 # by pfn % PGMM_CACHED and never reads the first tail of a head in the last
@@ -84,7 +85,6 @@ DECISION_TABLE: tuple[Row, ...] = (
 # PageCounts field of each class; CACHE_PRIVATE is resolved per page.
 _COUNTER_NAMES = ("", "free", "free", "cache", "cache_private", "user", "hwpoison", "offline")
 _NR_COUNTERS = len(_COUNTER_NAMES)
-_CACHE_INDEX = int(PageClass.CACHE)
 
 
 @dataclass(slots=True)
@@ -104,8 +104,7 @@ class Decision:
     """
 
     code: npt.NDArray[np.int8]  # PageClass of each pfn (KEEP where no row matched)
-    exponent: I64  # the decision covers 2^exponent pages
-    is_private: Bools  # PG_private (counts a CACHE_PRIVATE page as private or not)
+    exponent: I8  # the decision covers 2^exponent pages (at most _MAX_SHIFT)
     nr_invalid_free: int = 0  # buddy pages kept for an invalid free order
     first_invalid_free_pfn: int = -1
 
@@ -155,6 +154,10 @@ class ChunkClassifier:
         self._problems = _Problems()
         self._shadow_until = 0  # pfns below this (in the same section) are skipped
         self._rows = self._enabled_rows()
+        # the values a decision can take (a -d 4 page without PG_private is CACHE)
+        self._values = sorted({int(r) for r in self._rows}
+                              | ({int(PageClass.CACHE)} if PageClass.CACHE_PRIVATE in self._rows
+                                 else set()))
         self._dtype = dialect.layout.dtype()
         d = dialect
         masks = [flag_test_mask(nr) for nr in (d.pg_lru, d.pg_private, d.pg_swapcache,
@@ -341,7 +344,14 @@ class ChunkClassifier:
                     cache |= test_bit(lru)
                     cache &= ~anon
                     is_private = test_bit(priv)
-                cond = cache & ~is_private if page_class is PageClass.CACHE else cache
+                if page_class is PageClass.CACHE:
+                    cond = cache & ~is_private
+                else:
+                    cond = cache
+                    if PageClass.CACHE not in self._rows:
+                        # the -d 4 row counts a page without PG_private as cache
+                        # (pfn_cache): give those CACHE's value, which comes first
+                        conds.append((cache & ~is_private, int(PageClass.CACHE)))
             elif page_class is PageClass.USER:
                 cond = anon | hugetlb
             elif page_class is PageClass.HWPOISON:
@@ -351,10 +361,7 @@ class ChunkClassifier:
                 assert d.offline_type is not None
                 cond = (mapcount == np.uint32(d.offline_type)) & not_slab
             conds.append((cond, int(page_class)))
-        code = np.zeros(n, dtype=np.int8)
-        for cond, value in reversed(conds):  # first match wins
-            np.copyto(code, np.int8(value), where=cond)
-        np.copyto(code, np.int8(PageClass.KEEP), where=~cand)
+        code = _first_match(conds, cand)
 
         # Pages covered by the decision: 2^exponent.
         exponent = order
@@ -372,16 +379,14 @@ class ChunkClassifier:
                     code[where[bad]] = PageClass.KEEP
                     nr_invalid, first_invalid = int(bad.sum()), start_pfn + int(where[bad][0])
                     where, orders = where[~bad], orders[~bad]
-            exponent[where] = np.minimum(orders, np.uint64(_MAX_SHIFT)).astype(np.int64)
+            exponent[where] = np.minimum(orders, np.uint64(_MAX_SHIFT)).astype(np.int8)
         unaccepted = code == PageClass.UNACCEPTED
         if unaccepted.any():
             assert d.free_area_length is not None
             if exponent is order:
                 exponent = exponent.copy()
-            exponent[unaccepted] = d.free_area_length - 1
-        if is_private is None:
-            is_private = np.zeros(n, dtype=np.bool_)
-        return Decision(code, exponent, is_private, nr_invalid, first_invalid)
+            exponent[unaccepted] = min(d.free_area_length - 1, _MAX_SHIFT)
+        return Decision(code, exponent, nr_invalid, first_invalid)
 
     def _compound(
         self,
@@ -392,11 +397,11 @@ class ChunkClassifier:
         raw2d: npt.NDArray[np.uint8],
         cand: Bools,
         readable: Bools,
-    ) -> tuple[I64, Bools]:
+    ) -> tuple[I8, Bools]:
         """Folio order (0 unless a valid compound head) and the hugetlb marker."""
         d = self.dialect
         n = cand.size
-        order = np.zeros(n, dtype=np.int64)
+        order = np.zeros(n, dtype=np.int8)
         hugetlb = np.zeros(n, dtype=np.bool_)
         if d.hugetlb_test is HugetlbTest.DTOR and d.hugetlb_dtor == 0:
             hugetlb[:] = True  # compound_dtor reads 0 for every non-head page
@@ -447,7 +452,7 @@ class ChunkClassifier:
         safe = np.where(valid, head_order, 0).astype(np.uint64)
         misaligned = (pfns.astype(np.uint64) & ((np.uint64(1) << safe) - np.uint64(1))) != 0
         head_order[~valid | misaligned] = 0
-        order[heads] = np.minimum(head_order, _MAX_SHIFT)
+        order[heads] = np.minimum(head_order, _MAX_SHIFT).astype(np.int8)
         return order, hugetlb
 
     def _note_invalid_free(self, pfn: int, count: int) -> None:
@@ -458,29 +463,22 @@ class ChunkClassifier:
     # -- skip-ahead, clearing and counting ------------------------------------------------
 
     def _apply(self, start_pfn: int, decided: Decision) -> WindowResult:
-        code, exponent, is_private = decided.code, decided.exponent, decided.is_private
+        code, exponent = decided.code, decided.exponent
         n = code.size
         excluded = code != PageClass.KEEP
-        idx = np.flatnonzero(excluded)  # the (usually few) pages a row matched
-        counter = code[idx].astype(np.intp)
-        private_row = counter == PageClass.CACHE_PRIVATE
-        if private_row.any():
-            counter[private_row & ~is_private[idx]] = _CACHE_INDEX
-        multi = exponent[idx] > 0
+        heads = np.flatnonzero((exponent > 0) & excluded)  # decisions covering n > 1 pages
         carry = self._shadow_until - start_pfn
 
-        if carry <= 0 and not multi.any():
-            self._add_counts(np.bincount(counter, minlength=_NR_COUNTERS))
+        if carry <= 0 and heads.size == 0:
+            self._add_counts(self._class_counts(code))
             return WindowResult(cleared=excluded, beyond=[])
 
-        positions = np.flatnonzero(multi)
-        heads = idx[positions]
-        nr = np.left_shift(np.int64(1), exponent[heads])
+        nr = np.left_shift(np.int64(1), exponent[heads].astype(np.int64))
         section_end = ((heads + start_pfn) // self.pages_per_section + 1) * \
             self.pages_per_section - start_pfn
         reach = np.minimum(heads + nr, section_end)  # where the loop resumes
         active = _active_ranges(heads, reach, max(carry, 0))
-        a_pos, a_heads, a_reach, a_nr = positions[active], heads[active], reach[active], nr[active]
+        a_heads, a_reach, a_nr = heads[active], reach[active], nr[active]
 
         # Pages skipped because an earlier range covers them (not the head itself).
         skip = np.zeros(n + 1, dtype=np.int32)
@@ -490,7 +488,6 @@ class ChunkClassifier:
         np.add.at(skip, np.minimum(a_heads + 1, n), 1)
         np.add.at(skip, np.minimum(a_reach, n), -1)
         shadowed = np.cumsum(skip[:n]) > 0
-        reached = ~shadowed[idx]
 
         # Pages cleared: every reached decision, and the whole range of a reached head
         # (clipped at max_mapnr, the end of makedumpfile's cycle).
@@ -503,13 +500,21 @@ class ChunkClassifier:
         if a_reach.size and int(a_reach.max()) > n:
             self._shadow_until = max(self._shadow_until, start_pfn + int(a_reach.max()))
 
-        weights = np.ones(idx.size, dtype=np.int64)
-        weights[a_pos] = ends - a_heads
-        self._add_counts(np.bincount(counter[reached], weights=weights[reached],
-                                     minlength=_NR_COUNTERS))
+        # Counted: one per reached decision, and the rest of the range of a reached head.
+        reached: I8 = np.multiply(code.view(np.uint8), (~shadowed).view(np.uint8)).view(np.int8)
+        rest = np.bincount(code[a_heads].astype(np.intp), weights=ends - a_heads - 1,
+                           minlength=_NR_COUNTERS)
+        self._add_counts(self._class_counts(reached) + rest.astype(np.int64))
         return WindowResult(cleared=cleared, beyond=beyond)
 
-    def _add_counts(self, counts: npt.NDArray[np.int64] | npt.NDArray[np.float64]) -> None:
+    def _class_counts(self, code: I8) -> npt.NDArray[np.int64]:
+        """Pages of each PageClass value in ``code`` (KEEP not counted)."""
+        counts = np.zeros(_NR_COUNTERS, dtype=np.int64)
+        for value in self._values:
+            counts[value] = np.count_nonzero(code == value)
+        return counts
+
+    def _add_counts(self, counts: npt.NDArray[np.int64]) -> None:
         values = [int(v) for v in counts.tolist()]
         c = self.counts
         c.free += values[PageClass.FREE] + values[PageClass.UNACCEPTED]
@@ -518,6 +523,29 @@ class ChunkClassifier:
         c.user += values[PageClass.USER]
         c.hwpoison += values[PageClass.HWPOISON]
         c.offline += values[PageClass.OFFLINE]
+
+
+def _first_match(conds: list[tuple[Bools, int]], cand: Bools) -> I8:
+    """The value of the first true condition of each page (KEEP where none, or not cand).
+
+    The rows' values grow with their order in DECISION_TABLE, so the first
+    match is the smallest value among the true conditions: each condition
+    becomes ``value`` where true and 255 where false (cond * (value + 1) - 1 in
+    uint8) and is folded in with a minimum; a few passes over bytes, no masked
+    stores.
+    """
+    acc = np.full(cand.size, 255, dtype=np.uint8)
+    scratch = np.empty(cand.size, dtype=np.uint8)
+    for cond, value in conds:
+        np.multiply(cond.view(np.uint8), np.uint8(value + 1), out=scratch)
+        np.subtract(scratch, np.uint8(1), out=scratch)
+        np.minimum(acc, scratch, out=acc)
+    np.add(acc, np.uint8(1), out=acc)  # no match: 255 -> 0; a match: value + 1
+    np.maximum(acc, np.uint8(1), out=acc)
+    np.subtract(acc, np.uint8(1), out=acc)
+    np.multiply(acc, cand.view(np.uint8), out=acc)
+    code: I8 = acc.view(np.int8)
+    return code
 
 
 def _flag_set(cols: Columns, mask: int) -> Bools:
