@@ -85,6 +85,9 @@ DECISION_TABLE: tuple[Row, ...] = (
 # PageCounts field of each class; CACHE_PRIVATE is resolved per page.
 _COUNTER_NAMES = ("", "free", "free", "cache", "cache_private", "user", "hwpoison", "offline")
 _NR_COUNTERS = len(_COUNTER_NAMES)
+# numpy scalars: comparing an int8 array with an IntEnum member goes through int64
+_KEEP, _FREE, _UNACCEPTED = (np.int8(c) for c in (PageClass.KEEP, PageClass.FREE,
+                                                  PageClass.UNACCEPTED))
 
 
 @dataclass(slots=True)
@@ -366,7 +369,7 @@ class ChunkClassifier:
         # Pages covered by the decision: 2^exponent.
         exponent = order
         nr_invalid, first_invalid = 0, -1
-        free = code == PageClass.FREE
+        free = code == _FREE
         if d.layout.private is not None and free.any():
             private: npt.NDArray[np.uint64] = rec["private"]
             exponent = exponent.copy()
@@ -376,11 +379,11 @@ class ChunkClassifier:
                 bad = orders >= np.uint64(d.free_area_length)
                 if bad.any():
                     # "WARNING: Invalid free page order" → continue (page kept)
-                    code[where[bad]] = PageClass.KEEP
+                    code[where[bad]] = _KEEP
                     nr_invalid, first_invalid = int(bad.sum()), start_pfn + int(where[bad][0])
                     where, orders = where[~bad], orders[~bad]
             exponent[where] = np.minimum(orders, np.uint64(_MAX_SHIFT)).astype(np.int8)
-        unaccepted = code == PageClass.UNACCEPTED
+        unaccepted = code == _UNACCEPTED
         if unaccepted.any():
             assert d.free_area_length is not None
             if exponent is order:
@@ -465,7 +468,7 @@ class ChunkClassifier:
     def _apply(self, start_pfn: int, decided: Decision) -> WindowResult:
         code, exponent = decided.code, decided.exponent
         n = code.size
-        excluded = code != PageClass.KEEP
+        excluded = code != _KEEP
         heads = np.flatnonzero((exponent > 0) & excluded)  # decisions covering n > 1 pages
         carry = self._shadow_until - start_pfn
 
@@ -481,21 +484,15 @@ class ChunkClassifier:
         a_heads, a_reach, a_nr = heads[active], reach[active], nr[active]
 
         # Pages skipped because an earlier range covers them (not the head itself).
-        skip = np.zeros(n + 1, dtype=np.int32)
-        if carry > 0:
-            skip[0] += 1
-            skip[min(carry, n)] -= 1
-        np.add.at(skip, np.minimum(a_heads + 1, n), 1)
-        np.add.at(skip, np.minimum(a_reach, n), -1)
-        shadowed = np.cumsum(skip[:n]) > 0
+        first = np.zeros(1, dtype=np.int64)
+        shadowed = _ranges_mask(np.concatenate((first, a_heads + 1)),
+                                np.concatenate((first + max(carry, 0), a_reach)), n)
 
         # Pages cleared: every reached decision, and the whole range of a reached head
         # (clipped at max_mapnr, the end of makedumpfile's cycle).
         ends = np.minimum(a_heads + a_nr, self.max_mapnr - start_pfn)
-        clear = np.zeros(n + 1, dtype=np.int32)
-        np.add.at(clear, a_heads, 1)
-        np.add.at(clear, np.minimum(ends, n), -1)
-        cleared: Bools = np.logical_or(np.cumsum(clear[:n]) > 0, excluded & ~shadowed)
+        cleared = _ranges_mask(a_heads, ends, n)
+        cleared |= excluded & ~shadowed
         beyond = [(start_pfn + n, start_pfn + int(e)) for e in ends[ends > n].tolist()]
         if a_reach.size and int(a_reach.max()) > n:
             self._shadow_until = max(self._shadow_until, start_pfn + int(a_reach.max()))
@@ -523,6 +520,31 @@ class ChunkClassifier:
         c.user += values[PageClass.USER]
         c.hwpoison += values[PageClass.HWPOISON]
         c.offline += values[PageClass.OFFLINE]
+
+
+def _ranges_mask(starts: I64, ends: I64, n: int) -> Bools:
+    """A mask of [0, n) true in the union of the [start, end) ranges (starts ascending).
+
+    Overlapping ranges are merged with a running maximum of their ends; the
+    mask is then written as alternating runs (np.repeat), one pass over n.
+    """
+    starts = np.clip(starts, 0, n)
+    ends = np.maximum(np.clip(ends, 0, n), starts)
+    if starts.size == 0:
+        return np.zeros(n, dtype=np.bool_)
+    run_end = np.maximum.accumulate(ends)
+    opens = np.ones(starts.size, dtype=np.bool_)
+    opens[1:] = starts[1:] > run_end[:-1]
+    firsts = np.flatnonzero(opens)
+    lasts = np.append(firsts[1:] - 1, starts.size - 1)
+    bounds = np.empty(2 * firsts.size + 2, dtype=np.int64)
+    bounds[0], bounds[-1] = 0, n
+    bounds[1:-1:2] = starts[firsts]
+    bounds[2:-1:2] = run_end[lasts]
+    values = np.zeros(bounds.size - 1, dtype=np.bool_)
+    values[1::2] = True
+    mask: Bools = np.repeat(values, np.diff(bounds))
+    return mask
 
 
 def _first_match(conds: list[tuple[Bools, int]], cand: Bools) -> I8:
