@@ -410,15 +410,27 @@ def _write_bitmap(sink: Sink, bitmap: Bitmap, file_offset: int, padded_size: int
 # -- pages --------------------------------------------------------------------------------
 
 
-@dataclass(slots=True)
 class _Window:
-    """A window read and zero-tested, its compression under way."""
+    """A window read and zero-tested, its compression under way.
 
-    pfns: npt.NDArray[np.int64]  # the window's dumpable pfns (unreadable ones dropped)
-    read_pfns: npt.NDArray[np.int64]  # those read from the input (not known zero)
-    is_zero: npt.NDArray[np.bool_]  # per pfn: shares the zero page's descriptor
-    bitmap_fixes: list[tuple[int, bytes]]  # 2nd-bitmap bytes to rewrite (unreadable pages)
-    packed: Future[CompressedPages]  # the stored form of the pages not zero
+    (A plain class: a dataclass costs about a millisecond of start-up to create.)
+    """
+
+    __slots__ = ("bitmap_fixes", "is_zero", "packed", "pfns", "read_pfns")
+
+    def __init__(
+        self,
+        pfns: npt.NDArray[np.int64],
+        read_pfns: npt.NDArray[np.int64],
+        is_zero: npt.NDArray[np.bool_],
+        bitmap_fixes: list[tuple[int, bytes]],
+        packed: Future[CompressedPages],
+    ) -> None:
+        self.pfns = pfns  # the window's dumpable pfns (unreadable ones dropped)
+        self.read_pfns = read_pfns  # those read from the input (not known zero)
+        self.is_zero = is_zero  # per pfn: shares the zero page's descriptor
+        self.bitmap_fixes = bitmap_fixes  # 2nd-bitmap bytes to rewrite (unreadable pages)
+        self.packed = packed  # the stored form of the pages not zero
 
 
 class _PageWriter:
