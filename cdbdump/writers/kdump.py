@@ -471,6 +471,8 @@ class _PageWriter:
         self.data_into: Callable[[Extent, npt.NDArray[np.uint8]], None] | None = getattr(
             memory, "data_into", None)
         self.scratch = np.empty(0, dtype=np.uint8)  # a window's sparse span, read whole
+        self.start_writeback: Callable[[int, int], None] | None = getattr(
+            sink, "start_writeback", None)  # a file (not a -F stream)
         self.nr_windows = 0
         self.io = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cdbdump-write")
         self.pending: Future[None] | None = None
@@ -639,6 +641,8 @@ class _PageWriter:
             self._keep_complete_descs(descs, is_zero, data_offset + exc.written)
             raise
         self._write_descs(descs, is_zero)
+        if self.start_writeback is not None and len(payload):
+            self.start_writeback(data_offset, len(payload))  # the final fsync waits less
         self.timings["write"] += time.perf_counter() - t0
 
     # -- output ---------------------------------------------------------------------------
