@@ -95,7 +95,9 @@ PYTHON = sys.executable
 
 
 def cdbdump_cmd(*args: str) -> list[str]:
-    return [PYTHON, "-m", "cdbdump", *args]
+    # -P: not the current directory first on sys.path, where a source tree's cdbdump
+    # would shadow the installed one
+    return [PYTHON, "-P", "-m", "cdbdump", *args]
 
 
 def install_wheel(bench_dir: Path) -> str:
@@ -219,7 +221,7 @@ def part_real(work: Path, rounds: int, levels: list[int], threads_vs: list[str])
                         ("floor: python + import numpy",
                          "import os; os.environ.setdefault('OPENBLAS_NUM_THREADS', '1'); "
                          "import numpy")):
-        runs = sorted((run([PYTHON, "-c", code]) for _ in range(5)),
+        runs = sorted((run([PYTHON, "-P", "-c", code]) for _ in range(5)),
                       key=lambda r: r.wall_s)
         start = runs[2]  # the median of 5
         print(f"  {label}: {start.wall_s:.3f} s wall, {start.cpu_s:.3f} s cpu (median of 5)")
