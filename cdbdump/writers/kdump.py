@@ -61,7 +61,7 @@ from cdbdump.formats.kdump import (
 from cdbdump.interrupts import deferred
 from cdbdump.memory.physical import Extent, ExtentKind, PhysicalMemory, fill, view_run
 from cdbdump.report import PageProgress
-from cdbdump.writers.compress import CompressedPages, PageCompressor
+from cdbdump.writers.compress import PageCompressor
 from cdbdump.writers.sink import Sink
 
 __all__ = (
@@ -410,29 +410,6 @@ def _write_bitmap(sink: Sink, bitmap: Bitmap, file_offset: int, padded_size: int
 # -- pages --------------------------------------------------------------------------------
 
 
-class _Window:
-    """A window read and zero-tested, its compression under way.
-
-    (A plain class: a dataclass costs about a millisecond of start-up to create.)
-    """
-
-    __slots__ = ("bitmap_fixes", "is_zero", "packed", "pfns", "read_pfns")
-
-    def __init__(
-        self,
-        pfns: npt.NDArray[np.int64],
-        read_pfns: npt.NDArray[np.int64],
-        is_zero: npt.NDArray[np.bool_],
-        bitmap_fixes: list[tuple[int, bytes]],
-        packed: Future[CompressedPages],
-    ) -> None:
-        self.pfns = pfns  # the window's dumpable pfns (unreadable ones dropped)
-        self.read_pfns = read_pfns  # those read from the input (not known zero)
-        self.is_zero = is_zero  # per pfn: shares the zero page's descriptor
-        self.bitmap_fixes = bitmap_fixes  # 2nd-bitmap bytes to rewrite (unreadable pages)
-        self.packed = packed  # the stored form of the pages not zero
-
-
 class _PageWriter:
     """Streams the page_desc table and page data, one window of set pfns at a time."""
 
@@ -460,10 +437,10 @@ class _PageWriter:
         self.result = result
         self.window_pages = max(1, window_pages)
         self.bitmap_window_pfns = max(8, bitmap_window_pfns - bitmap_window_pfns % 8)
-        # three gather buffers: a window is read while the previous one is compressed
-        # and the one before is written out (its payload may be a view of its buffer)
+        # two gather buffers: one window is written out while the next is read and
+        # compressed (its payload may be a view of its buffer)
         self.gathers = [
-            np.empty(self.window_pages * self.page_size, dtype=np.uint8) for _ in range(3)
+            np.empty(self.window_pages * self.page_size, dtype=np.uint8) for _ in range(2)
         ]
         self.gather = self.gathers[0]
         # inputs that copy into a given buffer (ElfMemory.data_into) are read straight
@@ -476,10 +453,6 @@ class _PageWriter:
         self.nr_windows = 0
         self.io = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cdbdump-write")
         self.pending: Future[None] | None = None
-        # compress_pages runs here (it spreads a window over the compressor's pool), so
-        # the calling thread reads the next window meanwhile
-        self.driver = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cdbdump-pages")
-        self.reading: _Window | None = None  # read, being compressed, not yet written
         self.cursor = layout.offset_data  # where the next page data goes
         self.nr_done = 0  # descriptors written so far
         self.zero_offset = 0  # file offset of the shared zero page (exclude_zero only)
@@ -500,28 +473,16 @@ class _PageWriter:
                 self._write_data(bytes(self.page_size))
             nr_queued = 0
             for pfns in self._windows(bitmap2):
-                window = self._read_window(pfns)  # read while the previous one compresses
-                if self.reading is not None:
-                    self._write_window(self.reading)
-                    nr_queued += int(self.reading.pfns.size)
-                    if progress is not None:
-                        progress(nr_queued, self.nr_to_write)
-                self.reading = window
-            if self.reading is not None:
-                window, self.reading = self.reading, None
-                self._write_window(window)
+                self._write_window(pfns)
+                nr_queued += int(pfns.size)
                 if progress is not None:
-                    progress(nr_queued + int(window.pfns.size), self.nr_to_write)
+                    progress(nr_queued, self.nr_to_write)
             self._wait_for_io()
         except OutputNoSpaceError as exc:
             result.no_space = exc
         except Interrupted as exc:
             result.interrupted = exc.signum
         finally:
-            if self.reading is not None:  # its compression must end before the pool closes
-                self.reading.packed.cancel()
-                self.reading = None
-            self.driver.shutdown(wait=True)
             if self.pending is not None:
                 self.pending.cancel()
             # the window in flight finishes (data, then its descriptors): nr_done is exact
@@ -549,15 +510,13 @@ class _PageWriter:
         if pending is not None:
             pending.result()
 
-    def _read_window(self, pfns: npt.NDArray[np.int64]) -> _Window:
-        """Gather and zero-test a window, and start compressing it (on the driver thread:
-        the next window is read meanwhile)."""
+    def _write_window(self, pfns: npt.NDArray[np.int64]) -> None:
         ps = self.page_size
         n = int(pfns.size)
         t0 = time.perf_counter()
-        # three gather buffers: one being read, one being compressed, one whose payload
-        # (a view of it when stored raw) may still be being written
-        self.gather = self.gathers[self.nr_windows % len(self.gathers)]
+        # the buffer used two windows ago is free: that write finished before the
+        # previous window was handed to the I/O thread
+        self.gather = self.gathers[self.nr_windows & 1]
         self.nr_windows += 1
         # zero pages need no reading where a sparse input file has a hole
         in_hole = self.memory.known_zero_frames(pfns) if self.exclude_zero else None
@@ -586,19 +545,7 @@ class _PageWriter:
             is_zero = np.zeros(n, dtype=np.bool_)
             keep = None
         t2 = time.perf_counter()
-        self.timings["read"] += t1 - t0
-        self.timings["zero_test"] += t2 - t1
-        packed = self.driver.submit(self.compressor.compress_pages, data, keep)
-        return _Window(pfns, read_pfns, is_zero, bitmap_fixes, packed)
-
-    def _write_window(self, window: _Window) -> None:
-        """Wait for a window's compression, then hand its data and descriptors to the
-        I/O thread (windows in order: each descriptor's offset follows the last)."""
-        ps = self.page_size
-        is_zero = window.is_zero
-        n = int(is_zero.size)
-        t2 = time.perf_counter()
-        packed = window.packed.result()
+        packed = self.compressor.compress_pages(data, keep)
         t3 = time.perf_counter()
 
         descs = np.zeros(n, dtype=PAGE_DESC_DTYPE)
@@ -614,12 +561,14 @@ class _PageWriter:
         self.cursor += len(packed.payload)
         self._wait_for_io()  # one window in flight: bounded memory, ordered descriptors
         self.pending = self.io.submit(self._store, packed.payload, window_start, descs, is_zero,
-                                      window.bitmap_fixes)
-        read_pfns = window.read_pfns
-        if read_pfns.size:  # RSS: a few windows, not the whole input
+                                      bitmap_fixes)
+        if nr_read:  # RSS: a few windows, not the whole input
             first = int(read_pfns[0])
             self.memory.release(first << self.shift, (int(read_pfns[-1]) + 1 - first) << self.shift)
-        self.timings["compress"] += t3 - t2
+        tm = self.timings
+        tm["read"] += t1 - t0
+        tm["zero_test"] += t2 - t1
+        tm["compress"] += t3 - t2
 
     def _store(
         self,
