@@ -269,7 +269,8 @@ class ElfMemory:
         return self._file.view(extent.file_offset, extent.size, "PT_LOAD data")
 
     def data_into(self, extent: Extent, out: npt.NDArray[np.uint8]) -> None:
-        """The bytes of a DATA extent read into the contiguous ``out`` (extent.size bytes)."""
+        """Copy a DATA extent into ``out`` (its size): the writer's reused buffer, not
+        a fresh bytes object (and its page faults) per read."""
         self._file.read_into(extent.file_offset, out, "PT_LOAD data")
 
     def read(self, paddr: int, size: int) -> bytes:
