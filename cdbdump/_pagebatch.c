@@ -47,6 +47,11 @@ typedef struct {
     void *wrkmem; /* lzo1x_1 dictionary */
     z_stream zs;
     int zs_ready;
+    /* the stored form of an all-zero page, once one was compressed: every codec here
+     * is a pure function of its input, so the next zero page gets these bytes back */
+    unsigned char *zero_form;
+    size_t zero_len;
+    unsigned zero_flag;
 } coder_t;
 
 enum { CODER_OK = 0, CODER_NOMEM = 1, CODER_FAILED = 2 };
@@ -101,8 +106,10 @@ coder_free(coder_t *c)
     if (c->zs_ready)
         deflateEnd(&c->zs);
     free(c->wrkmem);
+    free(c->zero_form);
     c->zs_ready = 0;
     c->wrkmem = NULL;
+    c->zero_form = NULL;
 }
 
 /* Compress one page into out (room for c->bound bytes); *out_len gets its length.
@@ -144,6 +151,49 @@ coder_page(coder_t *c, const unsigned char *page, unsigned char *out, size_t *ou
     default:
         return CODER_FAILED;
     }
+}
+
+static int
+page_is_zero(const unsigned char *page, size_t page_size)
+{
+    return page[0] == 0 && memcmp(page, page + 1, page_size - 1) == 0;
+}
+
+/* The stored form of one page by makedumpfile's rule: the compressed form when it
+ * is strictly smaller than the page, else the raw page (flag 0). out has room for
+ * c->bound bytes. */
+static int
+coder_store(coder_t *c, const unsigned char *page, unsigned char *out, size_t *out_len,
+            unsigned *out_flag)
+{
+    int zero = page_is_zero(page, c->page_size);
+    if (zero && c->zero_form != NULL) {
+        memcpy(out, c->zero_form, c->zero_len);
+        *out_len = c->zero_len;
+        *out_flag = c->zero_flag;
+        return CODER_OK;
+    }
+    size_t len = 0;
+    int status = coder_page(c, page, out, &len);
+    if (status != CODER_OK)
+        return status;
+    if (len < c->page_size) {
+        *out_flag = c->flag;
+    } else { /* not smaller: stored raw */
+        memcpy(out, page, c->page_size);
+        len = c->page_size;
+        *out_flag = 0;
+    }
+    *out_len = len;
+    if (zero) {
+        c->zero_form = malloc(len);
+        if (c->zero_form == NULL)
+            return CODER_NOMEM;
+        memcpy(c->zero_form, out, len);
+        c->zero_len = len;
+        c->zero_flag = *out_flag;
+    }
+    return CODER_OK;
 }
 
 static int
@@ -267,18 +317,12 @@ compress_pages(PyObject *self, PyObject *args)
     for (size_t i = 0; status == CODER_OK && i < n; i++) {
         const unsigned char *page = src + (idx != NULL ? (size_t)idx[i] : i) * page_size;
         size_t len = 0;
-        status = coder_page(&coder, page, dst + cursor, &len);
+        unsigned stored_flag = 0;
+        status = coder_store(&coder, page, dst + cursor, &len, &stored_flag);
         if (status != CODER_OK)
             break;
-        if (len < page_size) {
-            size_out[i] = (uint32_t)len;
-            flag_out[i] = flag;
-        } else { /* not smaller: stored raw */
-            memcpy(dst + cursor, page, page_size);
-            len = page_size;
-            size_out[i] = (uint32_t)len;
-            flag_out[i] = 0;
-        }
+        size_out[i] = (uint32_t)len;
+        flag_out[i] = stored_flag;
         cursor += len;
     }
     coder_free(&coder);
@@ -402,9 +446,11 @@ static PyMethodDef methods[] = {
 };
 
 static struct PyModuleDef module_def = {
-    PyModuleDef_HEAD_INIT, "cdbdump._pagebatch",
-    "Batch page compression for the kdump-compressed writer (C, GIL released).", -1,
-    methods,
+    PyModuleDef_HEAD_INIT,
+    .m_name = "cdbdump._pagebatch",
+    .m_doc = "Batch page compression for the kdump-compressed writer (C, GIL released).",
+    .m_size = -1,
+    .m_methods = methods,
 };
 
 PyMODINIT_FUNC
