@@ -204,16 +204,19 @@ codec_built(unsigned flag)
 
 /* -- buffers ---------------------------------------------------------------------------- */
 
-/* A C-contiguous buffer of n items of itemsize bytes, aligned for them. */
+/* A C-contiguous buffer of integers of itemsize bytes (struct format codes), aligned
+ * for them. */
 static int
 get_array(PyObject *obj, Py_buffer *view, int writable, Py_ssize_t itemsize, const char *what)
 {
     int flags = PyBUF_C_CONTIGUOUS | PyBUF_FORMAT | (writable ? PyBUF_WRITABLE : 0);
     if (PyObject_GetBuffer(obj, view, flags) < 0)
         return -1;
-    if (view->itemsize != itemsize || view->len % itemsize
+    const char *format = view->format != NULL ? view->format : "B";
+    char code = format[0] != '\0' ? format[strlen(format) - 1] : 'B';
+    if (view->itemsize != itemsize || view->len % itemsize || strchr("bBhHiIlLqQ", code) == NULL
         || ((uintptr_t)view->buf) % (uintptr_t)itemsize) {
-        PyErr_Format(PyExc_ValueError, "%s must be an aligned array of %zd-byte items", what,
+        PyErr_Format(PyExc_ValueError, "%s must be an aligned array of %zd-byte integers", what,
                      itemsize);
         PyBuffer_Release(view);
         return -1;

@@ -12,7 +12,6 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import functools
-import os
 import zlib
 from collections.abc import Callable
 
@@ -24,6 +23,7 @@ from cdbdump import _lzo
 from cdbdump.codecs import Codec, decompress_page
 from cdbdump.writers import compress
 from cdbdump.writers.compress import PageCompressor, native_codecs
+from tests.ci_gate import IN_CI
 
 PS = 4096
 NATIVE = [Codec.ZLIB, Codec.LZO, Codec.SNAPPY]
@@ -34,7 +34,7 @@ def test_native_module_is_built_in_ci() -> None:
     """CI (and make venv, with the -dev packages of scripts/install-system-deps.sh)
     must compress through the C extension, with all three codecs."""
     if pagebatch is None:
-        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+        if IN_CI:
             pytest.fail("cdbdump._pagebatch was not built (compiler, zlib1g-dev?)")
         pytest.skip("cdbdump._pagebatch not built")
     assert set(native_codecs()) == set(NATIVE)
@@ -148,6 +148,10 @@ def test_native_select_odd_chunks(codec: Codec, threads: int) -> None:
         got = pc.compress_pages(np.frombuffer(b"".join(pages), dtype=np.uint8), select)
         one = pc.compress_pages(np.frombuffer(b"".join(pages), dtype=np.uint8),
                                 np.arange(len(pages)) == 4)
+        none = pc.compress_pages(np.frombuffer(b"".join(pages), dtype=np.uint8),
+                                 np.zeros(len(pages), dtype=np.bool_))
+        empty = pc.compress_pages(b"")
+    assert (len(none), bytes(none.payload), len(empty), bytes(empty.payload)) == (0, b"", 0, b"")
     assert (got.sizes.tolist(), got.flags.tolist(), bytes(got.payload)) == (sizes, flags,
                                                                             payload)
     assert bytes(one.payload) == _expected(codec, [pages[4]])[2]
@@ -193,10 +197,12 @@ def test_bad_arguments_are_exceptions() -> None:
         pagebatch.compress_pages(0x2, data, np.array([-1, 0], np.int64), PS, sizes, flags)
     with pytest.raises(ValueError, match="items"):
         pagebatch.compress_pages(0x2, data, idx, PS, np.empty(3, np.uint32), flags)
-    with pytest.raises(ValueError, match="4-byte"):
+    with pytest.raises(ValueError, match="4-byte integers"):
         pagebatch.compress_pages(0x2, data, idx, PS, np.empty(2, np.uint64), flags)
     with pytest.raises(ValueError, match="8-byte"):
         pagebatch.compress_pages(0x2, data, idx.astype(np.int32), PS, sizes, flags)
+    with pytest.raises(ValueError, match="8-byte integers"):
+        pagebatch.compress_pages(0x2, data, idx.astype(np.float64), PS, sizes, flags)
     with pytest.raises(ValueError, match="whole number"):
         pagebatch.compress_pages(0x2, data[:-1], None, PS, sizes, flags)
     with pytest.raises(ValueError, match="page size"):
