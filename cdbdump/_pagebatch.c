@@ -352,99 +352,10 @@ done:
     return out;
 }
 
-/* -- single LZO pages (cdbdump._lzo's "native" backend) ---------------------------------- */
-
-#ifdef CDBDUMP_HAVE_LZO
-PyDoc_STRVAR(lzo_compress_doc,
-"lzo_compress(data) -> bytes\n\nlzo1x_1_compress of the whole buffer (no header).");
-
-static PyObject *
-lzo_compress(PyObject *self, PyObject *arg)
-{
-    Py_buffer in;
-    if (PyObject_GetBuffer(arg, &in, PyBUF_C_CONTIGUOUS) < 0)
-        return NULL;
-    size_t len = (size_t)in.len;
-    if (len > (size_t)PY_SSIZE_T_MAX / 2) {
-        PyBuffer_Release(&in);
-        PyErr_SetString(PyExc_OverflowError, "input too large");
-        return NULL;
-    }
-    size_t bound = len + len / 16 + 64 + 3;
-    PyObject *out = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)bound);
-    void *wrkmem = PyMem_RawMalloc(LZO1X_1_MEM_COMPRESS);
-    if (out == NULL || wrkmem == NULL) {
-        Py_XDECREF(out);
-        PyMem_RawFree(wrkmem);
-        PyBuffer_Release(&in);
-        return out == NULL ? NULL : PyErr_NoMemory();
-    }
-    lzo_uint out_len = 0;
-    int rc;
-    Py_BEGIN_ALLOW_THREADS
-    rc = lzo1x_1_compress(in.buf, len, (unsigned char *)PyBytes_AS_STRING(out), &out_len,
-                          wrkmem);
-    Py_END_ALLOW_THREADS
-    PyMem_RawFree(wrkmem);
-    PyBuffer_Release(&in);
-    if (rc != LZO_E_OK) {
-        Py_DECREF(out);
-        PyErr_Format(PagebatchError, "lzo1x_1_compress failed (%d)", rc);
-        return NULL;
-    }
-    if (_PyBytes_Resize(&out, (Py_ssize_t)out_len) < 0)
-        return NULL;
-    return out;
-}
-
-PyDoc_STRVAR(lzo_decompress_doc,
-"lzo_decompress(data, max_size) -> bytes\n\n"
-"lzo1x_decompress_safe of one stream into at most max_size bytes; error if the\n"
-"stream is corrupt, longer than max_size or has trailing input.");
-
-static PyObject *
-lzo_decompress(PyObject *self, PyObject *args)
-{
-    Py_buffer in;
-    Py_ssize_t max_size;
-    if (!PyArg_ParseTuple(args, "y*n:lzo_decompress", &in, &max_size))
-        return NULL;
-    if (max_size < 0 || (size_t)max_size > MAX_PAGE_SIZE) {
-        PyBuffer_Release(&in);
-        PyErr_Format(PyExc_ValueError, "max_size %zd out of range", max_size);
-        return NULL;
-    }
-    PyObject *out = PyBytes_FromStringAndSize(NULL, max_size);
-    if (out == NULL) {
-        PyBuffer_Release(&in);
-        return NULL;
-    }
-    lzo_uint out_len = (lzo_uint)max_size;
-    int rc;
-    Py_BEGIN_ALLOW_THREADS
-    rc = lzo1x_decompress_safe(in.buf, (lzo_uint)in.len,
-                               (unsigned char *)PyBytes_AS_STRING(out), &out_len, NULL);
-    Py_END_ALLOW_THREADS
-    PyBuffer_Release(&in);
-    if (rc != LZO_E_OK) {
-        Py_DECREF(out);
-        PyErr_Format(PagebatchError, "lzo1x_decompress_safe failed (%d)", rc);
-        return NULL;
-    }
-    if (_PyBytes_Resize(&out, (Py_ssize_t)out_len) < 0)
-        return NULL;
-    return out;
-}
-#endif
-
 /* -- module ----------------------------------------------------------------------------- */
 
 static PyMethodDef methods[] = {
     {"compress_pages", compress_pages, METH_VARARGS, compress_pages_doc},
-#ifdef CDBDUMP_HAVE_LZO
-    {"lzo_compress", lzo_compress, METH_O, lzo_compress_doc},
-    {"lzo_decompress", lzo_decompress, METH_VARARGS, lzo_decompress_doc},
-#endif
     {NULL, NULL, 0, NULL},
 };
 

@@ -213,15 +213,3 @@ def test_bad_arguments_are_exceptions() -> None:
         pagebatch.compress_pages(0x2, data.reshape(4, PS)[:, ::2], None, PS // 2, sizes, flags)
     with pytest.raises(BufferError, match="not writable"):
         pagebatch.compress_pages(0x2, data, idx, PS, b"\0" * 8, flags)
-
-
-@needs_native
-def test_single_page_lzo_functions() -> None:
-    page = _pages(Codec.LZO, 3, seed=1)[2]
-    stored = pagebatch.lzo_compress(page)
-    assert stored == lzo.compress(page, 1, False)
-    assert pagebatch.lzo_decompress(stored, PS) == page
-    with pytest.raises(pagebatch.error):
-        pagebatch.lzo_decompress(stored, PS - 1)  # longer than allowed
-    with pytest.raises(pagebatch.error):
-        pagebatch.lzo_decompress(stored + b"\0", PS)  # trailing input
