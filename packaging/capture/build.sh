@@ -79,7 +79,7 @@ for exe in "$OUT" "$OUT.bundle/cdbdump"; do
   fi
   # the venv's C page compressor (cdbdump._pagebatch) must have come along
   if "$PYTHON" -c 'import cdbdump._pagebatch' 2>/dev/null &&
-      ! "$exe" --version | grep -q "lzo.*(native)"; then
+      ! grep -q "lzo.*(native)" <<<"$("$exe" --version)"; then
     echo "$exe lacks cdbdump._pagebatch" >&2; exit 1
   fi
 done
