@@ -12,8 +12,13 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import functools
+import hashlib
+import os
+import subprocess
+import sys
 import zlib
 from collections.abc import Callable
+from pathlib import Path
 
 import lzo
 import numpy as np
@@ -213,3 +218,35 @@ def test_bad_arguments_are_exceptions() -> None:
         pagebatch.compress_pages(0x2, data.reshape(4, PS)[:, ::2], None, PS // 2, sizes, flags)
     with pytest.raises(BufferError, match="not writable"):
         pagebatch.compress_pages(0x2, data, idx, PS, b"\0" * 8, flags)
+
+
+@needs_native
+def test_without_the_module_the_python_path_gives_the_same_bytes(tmp_path: Path) -> None:
+    """What a build without a compiler runs: cdbdump._pagebatch not importable."""
+    pages = {codec: _pages(codec, 150, seed=11) for codec in (Codec.ZLIB, Codec.LZO)}
+    for codec, batch in pages.items():
+        (tmp_path / codec.label).write_bytes(b"".join(batch))
+    code = (
+        "import sys, hashlib; sys.modules['cdbdump._pagebatch'] = None\n"
+        "from pathlib import Path\n"
+        "from cdbdump.codecs import Codec\n"
+        "from cdbdump.writers.compress import PageCompressor, native_codecs\n"
+        "assert not native_codecs()\n"
+        "for codec in (Codec.ZLIB, Codec.LZO):\n"
+        "    with PageCompressor(codec, 4096, threads=2) as pc:\n"
+        "        got = pc.compress_pages(Path(sys.argv[1], codec.label).read_bytes())\n"
+        "    print(hashlib.sha256(bytes(got.payload) + got.sizes.tobytes()"
+        " + got.flags.tobytes()).hexdigest())\n"
+    )
+    env = {**os.environ, _lzo.ENV_BACKEND: "python-lzo"}
+    proc = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True,
+                          text=True, env=env, check=False, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    want = []
+    for codec, batch in pages.items():
+        with PageCompressor(codec, PS, threads=2) as pc:
+            assert pc.native
+            got = pc.compress_pages(b"".join(batch))
+        want.append(hashlib.sha256(bytes(got.payload) + got.sizes.tobytes()
+                                   + got.flags.tobytes()).hexdigest())
+    assert proc.stdout.split() == want
