@@ -21,6 +21,7 @@ from typing import Any
 
 import click
 
+import cdbdump.blas  # noqa: F401  (before numpy: one OpenBLAS thread)
 from cdbdump import __version__, interrupts
 from cdbdump.codecs import Codec
 from cdbdump.deliver import STDOUT_NAME
