@@ -13,6 +13,8 @@ DEMO   := $(CACHE)/demo
 	capture-exe kdump-e2e
 
 # Wheels only: python-lzo (sdist) is left out, LZO comes from the lzallright wheel.
+# cdbdump's optional C page compressor (setup.py) is built in place when a compiler
+# and zlib's headers are there, and skipped (the Python path) when not.
 $(VENV)/.base: pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
 	  { echo "make: $(PYTHON) is older than 3.11 (set PYTHON=...)" >&2; exit 1; }
@@ -22,7 +24,8 @@ $(VENV)/.base: pyproject.toml
 	$(PIP) --only-binary :all: -e '.[lzo,snappy]'
 	touch $@
 
-# Every extra; python-lzo builds against liblzo2-dev (installed by system-deps).
+# Every extra; python-lzo builds against liblzo2-dev (installed by system-deps), and
+# the reinstall rebuilds cdbdump._pagebatch with liblzo2 and libsnappy.
 $(VENV)/.full: $(VENV)/.base | system-deps
 	$(PIP) -e '.[dev,lzo,lzo-exact,snappy]'
 	touch $@

@@ -6,8 +6,10 @@
 DUMP is a kdump-compressed file written from VMCORE (an ELF vmcore). The pages
 it stores (its 2nd bitmap, less the pages sharing the zero-page descriptor)
 are gathered from VMCORE window by window outside the clock, then compressed
-with DUMP's codec by cdbdump's PageCompressor on every core, on the clock.
-Prints one JSON object: pages, bytes, compress_s (wall), compress_cpu_s.
+with DUMP's codec by cdbdump's PageCompressor on every core, on the clock: the
+fastest compressor cdbdump has (the C batch compressor cdbdump._pagebatch for
+zlib, lzo and snappy when it is built, python-zstandard's multi-call API for zstd).
+Prints one JSON object: pages, bytes, compress_s (wall), compress_cpu_s, native.
 """
 
 from __future__ import annotations
@@ -49,6 +51,7 @@ def main() -> None:
         nr_pages = nr_bytes = 0
         zero_offset = None
         with PageCompressor(dump.codec, ps, threads=default_threads()) as pc:
+            native = pc.native
             for pfns in dump.iter_dumpable_pfns(WINDOW_PAGES):
                 descs = dump.page_descs(pfns)
                 if zero_offset is None and dump.dump_level and dump.dump_level & 1:
@@ -69,7 +72,7 @@ def main() -> None:
                 nr_pages += int(kept.size)
                 nr_bytes += len(packed.payload)
     print(json.dumps({"pages": nr_pages, "bytes": nr_bytes, "compress_s": wall,
-                      "compress_cpu_s": cpu}))
+                      "compress_cpu_s": cpu, "native": native}))
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ from typing import Any
 
 import click
 
+import cdbdump.blas  # noqa: F401  (before numpy: one OpenBLAS thread)
 from cdbdump import __version__, interrupts
 from cdbdump.codecs import Codec
 from cdbdump.deliver import STDOUT_NAME
@@ -56,11 +57,14 @@ EXIT_FAILED = 1
 def _version(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
     if not value or ctx.resilient_parsing:
         return
+    from cdbdump.writers.compress import native_codecs
+
     click.echo(f"cdbdump: version {__version__}")
     for codec in Codec:
         if codec is not Codec.NONE:
             state = "enabled" if codec.available else "disabled"
-            click.echo(f"  {codec.label}\t{state}")
+            native = " (native)" if codec.available and codec in native_codecs() else ""
+            click.echo(f"  {codec.label}\t{state}{native}")
     ctx.exit(EXIT_COMPLETED)
 
 

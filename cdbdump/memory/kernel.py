@@ -27,7 +27,7 @@ from cdbdump.formats.x86_64 import (
     PTE_PFN_MASK,
     START_KERNEL_MAP,
 )
-from cdbdump.memory.physical import PhysicalMemory, fill, view_run
+from cdbdump.memory.physical import ElfMemory, PhysicalMemory, fill, view_run
 from cdbdump.memory.x86_64 import PageTableWalker, Run
 from cdbdump.vmcore.vmcoreinfo import VmcoreInfo
 
@@ -161,13 +161,16 @@ class KernelMemory:
     ) -> tuple[npt.NDArray[np.uint8], list[tuple[int, int]]]:
         """The bytes at [vaddr, vaddr + scratch.size) and their unreadable ranges.
 
-        Zero-copy (a read-only array over the mapped file) when the range is
-        one physical run inside one file-backed piece; otherwise the bytes are
-        copied into ``scratch`` as read_into does.
+        Zero-copy (a read-only array over the container's bytes) when the range
+        is one physical run inside one stored piece of a container that hands
+        out its bytes (a kdump-compressed page cache); otherwise, and always for
+        an ELF file (read straight into ``scratch``, no buffer allocated per
+        call), the bytes are copied into ``scratch`` as read_into does.
         """
         size = scratch.size
         runs = list(self.walker.iter_runs(vaddr, vaddr + size, strict=False))
-        if len(runs) == 1 and runs[0][0] == vaddr and runs[0][2] == size:
+        if (len(runs) == 1 and runs[0][0] == vaddr and runs[0][2] == size
+                and not isinstance(self.phys, ElfMemory)):
             try:
                 view = view_run(self.phys, runs[0][1], size)
             except InputReadError:

@@ -133,7 +133,10 @@ def fill(
         lo = ext.paddr - paddr
         if ext.kind is ExtentKind.DATA:
             try:
-                out[lo : lo + ext.size] = np.frombuffer(mem.data(ext), dtype=np.uint8)
+                if isinstance(mem, ElfMemory):  # pread straight into ``out``: no copy
+                    mem.data_into(ext, out[lo : lo + ext.size])
+                else:
+                    out[lo : lo + ext.size] = np.frombuffer(mem.data(ext), dtype=np.uint8)
             except InputReadError:
                 if not salvage:
                     raise
@@ -264,6 +267,11 @@ class ElfMemory:
 
     def data(self, extent: Extent) -> memoryview:
         return self._file.view(extent.file_offset, extent.size, "PT_LOAD data")
+
+    def data_into(self, extent: Extent, out: npt.NDArray[np.uint8]) -> None:
+        """Copy a DATA extent into ``out`` (its size): the writer's reused buffer, not
+        a fresh bytes object (and its page faults) per read."""
+        self._file.read_into(extent.file_offset, out, "PT_LOAD data")
 
     def read(self, paddr: int, size: int) -> bytes:
         return read_extents(self, paddr, size)

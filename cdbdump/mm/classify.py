@@ -23,16 +23,21 @@ from cdbdump.mm.counts import PageCounts
 from cdbdump.mm.levels import DumpLevel
 from cdbdump.mm.pageflags import HugetlbTest, OrderSource, PageDialect, flag_test_mask
 
-__all__ = ("DECISION_TABLE", "ChunkClassifier", "PageClass", "Row", "WindowResult")
+__all__ = ("DECISION_TABLE", "ChunkClassifier", "Columns", "Decision", "PageClass", "Row",
+           "WindowResult")
 
 Bools = npt.NDArray[np.bool_]
 I64 = npt.NDArray[np.int64]
+U32 = npt.NDArray[np.uint32]
+I8 = npt.NDArray[np.int8]
 
 # makedumpfile reads struct pages PGMM_CACHED at a time into a buffer indexed
 # by pfn % PGMM_CACHED and never reads the first tail of a head in the last
 # slot: "The last pfn of the mem_map cache must not be compound head page".
 PGMM_CACHED = 512
 _MAX_SHIFT = 62  # 1 << 62 pages is "to the end of memory" after clipping
+# struct pages per block of the column pass: 512 KiB of 64-byte struct pages, in L2
+_COLUMN_BLOCK = 8192
 
 
 class PageClass(enum.IntEnum):
@@ -80,7 +85,9 @@ DECISION_TABLE: tuple[Row, ...] = (
 # PageCounts field of each class; CACHE_PRIVATE is resolved per page.
 _COUNTER_NAMES = ("", "free", "free", "cache", "cache_private", "user", "hwpoison", "offline")
 _NR_COUNTERS = len(_COUNTER_NAMES)
-_CACHE_INDEX = int(PageClass.CACHE)
+# numpy scalars: comparing an int8 array with an IntEnum member goes through int64
+_KEEP, _FREE, _UNACCEPTED = (np.int8(c) for c in (PageClass.KEEP, PageClass.FREE,
+                                                  PageClass.UNACCEPTED))
 
 
 @dataclass(slots=True)
@@ -89,6 +96,36 @@ class WindowResult:
 
     cleared: Bools  # pfns of the window to clear from the 2nd bitmap
     beyond: list[tuple[int, int]]  # [start, end) pfns past the window to clear too
+
+
+@dataclass(slots=True)
+class Decision:
+    """What the rows decided for one window, before the skip-ahead (ChunkClassifier.decide).
+
+    Holds no reference to the window's struct page bytes, so their buffer can be
+    reused as soon as it is made.
+    """
+
+    code: npt.NDArray[np.int8]  # PageClass of each pfn (KEEP where no row matched)
+    exponent: I8  # the decision covers 2^exponent pages (at most _MAX_SHIFT)
+    nr_invalid_free: int = 0  # buddy pages kept for an invalid free order
+    first_invalid_free_pfn: int = -1
+
+
+@dataclass(slots=True)
+class Columns:
+    """The words of a window of struct pages that the rows test, as contiguous arrays.
+
+    One strided pass over the window fills all of them (ChunkClassifier.columns),
+    block by block so that each block of struct pages is read from memory once;
+    every test after that runs over these small arrays, not the window.
+    """
+
+    low: U32  # flags, bits 0..31
+    high: U32 | None  # flags, bits 32..63: only when a tested bit lies there
+    mapcount: U32 | None  # _mapcount / page_type
+    odd_mapping: Bools  # mapping & PAGE_MAPPING_ANON
+    tail: Bools | None  # compound_head & 1: a tail page
 
 
 @dataclass(slots=True)
@@ -120,7 +157,17 @@ class ChunkClassifier:
         self._problems = _Problems()
         self._shadow_until = 0  # pfns below this (in the same section) are skipped
         self._rows = self._enabled_rows()
+        # the values a decision can take (a -d 4 page without PG_private is CACHE)
+        self._values = sorted({int(r) for r in self._rows}
+                              | ({int(PageClass.CACHE)} if PageClass.CACHE_PRIVATE in self._rows
+                                 else set()))
         self._dtype = dialect.layout.dtype()
+        d = dialect
+        masks = [flag_test_mask(nr) for nr in (d.pg_lru, d.pg_private, d.pg_swapcache,
+                                               d.pg_swapbacked, d.pg_hwpoison) if nr is not None]
+        masks += [1 << nr for nr in (d.pg_slab, d.pg_hugetlb) if nr is not None]
+        masks += [d.pg_head_mask or 0]
+        self._need_high = any(m >> 32 for m in masks)
 
     # -- setup ----------------------------------------------------------------------
 
@@ -178,58 +225,106 @@ class ChunkClassifier:
         struct page readable); ``readable`` marks struct pages whose bytes are
         valid (a head's first tail is only used when readable).
         """
+        return self.apply(start_pfn, self.decide(start_pfn, raw, candidate, readable))
+
+    def decide(
+        self,
+        start_pfn: int,
+        raw: npt.NDArray[np.uint8],
+        candidate: Bools,
+        readable: Bools,
+        columns: Columns | None = None,
+    ) -> Decision:
+        """The first half of classify: the rows' decisions for one window.
+
+        Depends on nothing but its arguments and the dialect, so windows may be
+        decided on several threads at once (numpy releases the GIL); their
+        Decisions must then be applied in ascending pfn order. ``columns``, the
+        window's Columns when the caller made them already (on another thread).
+        """
         n = candidate.size
         size = self.dialect.layout.size
-        rec = raw.view(self._dtype)
-        raw2d = raw.reshape(n, size)
-        decided = self._decide(start_pfn, rec, raw2d, candidate, readable)
-        return self._apply(start_pfn, decided)
+        cols = self.columns(raw) if columns is None else columns
+        return self._decide(start_pfn, cols, raw.view(self._dtype), raw.reshape(n, size),
+                            candidate, readable)
+
+    def columns(self, raw: npt.NDArray[np.uint8]) -> Columns:
+        """The Columns of a window of struct pages (``raw``: n * SIZE(page) bytes)."""
+        layout = self.dialect.layout
+        size = layout.size
+        n = raw.size // size
+
+        def word(offset: int, dtype: type[np.uint32] | type[np.uint8]
+                 ) -> npt.NDArray[np.uint32] | npt.NDArray[np.uint8]:
+            return np.ndarray((n,), dtype=np.dtype(dtype).newbyteorder("<"), buffer=raw,
+                              offset=offset, strides=(size,))
+
+        cols = Columns(
+            low=np.empty(n, dtype=np.uint32),
+            high=np.empty(n, dtype=np.uint32) if self._need_high else None,
+            mapcount=np.empty(n, dtype=np.uint32) if layout.mapcount is not None else None,
+            odd_mapping=np.empty(n, dtype=np.bool_),
+            tail=np.empty(n, dtype=np.bool_) if layout.compound_head is not None else None,
+        )
+        one = np.uint8(1)
+        pairs: list[tuple[npt.NDArray[np.generic], npt.NDArray[np.generic], bool]] = [
+            (cols.low, word(layout.flags, np.uint32), False),
+            (cols.odd_mapping.view(np.uint8), word(layout.mapping, np.uint8), True),
+        ]
+        if cols.high is not None:
+            pairs.append((cols.high, word(layout.flags + 4, np.uint32), False))
+        if cols.mapcount is not None and layout.mapcount is not None:
+            pairs.append((cols.mapcount, word(layout.mapcount, np.uint32), False))
+        if cols.tail is not None and layout.compound_head is not None:
+            pairs.append((cols.tail.view(np.uint8), word(layout.compound_head, np.uint8), True))
+        for lo in range(0, n, _COLUMN_BLOCK):
+            hi = min(n, lo + _COLUMN_BLOCK)
+            for out, src, low_bit in pairs:
+                if low_bit:
+                    np.bitwise_and(src[lo:hi], one, out=out[lo:hi])
+                else:
+                    np.copyto(out[lo:hi], src[lo:hi])
+        return cols
+
+    def apply(self, start_pfn: int, decision: Decision) -> WindowResult:
+        """The second half of classify: skip-ahead, counting; windows in pfn order."""
+        if decision.nr_invalid_free:
+            self._note_invalid_free(decision.first_invalid_free_pfn, decision.nr_invalid_free)
+        return self._apply(start_pfn, decision)
 
     def _decide(
         self,
         start_pfn: int,
+        cols: Columns,
         rec: npt.NDArray[np.void],
         raw2d: npt.NDArray[np.uint8],
         candidate: Bools,
         readable: Bools,
-    ) -> tuple[npt.NDArray[np.int8], I64, Bools]:
+    ) -> Decision:
         d = self.dialect
-        layout = d.layout
         n = candidate.size
-        flags: npt.NDArray[np.uint64] = rec["flags"]
-        # Contiguous copies of the words the tests read: one strided pass each.
-        # test_bit only ever looks at the low 32 bits of flags.
-        low: npt.NDArray[np.uint32] = flags.astype(np.uint32)
-        mapcount: npt.NDArray[np.uint32] = (
-            rec["mapcount"].copy() if layout.mapcount is not None
-            else np.zeros(n, dtype=np.uint32)
-        )
-        odd_mapping: Bools = (rec["mapping"].astype(np.uint8) & np.uint8(1)).view(np.bool_)
+        mapcount = cols.mapcount if cols.mapcount is not None else np.zeros(n, dtype=np.uint32)
 
         # Row 0: tail pages are skipped; only the head's decision covers them.
         cand = candidate
-        if layout.compound_head is not None:
-            tail = (rec["compound_head"].astype(np.uint8) & np.uint8(1)).view(np.bool_)
-            cand = cand & ~tail
+        if cols.tail is not None:
+            cand = cand & ~cols.tail
 
         def test_bit(nr: int) -> Bools:
-            mask = flag_test_mask(nr)
-            tested: Bools = ((flags & np.uint64(mask)) != 0 if mask >> 32
-                             else (low & np.uint32(mask)) != 0)
-            return tested
+            return _flag_set(cols, flag_test_mask(nr))
 
         slab = np.zeros(n, dtype=np.bool_)
         if d.slab_type is not None:
             slab |= mapcount == np.uint32(d.slab_type)
         if d.pg_slab is not None:
             # isSlab uses a real shift: flags & (1UL << NUMBER(PG_slab))
-            slab |= (flags & np.uint64(1 << d.pg_slab)) != 0
+            slab |= _flag_set(cols, 1 << d.pg_slab)
         not_slab = ~slab
         # isAnon: PAGE_MAPPING_ANON and not a slab page; since v6.2 slab.slabs
         # overlays page.mapping and may be odd (makedumpfile commit 5f17bdd, 1.7.3).
-        anon = odd_mapping & not_slab
+        anon = cols.odd_mapping & not_slab
 
-        order, hugetlb = self._compound(start_pfn, flags, low, mapcount, raw2d, cand, readable)
+        order, hugetlb = self._compound(start_pfn, cols, rec, mapcount, raw2d, cand, readable)
 
         is_private: Bools | None = None
         cache: Bools | None = None
@@ -252,7 +347,14 @@ class ChunkClassifier:
                     cache |= test_bit(lru)
                     cache &= ~anon
                     is_private = test_bit(priv)
-                cond = cache & ~is_private if page_class is PageClass.CACHE else cache
+                if page_class is PageClass.CACHE:
+                    cond = cache & ~is_private
+                else:
+                    cond = cache
+                    if PageClass.CACHE not in self._rows:
+                        # the -d 4 row counts a page without PG_private as cache
+                        # (pfn_cache): give those CACHE's value, which comes first
+                        conds.append((cache & ~is_private, int(PageClass.CACHE)))
             elif page_class is PageClass.USER:
                 cond = anon | hugetlb
             elif page_class is PageClass.HWPOISON:
@@ -262,15 +364,13 @@ class ChunkClassifier:
                 assert d.offline_type is not None
                 cond = (mapcount == np.uint32(d.offline_type)) & not_slab
             conds.append((cond, int(page_class)))
-        code = np.zeros(n, dtype=np.int8)
-        for cond, value in reversed(conds):  # first match wins
-            code = np.where(cond, np.int8(value), code)
-        code = np.where(cand, code, np.int8(PageClass.KEEP))
+        code = _first_match(conds, cand)
 
         # Pages covered by the decision: 2^exponent.
         exponent = order
-        free = code == PageClass.FREE
-        if layout.private is not None and free.any():
+        nr_invalid, first_invalid = 0, -1
+        free = code == _FREE
+        if d.layout.private is not None and free.any():
             private: npt.NDArray[np.uint64] = rec["private"]
             exponent = exponent.copy()
             where = np.flatnonzero(free)
@@ -279,34 +379,32 @@ class ChunkClassifier:
                 bad = orders >= np.uint64(d.free_area_length)
                 if bad.any():
                     # "WARNING: Invalid free page order" → continue (page kept)
-                    code[where[bad]] = PageClass.KEEP
-                    self._note_invalid_free(start_pfn + int(where[bad][0]), int(bad.sum()))
+                    code[where[bad]] = _KEEP
+                    nr_invalid, first_invalid = int(bad.sum()), start_pfn + int(where[bad][0])
                     where, orders = where[~bad], orders[~bad]
-            exponent[where] = np.minimum(orders, np.uint64(_MAX_SHIFT)).astype(np.int64)
-        unaccepted = code == PageClass.UNACCEPTED
+            exponent[where] = np.minimum(orders, np.uint64(_MAX_SHIFT)).astype(np.int8)
+        unaccepted = code == _UNACCEPTED
         if unaccepted.any():
             assert d.free_area_length is not None
             if exponent is order:
                 exponent = exponent.copy()
-            exponent[unaccepted] = d.free_area_length - 1
-        if is_private is None:
-            is_private = np.zeros(n, dtype=np.bool_)
-        return code, exponent, is_private
+            exponent[unaccepted] = min(d.free_area_length - 1, _MAX_SHIFT)
+        return Decision(code, exponent, nr_invalid, first_invalid)
 
     def _compound(
         self,
         start_pfn: int,
-        flags: npt.NDArray[np.uint64],
-        low: npt.NDArray[np.uint32],
+        cols: Columns,
+        rec: npt.NDArray[np.void],
         mapcount: npt.NDArray[np.uint32],
         raw2d: npt.NDArray[np.uint8],
         cand: Bools,
         readable: Bools,
-    ) -> tuple[I64, Bools]:
+    ) -> tuple[I8, Bools]:
         """Folio order (0 unless a valid compound head) and the hugetlb marker."""
         d = self.dialect
         n = cand.size
-        order = np.zeros(n, dtype=np.int64)
+        order = np.zeros(n, dtype=np.int8)
         hugetlb = np.zeros(n, dtype=np.bool_)
         if d.hugetlb_test is HugetlbTest.DTOR and d.hugetlb_dtor == 0:
             hugetlb[:] = True  # compound_dtor reads 0 for every non-head page
@@ -314,11 +412,7 @@ class ChunkClassifier:
             return order, hugetlb
         if d.order_source is OrderSource.NONE and d.hugetlb_test is HugetlbTest.NONE:
             return order, hugetlb
-        if d.pg_head_mask >> 32:
-            head = cand & ((flags & np.uint64(d.pg_head_mask)) != 0)
-        else:
-            head = cand & ((low & np.uint32(d.pg_head_mask)) != 0)
-        heads = np.flatnonzero(head)
+        heads = np.flatnonzero(cand & _flag_set(cols, d.pg_head_mask))
         if heads.size == 0:
             return order, hugetlb
         pfns = heads + start_pfn
@@ -330,6 +424,7 @@ class ChunkClassifier:
             return order, hugetlb
         tails = heads + 1
         layout = d.layout
+        flags: npt.NDArray[np.uint64] = rec["flags"]  # only the first tails are read
 
         def tail_field(offset: int) -> I64:
             value: I64 = raw2d[tails, offset].astype(np.int64)
@@ -360,7 +455,7 @@ class ChunkClassifier:
         safe = np.where(valid, head_order, 0).astype(np.uint64)
         misaligned = (pfns.astype(np.uint64) & ((np.uint64(1) << safe) - np.uint64(1))) != 0
         head_order[~valid | misaligned] = 0
-        order[heads] = np.minimum(head_order, _MAX_SHIFT)
+        order[heads] = np.minimum(head_order, _MAX_SHIFT).astype(np.int8)
         return order, hugetlb
 
     def _note_invalid_free(self, pfn: int, count: int) -> None:
@@ -370,61 +465,53 @@ class ChunkClassifier:
 
     # -- skip-ahead, clearing and counting ------------------------------------------------
 
-    def _apply(
-        self, start_pfn: int, decided: tuple[npt.NDArray[np.int8], I64, Bools]
-    ) -> WindowResult:
-        code, exponent, is_private = decided
+    def _apply(self, start_pfn: int, decided: Decision) -> WindowResult:
+        code, exponent = decided.code, decided.exponent
         n = code.size
-        excluded = code != PageClass.KEEP
-        idx = np.flatnonzero(excluded)  # the (usually few) pages a row matched
-        counter = code[idx].astype(np.intp)
-        private_row = counter == PageClass.CACHE_PRIVATE
-        if private_row.any():
-            counter[private_row & ~is_private[idx]] = _CACHE_INDEX
-        multi = exponent[idx] > 0
+        excluded = code != _KEEP
+        heads = np.flatnonzero((exponent > 0) & excluded)  # decisions covering n > 1 pages
         carry = self._shadow_until - start_pfn
 
-        if carry <= 0 and not multi.any():
-            self._add_counts(np.bincount(counter, minlength=_NR_COUNTERS))
+        if carry <= 0 and heads.size == 0:
+            self._add_counts(self._class_counts(code))
             return WindowResult(cleared=excluded, beyond=[])
 
-        positions = np.flatnonzero(multi)
-        heads = idx[positions]
-        nr = np.left_shift(np.int64(1), exponent[heads])
+        nr = np.left_shift(np.int64(1), exponent[heads].astype(np.int64))
         section_end = ((heads + start_pfn) // self.pages_per_section + 1) * \
             self.pages_per_section - start_pfn
         reach = np.minimum(heads + nr, section_end)  # where the loop resumes
         active = _active_ranges(heads, reach, max(carry, 0))
-        a_pos, a_heads, a_reach, a_nr = positions[active], heads[active], reach[active], nr[active]
+        a_heads, a_reach, a_nr = heads[active], reach[active], nr[active]
 
         # Pages skipped because an earlier range covers them (not the head itself).
-        skip = np.zeros(n + 1, dtype=np.int32)
-        if carry > 0:
-            skip[0] += 1
-            skip[min(carry, n)] -= 1
-        np.add.at(skip, np.minimum(a_heads + 1, n), 1)
-        np.add.at(skip, np.minimum(a_reach, n), -1)
-        shadowed = np.cumsum(skip[:n]) > 0
-        reached = ~shadowed[idx]
+        first = np.zeros(1, dtype=np.int64)
+        shadowed = _ranges_mask(np.concatenate((first, a_heads + 1)),
+                                np.concatenate((first + max(carry, 0), a_reach)), n)
 
         # Pages cleared: every reached decision, and the whole range of a reached head
         # (clipped at max_mapnr, the end of makedumpfile's cycle).
         ends = np.minimum(a_heads + a_nr, self.max_mapnr - start_pfn)
-        clear = np.zeros(n + 1, dtype=np.int32)
-        np.add.at(clear, a_heads, 1)
-        np.add.at(clear, np.minimum(ends, n), -1)
-        cleared: Bools = np.logical_or(np.cumsum(clear[:n]) > 0, excluded & ~shadowed)
+        cleared = _ranges_mask(a_heads, ends, n)
+        cleared |= excluded & ~shadowed
         beyond = [(start_pfn + n, start_pfn + int(e)) for e in ends[ends > n].tolist()]
         if a_reach.size and int(a_reach.max()) > n:
             self._shadow_until = max(self._shadow_until, start_pfn + int(a_reach.max()))
 
-        weights = np.ones(idx.size, dtype=np.int64)
-        weights[a_pos] = ends - a_heads
-        self._add_counts(np.bincount(counter[reached], weights=weights[reached],
-                                     minlength=_NR_COUNTERS))
+        # Counted: one per reached decision, and the rest of the range of a reached head.
+        reached: I8 = np.multiply(code.view(np.uint8), (~shadowed).view(np.uint8)).view(np.int8)
+        rest = np.bincount(code[a_heads].astype(np.intp), weights=ends - a_heads - 1,
+                           minlength=_NR_COUNTERS)
+        self._add_counts(self._class_counts(reached) + rest.astype(np.int64))
         return WindowResult(cleared=cleared, beyond=beyond)
 
-    def _add_counts(self, counts: npt.NDArray[np.int64] | npt.NDArray[np.float64]) -> None:
+    def _class_counts(self, code: I8) -> npt.NDArray[np.int64]:
+        """Pages of each PageClass value in ``code`` (KEEP not counted)."""
+        counts = np.zeros(_NR_COUNTERS, dtype=np.int64)
+        for value in self._values:
+            counts[value] = np.count_nonzero(code == value)
+        return counts
+
+    def _add_counts(self, counts: npt.NDArray[np.int64]) -> None:
         values = [int(v) for v in counts.tolist()]
         c = self.counts
         c.free += values[PageClass.FREE] + values[PageClass.UNACCEPTED]
@@ -433,6 +520,63 @@ class ChunkClassifier:
         c.user += values[PageClass.USER]
         c.hwpoison += values[PageClass.HWPOISON]
         c.offline += values[PageClass.OFFLINE]
+
+
+def _ranges_mask(starts: I64, ends: I64, n: int) -> Bools:
+    """A mask of [0, n) true in the union of the [start, end) ranges (starts ascending).
+
+    Overlapping ranges are merged with a running maximum of their ends; the
+    mask is then written as alternating runs (np.repeat), one pass over n.
+    """
+    starts = np.clip(starts, 0, n)
+    ends = np.maximum(np.clip(ends, 0, n), starts)
+    if starts.size == 0:
+        return np.zeros(n, dtype=np.bool_)
+    run_end = np.maximum.accumulate(ends)
+    opens = np.ones(starts.size, dtype=np.bool_)
+    opens[1:] = starts[1:] > run_end[:-1]
+    firsts = np.flatnonzero(opens)
+    lasts = np.append(firsts[1:] - 1, starts.size - 1)
+    bounds = np.empty(2 * firsts.size + 2, dtype=np.int64)
+    bounds[0], bounds[-1] = 0, n
+    bounds[1:-1:2] = starts[firsts]
+    bounds[2:-1:2] = run_end[lasts]
+    values = np.zeros(bounds.size - 1, dtype=np.bool_)
+    values[1::2] = True
+    mask: Bools = np.repeat(values, np.diff(bounds))
+    return mask
+
+
+def _first_match(conds: list[tuple[Bools, int]], cand: Bools) -> I8:
+    """The value of the first true condition of each page (KEEP where none, or not cand).
+
+    The rows' values grow with their order in DECISION_TABLE, so the first
+    match is the smallest value among the true conditions: each condition
+    becomes ``value`` where true and 255 where false (cond * (value + 1) - 1 in
+    uint8) and is folded in with a minimum; a few passes over bytes, no masked
+    stores.
+    """
+    acc = np.full(cand.size, 255, dtype=np.uint8)
+    scratch = np.empty(cand.size, dtype=np.uint8)
+    for cond, value in conds:
+        np.multiply(cond.view(np.uint8), np.uint8(value + 1), out=scratch)
+        np.subtract(scratch, np.uint8(1), out=scratch)
+        np.minimum(acc, scratch, out=acc)
+    np.add(acc, np.uint8(1), out=acc)  # no match: 255 -> 0; a match: value + 1
+    np.maximum(acc, np.uint8(1), out=acc)
+    np.subtract(acc, np.uint8(1), out=acc)
+    np.multiply(acc, cand.view(np.uint8), out=acc)
+    code: I8 = acc.view(np.int8)
+    return code
+
+
+def _flag_set(cols: Columns, mask: int) -> Bools:
+    """flags & mask != 0 for a 64-bit mask, from the flag words of ``cols``."""
+    tested: Bools = (cols.low & np.uint32(mask & 0xFFFFFFFF)) != 0
+    if mask >> 32:
+        assert cols.high is not None  # ChunkClassifier asks for it whenever a mask needs it
+        tested |= (cols.high & np.uint32(mask >> 32)) != 0
+    return tested
 
 
 def _active_ranges(heads: I64, reach: I64, carry: int) -> Bools:

@@ -26,7 +26,7 @@ from cdbdump.formats.crash_dump_bitmap import (
     CrashDumpBitmapInfo,
 )
 from cdbdump.formats.x86_64 import START_KERNEL_MAP
-from cdbdump.memory.physical import PhysicalMemory, all_data, view_run
+from cdbdump.memory.physical import ElfMemory, PhysicalMemory, all_data, fill, view_run
 from cdbdump.mm.counts import PageCounts
 from cdbdump.mm.levels import DumpLevel
 from cdbdump.vmcore.vmcoreinfo import VmcoreInfo
@@ -163,14 +163,10 @@ def apply_kernel_bitmap(
     """
     window_bytes = window_bytes or _WINDOW_BYTES
     nbytes = bitmap2.bits.size
+    buf = np.empty(min(window_bytes, nbytes), dtype=np.uint8)
     for off in range(0, nbytes, window_bytes):
         n = min(window_bytes, nbytes - off)
-        view = view_run(phys, kernel.info.bitmap + off, n)
-        window = (
-            np.frombuffer(view, dtype=np.uint8)
-            if view is not None
-            else np.frombuffer(phys.read(kernel.info.bitmap + off, n), dtype=np.uint8)
-        )
+        window = _read_window(phys, kernel.info.bitmap + off, buf[:n])
         np.bitwise_and(bitmap2.bits[off : off + n], window, out=bitmap2.bits[off : off + n])
         bitmap2.release()
     tail_bits = bitmap2.nr_bits & 7
@@ -250,9 +246,10 @@ def verify_kernel_bitmap(
     hi_arr = np.array([hi for _, hi in merged], dtype=np.int64)
     nbytes = (max_mapnr + 7) // 8
     nr_kept = 0
+    buf = np.empty(min(_WINDOW_BYTES, nbytes), dtype=np.uint8)
     for off in range(0, nbytes, _WINDOW_BYTES):
         n = min(_WINDOW_BYTES, nbytes - off)
-        window = np.frombuffer(phys.read(base + off, n), dtype=np.uint8)
+        window = _read_window(phys, base + off, buf[:n])
         if off + n == nbytes and max_mapnr & 7:  # bits past max_mapnr do not count
             window = window.copy()
             window[-1] &= (1 << (max_mapnr & 7)) - 1
@@ -272,6 +269,21 @@ def verify_kernel_bitmap(
             f"counters account for {counted}"
         )
     return None
+
+
+def _read_window(
+    phys: PhysicalMemory, paddr: int, buf: npt.NDArray[np.uint8]
+) -> npt.NDArray[np.uint8]:
+    """The kernel bitmap's bytes at ``paddr``: zero-copy when the container hands them
+    out, else read into ``buf`` (reused: no window-sized allocation per window).
+    probe_kernel_bitmap proved every byte is stored (all_data)."""
+    if not isinstance(phys, ElfMemory):
+        view = view_run(phys, paddr, buf.size)
+        if view is not None:
+            return np.frombuffer(view, dtype=np.uint8)
+    if fill(phys, paddr, buf):
+        raise NotInDumpError(paddr, buf.size)
+    return buf
 
 
 def _merge(spans: list[tuple[int, int]]) -> list[tuple[int, int]]:

@@ -11,7 +11,9 @@ numpy (mm.classify); memory use stays a few windows whatever the machine size.
 from __future__ import annotations
 
 import bisect
+from collections import deque
 from collections.abc import Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -21,10 +23,10 @@ from cdbdump.bitmap import Bitmap
 from cdbdump.errors import AddressError, CorruptDumpError, MissingVmcoreInfoKey
 from cdbdump.memory.kernel import KernelMemory
 from cdbdump.memory.physical import data_pfn_ranges, view_run
-from cdbdump.mm.classify import ChunkClassifier
+from cdbdump.mm.classify import ChunkClassifier, Columns, Decision
 from cdbdump.mm.counts import PageCounts
 from cdbdump.mm.levels import DumpLevel
-from cdbdump.mm.memmodel import MemMap, locate_mem_map
+from cdbdump.mm.memmodel import MemMap, MemMapRun, locate_mem_map
 from cdbdump.mm.pageflags import PageDialect
 from cdbdump.report import ProgressCallback
 from cdbdump.vmcore.vmcoreinfo import VmcoreInfo
@@ -41,6 +43,8 @@ __all__ = (
 PROGRESS_STEP = "Excluding unnecessary pages"  # makedumpfile's step name
 DEFAULT_WINDOW = 1 << 16  # struct pages per window: 4 MiB of 64-byte struct page
 _MAX_PROBLEM_RANGES = 8
+_NR_BUFFERS = 3  # windows of struct pages in flight: read, being decided, decided
+_MMAP_PROBE = 4 << 20  # see _scan_mem_map
 
 
 @dataclass(slots=True)
@@ -158,6 +162,37 @@ def exclude_unnecessary_pages(
 # -- the mem_map scan ---------------------------------------------------------------------
 
 
+@dataclass(frozen=True, slots=True)
+class _Window:
+    start_pfn: int
+    stop_pfn: int
+    vaddr: int  # of the struct page of start_pfn
+
+
+@dataclass(slots=True)
+class _Decided:
+    window: _Window
+    decision: Decision
+    lost: npt.NDArray[np.bool_] | None  # dumped frames whose struct page was unreadable
+
+
+# a window's struct pages, the byte ranges that could not be read, their Columns
+_Read = tuple[npt.NDArray[np.uint8], list[tuple[int, int]], Columns]
+
+
+def _plan_windows(runs: list[MemMapRun], max_mapnr: int, window: int,
+                  size: int) -> list[_Window]:
+    out = []
+    for run in runs:
+        end_pfn = min(run.end_pfn, max_mapnr)
+        start = run.start_pfn
+        while start < end_pfn:
+            stop = min(end_pfn, (start // window + 1) * window)
+            out.append(_Window(start, stop, run.mem_map_vaddr + (start - run.start_pfn) * size))
+            start = stop
+    return out
+
+
 def _scan_mem_map(
     kernel: KernelMemory,
     dialect: PageDialect,
@@ -169,47 +204,83 @@ def _scan_mem_map(
     progress: ProgressCallback | None,
     result: ScanResult,
 ) -> None:
+    """Read and classify the mem_map window by window, reading ahead on a thread.
+
+    One reader thread reads the windows in order into a ring of _NR_BUFFERS
+    buffers and pulls out the words the rows test (pread and numpy release the
+    GIL; the kernel's read-ahead sees one sequential reader, and only that
+    thread touches the input and its page-table cache); this thread decides
+    and applies the windows in pfn order (skip-ahead, counts, the bitmap), so
+    the result is the one of a sequential scan whatever the timing.
+    """
     classifier = ChunkClassifier(
         dialect, level, max_mapnr=max_mapnr, pages_per_section=mem_map.pages_per_section
     )
     size = dialect.layout.size
     # windows stay aligned to makedumpfile's 512-entry struct page buffer
     window = max(512, window - window % 512)
-    scratch = np.empty(window * size, dtype=np.uint8)
     in_segs = _PfnRanges(data_pfn_ranges(kernel.phys, first_byte=True))
     runs = [r for r in mem_map.runs if r.start_pfn < max_mapnr]
-    total = sum(min(r.end_pfn, max_mapnr) - r.start_pfn for r in runs)
+    windows = _plan_windows(runs, max_mapnr, window, size)
+    total = sum(w.stop_pfn - w.start_pfn for w in windows)
+    # glibc serves allocations above M_MMAP_THRESHOLD (128 KiB at start) with mmap and
+    # gives them back on free, so every window-sized numpy temporary would be page
+    # faults (~30x the sys time); freeing one mmapped block raises the threshold to
+    # its size (mallopt(3), dynamic mmap threshold), and the heap keeps them.
+    np.empty(max(window * size, _MMAP_PROBE), dtype=np.uint8)  # allocated, freed at once
+    buffers = [np.empty(window * size, dtype=np.uint8)
+               for _ in range(min(_NR_BUFFERS, len(windows)))]
+
+    def read(k: int) -> _Read:
+        w = windows[k]
+        raw, missing = kernel.gather(
+            w.vaddr, buffers[k % len(buffers)][: (w.stop_pfn - w.start_pfn) * size])
+        kernel.phys.release_all()  # RSS: one window, not the whole mem_map
+        # the words the rows test, while the window is still in this core's cache
+        return raw, missing, classifier.columns(raw)
+
+    def decide(k: int, reading: Future[_Read]) -> _Decided:
+        w = windows[k]
+        raw, missing, columns = reading.result()
+        n = w.stop_pfn - w.start_pfn
+        readable = _readable(n, size, missing)
+        candidate = in_segs.mask(w.start_pfn, w.stop_pfn)
+        lost = None
+        if missing:
+            lost = candidate & ~readable
+            candidate &= readable
+        return _Decided(w, classifier.decide(w.start_pfn, raw, candidate, readable, columns),
+                        lost)
+
     done = 0
     unreadable_ranges: list[tuple[int, int]] = []
-    for run in runs:
-        end_pfn = min(run.end_pfn, max_mapnr)
-        start = run.start_pfn
-        while start < end_pfn:
-            stop = min(end_pfn, (start // window + 1) * window)
-            n = stop - start
-            vaddr = run.mem_map_vaddr + (start - run.start_pfn) * size
-            raw, missing = kernel.gather(vaddr, scratch[: n * size])
-            readable = _readable(n, size, missing)
-            candidate = in_segs.mask(start, stop)
-            if missing:
-                lost = candidate & ~readable
-                nr_lost = int(lost.sum())
-                if nr_lost:
-                    result.nr_unreadable += nr_lost
-                    if len(unreadable_ranges) < _MAX_PROBLEM_RANGES:
-                        first = start + int(np.argmax(lost))
-                        unreadable_ranges.append((first, start + n))
-                candidate &= readable
-            decided = classifier.classify(start, raw, candidate, readable)
-            _clear(bitmap2, start, decided.cleared)
-            for lo, hi in decided.beyond:
-                bitmap2.clear_range(lo, hi)
-            kernel.phys.release_all()  # RSS: one window, not the whole mem_map
-            bitmap2.release()  # nor the whole bitmap, when it lives in the output file
-            done += n
-            if progress is not None:
-                progress(PROGRESS_STEP, done, total)
-            start = stop
+
+    def apply(decided: _Decided) -> None:
+        nonlocal done
+        w, lost = decided.window, decided.lost
+        if lost is not None:
+            nr_lost = int(lost.sum())
+            if nr_lost:
+                result.nr_unreadable += nr_lost
+                if len(unreadable_ranges) < _MAX_PROBLEM_RANGES:
+                    unreadable_ranges.append((w.start_pfn + int(np.argmax(lost)), w.stop_pfn))
+        outcome = classifier.apply(w.start_pfn, decided.decision)
+        _clear(bitmap2, w.start_pfn, outcome.cleared)
+        for lo, hi in outcome.beyond:
+            bitmap2.clear_range(lo, hi)
+        bitmap2.release()  # RSS: not the whole bitmap, when it lives in the output file
+        done += w.stop_pfn - w.start_pfn
+        if progress is not None:
+            progress(PROGRESS_STEP, done, total)
+
+    with ThreadPoolExecutor(1, thread_name_prefix="cdbdump-mem_map-read") as reader:
+        reads: deque[Future[_Read]] = deque()
+        for k in range(min(len(buffers) - 1, len(windows))):
+            reads.append(reader.submit(read, k))
+        for k in range(len(windows)):
+            if k + len(buffers) - 1 < len(windows):  # the buffer of window k - 1 is free
+                reads.append(reader.submit(read, k + len(buffers) - 1))
+            apply(decide(k, reads.popleft()))
     result.nr_struct_pages = total
     result.counts.add(classifier.counts)
     result.problems.extend(classifier.problems)

@@ -18,19 +18,19 @@ With dump level bit 1 (exclude zero pages) zero pages keep their bit in the
 2nd bitmap; one raw zero page is written first in the data area and every
 all-zero page's descriptor is a copy of that shared descriptor.
 
-Pages are streamed in windows of set pfns: each window is gathered (zero-copy
-when it is one run inside one PT_LOAD), zero-tested with numpy, compressed as a
-batch, and written as one data write followed by one descriptor write, so
-neither the descriptor table nor the data is ever held whole, and every
-descriptor on disk points at data already written (what makes an ENOSPC-cut
-dump readable, makedumpfile's "incomplete dumpfile").
+Pages are streamed in windows of set pfns: each window is gathered (read
+straight into a reused buffer; one read when it is one run inside one PT_LOAD),
+zero-tested with numpy, compressed as a batch, and written as one data write
+followed by one descriptor write, so neither the descriptor table nor the data
+is ever held whole, and every descriptor on disk points at data already written
+(what makes an ENOSPC-cut dump readable, makedumpfile's "incomplete dumpfile").
 """
 
 from __future__ import annotations
 
 import struct
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -59,7 +59,7 @@ from cdbdump.formats.kdump import (
     bitmap_bytes,
 )
 from cdbdump.interrupts import deferred
-from cdbdump.memory.physical import ExtentKind, PhysicalMemory, fill, view_run
+from cdbdump.memory.physical import Extent, ExtentKind, PhysicalMemory, fill, view_run
 from cdbdump.report import PageProgress
 from cdbdump.writers.compress import PageCompressor
 from cdbdump.writers.sink import Sink
@@ -444,6 +444,13 @@ class _PageWriter:
             np.empty(self.window_pages * self.page_size, dtype=np.uint8) for _ in range(2)
         ]
         self.gather = self.gathers[0]
+        # inputs that copy into a given buffer (ElfMemory.data_into) are read straight
+        # into the gather buffer: no bytes object, and no fresh pages to fault, per read
+        self.data_into: Callable[[Extent, npt.NDArray[np.uint8]], None] | None = getattr(
+            memory, "data_into", None)
+        self.scratch = np.empty(0, dtype=np.uint8)  # a window's sparse span, read whole
+        self.start_writeback: Callable[[int, int], None] | None = getattr(
+            sink, "start_writeback", None)  # a file (not a -F stream)
         self.nr_windows = 0
         self.io = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cdbdump-write")
         self.pending: Future[None] | None = None
@@ -584,6 +591,8 @@ class _PageWriter:
             self._keep_complete_descs(descs, is_zero, data_offset + exc.written)
             raise
         self._write_descs(descs, is_zero)
+        if self.start_writeback is not None and len(payload):
+            self.start_writeback(data_offset, len(payload))  # the final fsync waits less
         self.timings["write"] += time.perf_counter() - t0
 
     # -- output ---------------------------------------------------------------------------
@@ -690,11 +699,20 @@ class _PageWriter:
         # read whole with pread, only when dense)
         ext = next(self.memory.extents(first << shift, span * ps))
         whole = ext.kind is ExtentKind.DATA and ext.size == span * ps
+        data_into = self.data_into
         if whole and (span == n or (ext.file_offset >= 0 and span <= 2 * n)):
-            view = self.memory.data(ext)
-            if span == n:
-                return view  # one run: zero-copy straight from the input mapping
-            rows = np.frombuffer(view, dtype=np.uint8).reshape(span, ps)
+            if span == n:  # one run
+                if data_into is None:
+                    return self.memory.data(ext)
+                data_into(ext, self.gather[: n * ps])
+                return self.gather[: n * ps]
+            if data_into is None:
+                rows = np.frombuffer(self.memory.data(ext), dtype=np.uint8).reshape(span, ps)
+            else:
+                if self.scratch.size < span * ps:
+                    self.scratch = np.empty(2 * self.window_pages * ps, dtype=np.uint8)
+                data_into(ext, self.scratch[: span * ps])
+                rows = self.scratch[: span * ps].reshape(span, ps)
             out = self.gather[: n * ps].reshape(n, ps)
             np.take(rows, pfns - first, axis=0, out=out)
             return self.gather[: n * ps]
@@ -705,11 +723,17 @@ class _PageWriter:
         buf = self.gather
         for lo, hi, pfn in zip(run_starts, run_ends, first_pfns, strict=True):
             dest = buf[lo * ps : hi * ps]
-            run = view_run(self.memory, pfn << shift, (hi - lo) * ps)
-            if run is not None:
-                dest[:] = np.frombuffer(run, dtype=np.uint8)
+            if data_into is not None:
+                run_ext = next(self.memory.extents(pfn << shift, (hi - lo) * ps))
+                if run_ext.kind is ExtentKind.DATA and run_ext.size == (hi - lo) * ps:
+                    data_into(run_ext, dest)
+                    continue
             else:
-                self._gather_slow(pfn << shift, dest)
+                run = view_run(self.memory, pfn << shift, (hi - lo) * ps)
+                if run is not None:
+                    dest[:] = np.frombuffer(run, dtype=np.uint8)
+                    continue
+            self._gather_slow(pfn << shift, dest)
         return buf[: n * ps]
 
     def _gather_slow(self, paddr: int, out: npt.NDArray[np.uint8]) -> None:

@@ -77,5 +77,10 @@ for exe in "$OUT" "$OUT.bundle/cdbdump"; do
   if "$exe" --version | grep -q disabled; then
     echo "$exe lacks a codec: $("$exe" --version | grep disabled)" >&2; exit 1
   fi
+  # the venv's C page compressor (cdbdump._pagebatch) must have come along
+  if "$PYTHON" -c 'import cdbdump._pagebatch' 2>/dev/null &&
+      ! grep -q "lzo.*(native)" <<<"$("$exe" --version)"; then
+    echo "$exe lacks cdbdump._pagebatch" >&2; exit 1
+  fi
 done
 echo "$OUT"

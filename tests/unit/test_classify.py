@@ -364,3 +364,48 @@ def test_dialect_errors() -> None:
     # without the buddy value the FREE row is left to the free-list walk
     d = PageDialect.from_vmcoreinfo(info_of({"NUMBER(PAGE_BUDDY_MAPCOUNT_VALUE)": None}))
     assert not d.has_buddy_method
+
+
+# -- the vectorised pieces against their one-page-at-a-time definitions --------------------
+
+
+def test_row_values_grow_in_table_order() -> None:
+    # _first_match takes the smallest value of the true rows as the first match
+    values = [int(row.page_class) for row in DECISION_TABLE]
+    assert values == sorted(values) and len(set(values)) == len(values)
+    assert min(values) > PageClass.KEEP
+
+
+def test_first_match_is_the_first_true_row() -> None:
+    from cdbdump.mm.classify import _first_match
+
+    rng = np.random.default_rng(3)
+    n = 4099
+    values = [int(row.page_class) for row in DECISION_TABLE]
+    for trial in range(20):
+        chosen = sorted(rng.choice(values, size=int(rng.integers(0, len(values) + 1)),
+                                   replace=False).tolist())
+        conds = [(rng.random(n) < rng.random(), v) for v in chosen]
+        rng.shuffle(conds)  # the order of the list must not matter, only the values
+        cand = rng.random(n) < 0.9
+        expected = np.zeros(n, dtype=np.int8)
+        for i in range(n):
+            if cand[i]:
+                hits = [v for c, v in conds if c[i]]
+                expected[i] = min(hits) if hits else PageClass.KEEP
+        assert np.array_equal(_first_match(conds, cand), expected), trial
+
+
+def test_ranges_mask_is_the_union_of_the_ranges() -> None:
+    from cdbdump.mm.classify import _ranges_mask
+
+    rng = np.random.default_rng(4)
+    for trial in range(500):
+        n = int(rng.integers(1, 200))
+        k = int(rng.integers(0, 10))
+        starts = np.sort(rng.integers(-5, n + 5, k)).astype(np.int64)
+        ends = (starts + rng.integers(-3, 80, k)).astype(np.int64)  # overlapping, empty
+        expected = np.zeros(n, dtype=np.bool_)
+        for lo, hi in zip(starts.tolist(), ends.tolist(), strict=True):
+            expected[max(lo, 0) : max(min(hi, n), 0)] = True
+        assert np.array_equal(_ranges_mask(starts, ends, n), expected), trial

@@ -104,10 +104,11 @@ def test_incompressible_page_is_stored_raw(codec: Codec) -> None:
 def test_compressed_form_kept_only_when_strictly_smaller(
     monkeypatch: pytest.MonkeyPatch, delta: int
 ) -> None:
-    # a fake codec whose output is page_size + delta bytes
+    # a fake codec whose output is page_size + delta bytes (the Python path; the
+    # native one's rule: tests/unit/test_pagebatch.py)
     fake = b"\x01" * (PS + delta)
     page = _text_page(7)
-    with PageCompressor(Codec.ZLIB, PS, threads=1) as pc:
+    with PageCompressor(Codec.ZLIB, PS, threads=1, native=False) as pc:
         monkeypatch.setattr(pc, "_page_function", lambda page: fake)
         got = pc.compress_pages(page)
     if delta < 0:

@@ -19,8 +19,14 @@ from cdbdump.codecs import Codec
 from cdbdump.errors import NotInDumpError, OutputError, OutputNoSpaceError
 from cdbdump.fileio import MappedFile
 from cdbdump.vmcore.kdumpfile import KdumpFile
-from cdbdump.writers.kdump import KdumpLayout, KdumpMetadata, mark_incomplete, write_kdump
-from cdbdump.writers.sink import create_output
+from cdbdump.writers.kdump import (
+    KdumpLayout,
+    KdumpMetadata,
+    KdumpWriteResult,
+    mark_incomplete,
+    write_kdump,
+)
+from cdbdump.writers.sink import OutputFile, create_output
 from tests.oracles import (
     ElfLoad,
     KdumpInputs,
@@ -290,6 +296,32 @@ def test_progress_reaches_total(tmp_path: Path,
     assert len(calls) >= total // 8
     assert calls[-1] == (total, total)
     assert [d for d, _ in calls] == sorted(d for d, _ in calls)
+
+
+def test_writeback_starts_for_every_byte_of_page_data(
+    tmp_path: Path, source: tuple[Path, dict[int, bytes], KdumpInputs],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # each window's data is handed to writeback as soon as it is written (the closing
+    # fsync then waits for little): the hinted ranges cover the data area exactly
+    _, _, inputs = source
+    hinted: list[tuple[int, int]] = []
+    original = OutputFile.start_writeback
+
+    def spy(self: OutputFile, file_offset: int, size: int) -> None:
+        hinted.append((file_offset, size))
+        original(self, file_offset, size)
+
+    monkeypatch.setattr(OutputFile, "start_writeback", spy)
+    path, result = _write(tmp_path, inputs, Codec.ZLIB, window_pages=4)
+    assert isinstance(result, KdumpWriteResult)
+    assert len(hinted) > 2
+    # after the shared zero page (written before any window), contiguous to the end
+    start = result.layout.offset_data + PS
+    for file_offset, size in hinted:
+        assert file_offset == start and size > 0
+        start += size
+    assert start == path.stat().st_size == result.bytes_written
 
 
 def test_page_in_no_segment_is_refused(tmp_path: Path,

@@ -408,3 +408,55 @@ def test_same_as_makedumpfile(tiny_vmcore: Any, tmp_path: Path, dialect: str,
             found = re.search(label + r"\s*:\s*0x([0-9a-f]+)", report)
             assert found is not None, label
             assert getattr(result.counts, name) == int(found.group(1), 16), f"-d {level} {name}"
+
+
+# -- the read-ahead pipeline: the same answer whatever the window and the timing -----------
+
+
+@pytest.mark.parametrize(
+    ("dialect", "kwargs"),
+    [
+        ("6.1", {"layout": "qemu"}),  # holes in RAM below 4 GiB
+        ("6.9", {"vmemmap_4k_sections": (0, 32)}),  # sections without a 2 MiB mapping
+        ("5.10", {"ram_size": 1 << 30, "crashkernel": (0x10000000, 64 << 20),
+                  "data_fraction": 0.01}),  # a range missing from the dump
+    ],
+)
+def test_every_window_gives_the_oracle(tiny_vmcore: Any, dialect: str,
+                                       kwargs: dict[str, Any]) -> None:
+    """Windows that do not divide a section (1536, 2560 pfns), the smallest one (512),
+    one past a section (32768 + 512): the windows are read ahead on a thread and
+    applied in order, so every one must give the oracle's bitmap and counts."""
+    sk, vmcore = tiny_vmcore(dialect, **{"seed": 2, **kwargs})
+    kernel, info, mm = _open(vmcore)
+    counts = sk.expected_counts(31)
+    counts.zero = 0
+    for window in (512, 1536, 2560, PAGES_PER_SECTION + 512):
+        bm = _pre_scan_bitmap(sk, kernel, mm.max_mapnr)
+        result = exclude_unnecessary_pages(kernel, info, DumpLevel(31), bm, mem_map=mm,
+                                           window=window)
+        diff = np.flatnonzero(bm.get_bools(0, bm.nr_bits) != sk.expected_dumpable(31))
+        assert diff.size == 0, f"window {window}: {diff.size} pfns differ, first {diff[:8]}"
+        assert result.counts == counts, f"window {window}"
+
+
+def test_a_failing_read_ahead_raises_in_the_caller(tiny_vmcore: Any,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """An error on the reader thread reaches the caller as itself (no hang, no partial
+    success), whichever window it hits."""
+    sk, vmcore = tiny_vmcore("6.1", seed=2)
+    kernel, info, mm = _open(vmcore)
+    real_gather = kernel.gather
+    calls = []
+
+    def gather(vaddr: int, scratch: Any) -> Any:
+        calls.append(vaddr)
+        if len(calls) == 5:
+            raise CorruptDumpError("injected read failure", field="mem_map")
+        return real_gather(vaddr, scratch)
+
+    monkeypatch.setattr(kernel, "gather", gather)
+    bm = _pre_scan_bitmap(sk, kernel, mm.max_mapnr)
+    with pytest.raises(CorruptDumpError, match="injected read failure"):
+        exclude_unnecessary_pages(kernel, info, DumpLevel(31), bm, mem_map=mm, window=512)
+    assert len(calls) >= 5

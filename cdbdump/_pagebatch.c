@@ -1,0 +1,410 @@
+/*
+ * cdbdump._pagebatch: compress a batch of pages in one call, the GIL released.
+ *
+ * reference: makedumpfile write_kdump_page: every page is compressed on its own,
+ * and the compressed form is kept only when it is strictly smaller than the page;
+ * otherwise the page is stored raw (page_desc flags 0, size = page size).
+ *   zlib:   compress2(..., Z_BEST_SPEED)   (here: one deflate stream, deflateReset
+ *           between pages; same parameters, same bytes)
+ *   lzo:    lzo1x_1_compress(..., wrkmem) with LZO1X_1_MEM_COMPRESS of work memory
+ *   snappy: snappy_compress (raw format)
+ *
+ * Built by setup.py when a C compiler and zlib's headers exist; LZO and snappy
+ * only when liblzo2's and libsnappy's headers do (CDBDUMP_HAVE_LZO,
+ * CDBDUMP_HAVE_SNAPPY). The module attribute CODECS names what was built.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <zlib.h>
+
+#ifdef CDBDUMP_HAVE_LZO
+#include <lzo/lzo1x.h>
+#endif
+#ifdef CDBDUMP_HAVE_SNAPPY
+#include <snappy-c.h>
+#endif
+
+/* diskdump_mod.h DUMP_DH_COMPRESSED_*: the page_desc flags of a compressed page */
+#define FLAG_ZLIB 0x1
+#define FLAG_LZO 0x2
+#define FLAG_SNAPPY 0x4
+
+/* the largest page of any architecture makedumpfile supports is 64 KiB */
+#define MAX_PAGE_SIZE (1u << 20)
+
+static PyObject *PagebatchError;
+
+/* -- one coder per call (per thread): the codec's own state -------------------------- */
+
+typedef struct {
+    unsigned flag;
+    size_t page_size;
+    size_t bound; /* the most bytes one page can compress to */
+    void *wrkmem; /* lzo1x_1 dictionary */
+    z_stream zs;
+    int zs_ready;
+    /* the stored form of an all-zero page, once one was compressed: every codec here
+     * is a pure function of its input, so the next zero page gets these bytes back */
+    unsigned char *zero_form;
+    size_t zero_len;
+    unsigned zero_flag;
+} coder_t;
+
+enum { CODER_OK = 0, CODER_NOMEM = 1, CODER_FAILED = 2 };
+
+static size_t
+codec_bound(unsigned flag, size_t page_size)
+{
+    switch (flag) {
+    case FLAG_ZLIB:
+        return (size_t)compressBound((uLong)page_size);
+#ifdef CDBDUMP_HAVE_LZO
+    case FLAG_LZO:
+        /* lzo1x_1 writes without bounds: its documented worst case */
+        return page_size + page_size / 16 + 64 + 3;
+#endif
+#ifdef CDBDUMP_HAVE_SNAPPY
+    case FLAG_SNAPPY:
+        return snappy_max_compressed_length(page_size);
+#endif
+    default:
+        return 0;
+    }
+}
+
+static int
+coder_init(coder_t *c, unsigned flag, size_t page_size)
+{
+    memset(c, 0, sizeof(*c));
+    c->flag = flag;
+    c->page_size = page_size;
+    c->bound = codec_bound(flag, page_size);
+    if (flag == FLAG_ZLIB) {
+        /* what compress2() does: deflateInit(level) = window 15, memLevel 8 */
+        if (deflateInit2(&c->zs, Z_BEST_SPEED, Z_DEFLATED, MAX_WBITS, 8,
+                         Z_DEFAULT_STRATEGY) != Z_OK)
+            return CODER_NOMEM;
+        c->zs_ready = 1;
+    }
+#ifdef CDBDUMP_HAVE_LZO
+    if (flag == FLAG_LZO) {
+        c->wrkmem = malloc(LZO1X_1_MEM_COMPRESS);
+        if (c->wrkmem == NULL)
+            return CODER_NOMEM;
+    }
+#endif
+    return CODER_OK;
+}
+
+static void
+coder_free(coder_t *c)
+{
+    if (c->zs_ready)
+        deflateEnd(&c->zs);
+    free(c->wrkmem);
+    free(c->zero_form);
+    c->zs_ready = 0;
+    c->wrkmem = NULL;
+    c->zero_form = NULL;
+}
+
+/* Compress one page into out (room for c->bound bytes); *out_len gets its length.
+ * Returns CODER_FAILED when the library reports an error. */
+static int
+coder_page(coder_t *c, const unsigned char *page, unsigned char *out, size_t *out_len)
+{
+    switch (c->flag) {
+    case FLAG_ZLIB: {
+        if (deflateReset(&c->zs) != Z_OK)
+            return CODER_FAILED;
+        c->zs.next_in = (Bytef *)page;
+        c->zs.avail_in = (uInt)c->page_size;
+        c->zs.next_out = out;
+        c->zs.avail_out = (uInt)c->bound;
+        if (deflate(&c->zs, Z_FINISH) != Z_STREAM_END)
+            return CODER_FAILED;
+        *out_len = c->bound - c->zs.avail_out;
+        return CODER_OK;
+    }
+#ifdef CDBDUMP_HAVE_LZO
+    case FLAG_LZO: {
+        lzo_uint len = 0;
+        if (lzo1x_1_compress(page, c->page_size, out, &len, c->wrkmem) != LZO_E_OK)
+            return CODER_FAILED;
+        *out_len = len;
+        return CODER_OK;
+    }
+#endif
+#ifdef CDBDUMP_HAVE_SNAPPY
+    case FLAG_SNAPPY: {
+        size_t len = c->bound;
+        if (snappy_compress((const char *)page, c->page_size, (char *)out, &len) != SNAPPY_OK)
+            return CODER_FAILED;
+        *out_len = len;
+        return CODER_OK;
+    }
+#endif
+    default:
+        return CODER_FAILED;
+    }
+}
+
+static int
+page_is_zero(const unsigned char *page, size_t page_size)
+{
+    return page[0] == 0 && memcmp(page, page + 1, page_size - 1) == 0;
+}
+
+/* The stored form of one page by makedumpfile's rule: the compressed form when it
+ * is strictly smaller than the page, else the raw page (flag 0). out has room for
+ * c->bound bytes. */
+static int
+coder_store(coder_t *c, const unsigned char *page, unsigned char *out, size_t *out_len,
+            unsigned *out_flag)
+{
+    int zero = page_is_zero(page, c->page_size);
+    if (zero && c->zero_form != NULL) {
+        memcpy(out, c->zero_form, c->zero_len);
+        *out_len = c->zero_len;
+        *out_flag = c->zero_flag;
+        return CODER_OK;
+    }
+    size_t len = 0;
+    int status = coder_page(c, page, out, &len);
+    if (status != CODER_OK)
+        return status;
+    if (len < c->page_size) {
+        *out_flag = c->flag;
+    } else { /* not smaller: stored raw */
+        memcpy(out, page, c->page_size);
+        len = c->page_size;
+        *out_flag = 0;
+    }
+    *out_len = len;
+    if (zero) {
+        c->zero_form = malloc(len);
+        if (c->zero_form == NULL)
+            return CODER_NOMEM;
+        memcpy(c->zero_form, out, len);
+        c->zero_len = len;
+        c->zero_flag = *out_flag;
+    }
+    return CODER_OK;
+}
+
+static int
+codec_built(unsigned flag)
+{
+    return codec_bound(flag, 4096) != 0;
+}
+
+/* -- buffers ---------------------------------------------------------------------------- */
+
+/* A C-contiguous buffer of integers of itemsize bytes (struct format codes), aligned
+ * for them. */
+static int
+get_array(PyObject *obj, Py_buffer *view, int writable, Py_ssize_t itemsize, const char *what)
+{
+    int flags = PyBUF_C_CONTIGUOUS | PyBUF_FORMAT | (writable ? PyBUF_WRITABLE : 0);
+    if (PyObject_GetBuffer(obj, view, flags) < 0)
+        return -1;
+    const char *format = view->format != NULL ? view->format : "B";
+    char code = format[0] != '\0' ? format[strlen(format) - 1] : 'B';
+    if (view->itemsize != itemsize || view->len % itemsize || strchr("bBhHiIlLqQ", code) == NULL
+        || ((uintptr_t)view->buf) % (uintptr_t)itemsize) {
+        PyErr_Format(PyExc_ValueError, "%s must be an aligned array of %zd-byte integers", what,
+                     itemsize);
+        PyBuffer_Release(view);
+        return -1;
+    }
+    return 0;
+}
+
+/* -- compress_pages --------------------------------------------------------------------- */
+
+PyDoc_STRVAR(compress_pages_doc,
+"compress_pages(flag, data, index, page_size, sizes, flags) -> bytes\n\n"
+"Compress the pages data[index[i]*page_size : +page_size] in order with the codec\n"
+"whose page_desc flag is `flag` (0x1 zlib, 0x2 lzo, 0x4 snappy). `index` is an\n"
+"int64 array (None: every page of data). For page i, sizes[i] and flags[i] (uint32\n"
+"arrays of len(index)) get the stored size and flags: the compressed form when it\n"
+"is strictly smaller than the page, else the raw page and flags 0. Returns the\n"
+"stored pages, concatenated. The GIL is released while compressing.");
+
+static PyObject *
+compress_pages(PyObject *self, PyObject *args)
+{
+    unsigned int flag;
+    PyObject *data_obj, *index_obj, *sizes_obj, *flags_obj;
+    Py_ssize_t page_size_arg;
+    if (!PyArg_ParseTuple(args, "IOOnOO:compress_pages", &flag, &data_obj, &index_obj,
+                          &page_size_arg, &sizes_obj, &flags_obj))
+        return NULL;
+    if (!codec_built(flag)) {
+        PyErr_Format(PyExc_ValueError, "codec flag %#x is not built into cdbdump._pagebatch",
+                     flag);
+        return NULL;
+    }
+    if (page_size_arg <= 0 || (size_t)page_size_arg > MAX_PAGE_SIZE) {
+        PyErr_Format(PyExc_ValueError, "page size %zd out of range", page_size_arg);
+        return NULL;
+    }
+    size_t page_size = (size_t)page_size_arg;
+
+    Py_buffer data, index, sizes, flags;
+    int have_index = 0, have_sizes = 0, have_flags = 0;
+    PyObject *out = NULL;
+    if (PyObject_GetBuffer(data_obj, &data, PyBUF_C_CONTIGUOUS) < 0)
+        return NULL;
+    if (index_obj != Py_None) {
+        if (get_array(index_obj, &index, 0, 8, "index") < 0)
+            goto done;
+        have_index = 1;
+    }
+    if (get_array(sizes_obj, &sizes, 1, 4, "sizes") < 0)
+        goto done;
+    have_sizes = 1;
+    if (get_array(flags_obj, &flags, 1, 4, "flags") < 0)
+        goto done;
+    have_flags = 1;
+
+    size_t nr_data_pages = (size_t)data.len / page_size;
+    if ((size_t)data.len % page_size) {
+        PyErr_Format(PyExc_ValueError, "data of %zd bytes is not a whole number of pages",
+                     data.len);
+        goto done;
+    }
+    size_t n = have_index ? (size_t)index.len / 8 : nr_data_pages;
+    if ((size_t)sizes.len / 4 != n || (size_t)flags.len / 4 != n) {
+        PyErr_Format(PyExc_ValueError, "sizes and flags must have %zu items", n);
+        goto done;
+    }
+    const int64_t *idx = have_index ? (const int64_t *)index.buf : NULL;
+    if (idx != NULL) {
+        for (size_t i = 0; i < n; i++) {
+            if (idx[i] < 0 || (uint64_t)idx[i] >= nr_data_pages) {
+                PyErr_Format(PyExc_IndexError, "page index %lld out of range (%zu pages)",
+                             (long long)idx[i], nr_data_pages);
+                goto done;
+            }
+        }
+    }
+
+    /* Every stored page is at most page_size bytes, so page i starts at most at
+     * i * page_size: bound - page_size bytes of slack let each page be compressed
+     * in place, however incompressible. */
+    coder_t coder;
+    size_t bound = codec_bound(flag, page_size);
+    size_t slack = bound > page_size ? bound - page_size : 0;
+    if (n > (size_t)(PY_SSIZE_T_MAX - (Py_ssize_t)slack) / page_size) {
+        PyErr_SetString(PyExc_OverflowError, "batch too large");
+        goto done;
+    }
+    size_t capacity = n * page_size + slack;
+    out = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)capacity);
+    if (out == NULL)
+        goto done;
+    unsigned char *dst = (unsigned char *)PyBytes_AS_STRING(out);
+    const unsigned char *src = (const unsigned char *)data.buf;
+    uint32_t *size_out = (uint32_t *)sizes.buf;
+    uint32_t *flag_out = (uint32_t *)flags.buf;
+    size_t cursor = 0;
+    int status;
+
+    Py_BEGIN_ALLOW_THREADS
+    status = coder_init(&coder, flag, page_size);
+    for (size_t i = 0; status == CODER_OK && i < n; i++) {
+        const unsigned char *page = src + (idx != NULL ? (size_t)idx[i] : i) * page_size;
+        size_t len = 0;
+        unsigned stored_flag = 0;
+        status = coder_store(&coder, page, dst + cursor, &len, &stored_flag);
+        if (status != CODER_OK)
+            break;
+        size_out[i] = (uint32_t)len;
+        flag_out[i] = stored_flag;
+        cursor += len;
+    }
+    coder_free(&coder);
+    Py_END_ALLOW_THREADS
+
+    if (status == CODER_NOMEM) {
+        PyErr_NoMemory();
+        Py_CLEAR(out);
+    } else if (status != CODER_OK) {
+        PyErr_Format(PagebatchError, "codec %#x failed to compress a page", flag);
+        Py_CLEAR(out);
+    } else if (_PyBytes_Resize(&out, (Py_ssize_t)cursor) < 0) {
+        out = NULL; /* _PyBytes_Resize freed it */
+    }
+
+done:
+    if (have_flags)
+        PyBuffer_Release(&flags);
+    if (have_sizes)
+        PyBuffer_Release(&sizes);
+    if (have_index)
+        PyBuffer_Release(&index);
+    PyBuffer_Release(&data);
+    return out;
+}
+
+/* -- module ----------------------------------------------------------------------------- */
+
+static PyMethodDef methods[] = {
+    {"compress_pages", compress_pages, METH_VARARGS, compress_pages_doc},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module_def = {
+    PyModuleDef_HEAD_INIT,
+    .m_name = "cdbdump._pagebatch",
+    .m_doc = "Batch page compression for the kdump-compressed writer (C, GIL released).",
+    .m_size = -1,
+    .m_methods = methods,
+};
+
+PyMODINIT_FUNC
+PyInit__pagebatch(void)
+{
+#ifdef CDBDUMP_HAVE_LZO
+    if (lzo_init() != LZO_E_OK) {
+        PyErr_SetString(PyExc_ImportError, "lzo_init() failed");
+        return NULL;
+    }
+#endif
+    PyObject *m = PyModule_Create(&module_def);
+    if (m == NULL)
+        return NULL;
+    PagebatchError = PyErr_NewException("cdbdump._pagebatch.error", NULL, NULL);
+    if (PagebatchError == NULL || PyModule_AddObjectRef(m, "error", PagebatchError) < 0)
+        goto fail;
+    PyObject *codecs = Py_BuildValue("(s" 
+#ifdef CDBDUMP_HAVE_LZO
+                                     "s"
+#endif
+#ifdef CDBDUMP_HAVE_SNAPPY
+                                     "s"
+#endif
+                                     ")", "zlib"
+#ifdef CDBDUMP_HAVE_LZO
+                                     , "lzo"
+#endif
+#ifdef CDBDUMP_HAVE_SNAPPY
+                                     , "snappy"
+#endif
+                                     );
+    if (codecs == NULL || PyModule_AddObject(m, "CODECS", codecs) < 0) {
+        Py_XDECREF(codecs);
+        goto fail;
+    }
+    if (PyModule_AddIntConstant(m, "MAX_PAGE_SIZE", MAX_PAGE_SIZE) < 0)
+        goto fail;
+    return m;
+fail:
+    Py_DECREF(m);
+    return NULL;
+}

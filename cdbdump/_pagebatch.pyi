@@ -1,0 +1,12 @@
+# Stub of the optional C extension cdbdump/_pagebatch.c (built by setup.py).
+from __future__ import annotations
+
+from typing import Any
+
+CODECS: tuple[str, ...]  # of "zlib", "lzo", "snappy": what was compiled in
+MAX_PAGE_SIZE: int
+
+class error(Exception): ...  # a codec library reported a failure
+
+def compress_pages(flag: int, data: Any, index: Any | None, page_size: int, sizes: Any,
+                   flags: Any, /) -> bytes: ...
