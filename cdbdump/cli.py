@@ -91,7 +91,9 @@ def _version(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
               "The output is the same whatever the number.")
 @click.option("--cyclic-buffer", "cyclic_buffer", type=click.IntRange(1, 1 << 30), default=None,
               help="KiB of bitmap handled per window (8192 pfns per KiB) by the mem_map scan "
-              "and the page writer. The output is the same whatever the size.")
+              "and the page writer. The output is the same whatever the size; given at all, "
+              "a memory range's partial last page is left out, as makedumpfile's cyclic "
+              "mode does.")
 @click.option("-E", "elf", is_flag=True, help="Write an ELF dump (makedumpfile -E) instead.")
 @click.option("-F", "flatten", count=True,
               help="Write the dump as a flattened stream to stdout (VMCORE only); with "

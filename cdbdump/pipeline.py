@@ -299,7 +299,8 @@ def _justified_max_mapnr(
 MDF_MAX_CYCLIC_BUFFER = 4 << 20
 
 
-def keeps_partial_last_pages(max_mapnr: int, nr_dumpfiles: int = 1) -> bool:
+def keeps_partial_last_pages(max_mapnr: int, nr_dumpfiles: int = 1,
+                             cyclic_buffer_given: bool = False) -> bool:
     """Whether makedumpfile counts a PT_LOAD's partial last page as present.
 
     makedumpfile works in one cycle, through a bitmap file whose 1st bitmap rounds
@@ -307,12 +308,17 @@ def keeps_partial_last_pages(max_mapnr: int, nr_dumpfiles: int = 1) -> bool:
     min(4 MiB, max_mapnr * 2 / 8), holds both bitmaps whole (initial); otherwise
     create_bitmap_from_memhole truncates the end and drops that page, e.g. the x86
     e820 range ending at 0x9fc00 of every /proc/vmcore whose max_mapnr is not a
-    multiple of 4 or exceeds 16 Mi frames. Its other inputs to that choice are not
-    followed: free memory and --cyclic-buffer (our window never changes the output).
-    With --split the buffer is shared by the ``nr_dumpfiles`` files, so makedumpfile
-    is always cyclic: the split files drop the page and their reassembly can differ
-    from a one-cycle direct dump by it, as makedumpfile's own do.
+    multiple of 4 or exceeds 16 Mi frames. With --split the buffer is shared by the
+    ``nr_dumpfiles`` files, so makedumpfile is always cyclic: the split files drop the
+    page and their reassembly can differ from a one-cycle direct dump by it, as
+    makedumpfile's own do. Any --cyclic-buffer (``cyclic_buffer_given``; 0 means not
+    given) keeps it cyclic whatever the size (initial() never tries one cycle then),
+    so the page is dropped. Not followed: the buffer is also capped at 60 %
+    of the host's MemFree, which only matters below ~7 MiB free (the bitmaps of 16 Mi
+    frames are 4 MiB), and --work-dir/-e force one cycle (options we do not take).
     """
+    if cyclic_buffer_given:
+        return False
     bitmaps_bytes = max_mapnr * 2 // 8
     if nr_dumpfiles > 1:
         bitmaps_bytes //= nr_dumpfiles
@@ -566,7 +572,8 @@ def _dump(
     report.max_mapnr = image.max_mapnr
     # batch --shards (split_only) writes pieces of the direct dump: its rule
     nr_dumpfiles = len(options.split_files) if options.split_only is None else 1
-    partial_pages = keeps_partial_last_pages(image.max_mapnr, nr_dumpfiles)
+    partial_pages = keeps_partial_last_pages(image.max_mapnr, nr_dumpfiles,
+                                             options.cyclic_buffer_kib is not None)
     # -E recounts holes per PT_LOAD with the partial page (write_elf_pages_cyclic)
     report.memory_hole_pages = memory_hole_pages(image, partial_pages or options.elf)
     report.bytes_in = sum(f.size for f in files)

@@ -10,7 +10,10 @@ machine differed from makedumpfile by exactly that page (1,216 bytes: its page_d
 and its data). Both choices are checked byte for byte against makedumpfile 1.7.6, and
 the cyclic one against the system's makedumpfile (1.7.2 on Debian 12) too, which also
 drops the page in one-cycle mode from the 2nd bitmap (exclude_nodata_pages before
-upstream commit f2c5f76), so the one-cycle case is compared with 1.7.6 only.
+upstream commit f2c5f76): on the one-cycle machine 1.7.2's file is rebuilt from ours
+by taking out that page (its 2nd-bitmap bit, page_desc and data), nothing else.
+Any --cyclic-buffer keeps makedumpfile cyclic whatever the size (initial), so there
+both versions drop the page on the one-cycle machine too, and so does cdbdump.
 """
 
 from __future__ import annotations
@@ -19,9 +22,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from cdbdump.fileio import MappedFile
+from cdbdump.formats.kdump import PAGE_DESC_DTYPE
 from cdbdump.pipeline import keeps_partial_last_pages
 from cdbdump.vmcore.kdumpfile import KdumpFile
 from tests.builders import SyntheticKernel
@@ -35,10 +40,10 @@ ODD_RAM = [(0x1000, 0x9FC00), (0x100000, 32 * MiB - 0x1000)]
 TIMEOUT_S = 300
 
 
-def _cdbdump(vmcore: Path, out: Path, codec: str) -> None:
+def _cdbdump(vmcore: Path, out: Path, codec: str, *extra: str) -> None:
     proc = subprocess.run(
         [sys.executable, "-m", "cdbdump", codec, "-d", "31", "--message-level", "0",
-         str(vmcore), str(out)],
+         *extra, str(vmcore), str(out)],
         capture_output=True, text=True, timeout=TIMEOUT_S, check=False,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -76,6 +81,8 @@ def test_rule_is_makedumpfiles(machine: tuple[SyntheticKernel, Path]) -> None:
     # the 64 GiB bench machine: 17301464 frames, both bitmaps need more than 4 MiB
     assert not keeps_partial_last_pages((64 << 18) + (1 << 19) - 40)
     assert keeps_partial_last_pages(1 << 22)
+    # any --cyclic-buffer: cyclic whatever its size (makedumpfile initial)
+    assert not keeps_partial_last_pages(1 << 22, cyclic_buffer_given=True)
 
 
 def test_same_as_makedumpfile_1_7_6(machine: tuple[SyntheticKernel, Path],
@@ -101,3 +108,64 @@ def test_cyclic_same_as_system_makedumpfile(tmp_path_factory: pytest.TempPathFac
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert _bits(ref, PARTIAL_PFN) == (False, False)
     assert ours.read_bytes() == ref.read_bytes()
+
+
+def test_cyclic_buffer_drops_the_page_as_makedumpfile(
+        tmp_path_factory: pytest.TempPathFactory, makedumpfile_new: Path,
+        tmp_path: Path) -> None:
+    _, vmcore = _build("one cycle", tmp_path_factory)
+    for codec, binary in (("-l", None), ("-c", makedumpfile_new)):
+        ours, ref = tmp_path / f"cdbdump{codec}.kdump", tmp_path / f"makedumpfile{codec}.kdump"
+        _cdbdump(vmcore, ours, codec, "--cyclic-buffer", "64")
+        if binary is None:  # the system's makedumpfile (1.7.2 on Debian 12)
+            proc = run_makedumpfile(vmcore, ref, codec_option=codec,
+                                    extra=["--cyclic-buffer", "64"])
+        else:
+            proc = subprocess.run([str(binary), codec, "-d", "31", "--cyclic-buffer", "64",
+                                   str(vmcore), str(ref)],
+                                  capture_output=True, text=True, timeout=TIMEOUT_S, check=False)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        assert _bits(ref, PARTIAL_PFN) == (False, False)
+        assert ours.read_bytes() == ref.read_bytes()
+
+
+def _without_page(dump: Path, pfn: int) -> bytes:
+    """``dump`` rewritten as if ``pfn`` had been excluded from the 2nd bitmap: its bit
+    cleared, its page_desc removed (every offset moves up by one page_desc, those past
+    its data by its data too), its data cut out."""
+    data = dump.read_bytes()
+    with MappedFile(dump) as f:
+        kd = KdumpFile.open(f)
+        assert kd.is_dumpable(pfn)
+        descs = np.frombuffer(data, dtype=PAGE_DESC_DTYPE, count=kd.nr_dumpable,
+                              offset=kd.offset_page_desc).copy()
+        rank = int(np.count_nonzero(kd.bitmap2.get_bools(0, pfn)))
+        off_bitmap2, off_descs, off_data = kd.offset_bitmap2, kd.offset_page_desc, kd.offset_data
+    start, size = int(descs["offset"][rank]), int(descs["size"][rank])
+    assert np.count_nonzero(descs["offset"] == start) == 1  # not the shared zero page
+    descs = np.delete(descs, rank)
+    descs["offset"] -= PAGE_DESC_DTYPE.itemsize
+    descs["offset"][descs["offset"] > start] -= size
+    bitmap2 = bytearray(data[off_bitmap2:off_descs])
+    bitmap2[pfn // 8] &= ~(1 << pfn % 8) & 0xFF
+    return (data[:off_bitmap2] + bytes(bitmap2) + descs.tobytes()
+            + data[off_data:start] + data[start + size:])
+
+
+def test_one_cycle_system_makedumpfile_differs_by_the_page_only(
+        tmp_path_factory: pytest.TempPathFactory, tmp_path: Path) -> None:
+    """1.7.2 (exclude_nodata_pages before f2c5f76) keeps the page in the 1st bitmap and
+    drops it from the 2nd: its file is ours without that page, byte for byte."""
+    _, vmcore = _build("one cycle", tmp_path_factory)
+    ours, ref = tmp_path / "cdbdump.kdump", tmp_path / "makedumpfile.kdump"
+    _cdbdump(vmcore, ours, "-l")
+    proc = run_makedumpfile(vmcore, ref, codec_option="-l")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    version = subprocess.run([proc.args[0], "-v"], capture_output=True, text=True,
+                             check=False).stdout
+    if "version 1.7.2 " not in version:
+        pytest.skip(f"the system's makedumpfile is not 1.7.2: {version.strip()}")
+    assert _bits(ours, PARTIAL_PFN) == (True, True)
+    assert _bits(ref, PARTIAL_PFN) == (True, False)
+    assert ours.read_bytes() != ref.read_bytes()
+    assert _without_page(ours, PARTIAL_PFN) == ref.read_bytes()
