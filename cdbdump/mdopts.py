@@ -106,7 +106,8 @@ OPTIONS: tuple[OptionSpec, ...] = (
     _opt("L", None, True, _I, "output size limit (K, M, G suffixes); reached, it is ENOSPC"),
     _opt(None, "splitblock-size", True, _I, "KiB per block that --split balances (default 1 GiB)"),
     _opt("b", None, True, _N, "page cache order; cdbdump sizes its own windows"),
-    _opt(None, "work-dir", True, _N, "cdbdump keeps no bitmap files"),
+    _opt(None, "work-dir", True, _I, "no bitmap files are kept, but the dump is done as "
+         "makedumpfile's one cycle: a PT_LOAD's partial last page is kept"),
     _opt(None, "non-mmap", False, _N, "cdbdump falls back to read(2) by itself"),
     _opt(None, "num-buffers", True, _N,
          "an option of older makedumpfile; cdbdump has no such buffers"),
@@ -181,6 +182,7 @@ class Invocation:
     num_threads: int = 0
     size_limit: int | None = None  # -L
     cyclic_buffer_kib: int | None = None  # --cyclic-buffer
+    one_cycle: bool = False  # --work-dir: makedumpfile's bitmaps in a file, in one cycle
     splitblock_kib: int | None = None  # --splitblock-size
     notices: list[str] = field(default_factory=list)  # options accepted with no effect
     argv: list[str] = field(default_factory=list)
@@ -249,6 +251,8 @@ def parse(argv: list[str]) -> Invocation:
             inv.size_limit = _memparse(value)
         elif key == "cyclic-buffer":
             inv.cyclic_buffer_kib = atoi(value) or None  # 0: makedumpfile's own choice
+        elif key == "work-dir":
+            inv.one_cycle = True
         elif key == "splitblock-size":
             inv.splitblock_kib = atoi(value) or None  # 0: the 1 GiB default
         elif key == "num-threads":

@@ -74,6 +74,7 @@ def _dump(inv: Invocation, messages: Messages, progress: ProgressCallback) -> in
             size_limit=inv.size_limit,
             threads=max(1, inv.num_threads) if inv.num_threads else None,
             cyclic_buffer_kib=inv.cyclic_buffer_kib,
+            one_cycle=inv.one_cycle,
         )
         try:
             report = dump(options, progress)

@@ -90,6 +90,7 @@ class DumpOptions:
     size_limit: int | None = None  # makedumpfile -L
     threads: int | None = None  # --num-threads; None: every usable core
     cyclic_buffer_kib: int | None = None  # --cyclic-buffer: KiB of bitmap per window
+    one_cycle: bool = False  # makedumpfile --work-dir: its one-cycle 1st bitmap, whatever the size
     split_only: int | None = None  # write only this file of the --split set (batch --shards)
 
     @property
@@ -300,7 +301,7 @@ MDF_MAX_CYCLIC_BUFFER = 4 << 20
 
 
 def keeps_partial_last_pages(max_mapnr: int, nr_dumpfiles: int = 1,
-                             cyclic_buffer_given: bool = False) -> bool:
+                             cyclic_buffer_given: bool = False, one_cycle: bool = False) -> bool:
     """Whether makedumpfile counts a PT_LOAD's partial last page as present.
 
     makedumpfile works in one cycle, through a bitmap file whose 1st bitmap rounds
@@ -313,10 +314,13 @@ def keeps_partial_last_pages(max_mapnr: int, nr_dumpfiles: int = 1,
     page and their reassembly can differ from a one-cycle direct dump by it, as
     makedumpfile's own do. Any --cyclic-buffer (``cyclic_buffer_given``; 0 means not
     given) keeps it cyclic whatever the size (initial() never tries one cycle then),
-    so the page is dropped. Not followed: the buffer is also capped at 60 %
-    of the host's MemFree, which only matters below ~7 MiB free (the bitmaps of 16 Mi
-    frames are 4 MiB), and --work-dir/-e force one cycle (options we do not take).
+    so the page is dropped. --work-dir (``one_cycle``) comes first: bitmaps in a file,
+    one cycle, the page kept, with --split and --cyclic-buffer too. Not followed: the
+    buffer is also capped at 60 % of the host's MemFree, which only matters below
+    ~7 MiB free (the bitmaps of 16 Mi frames are 4 MiB).
     """
+    if one_cycle:
+        return True
     if cyclic_buffer_given:
         return False
     bitmaps_bytes = max_mapnr * 2 // 8
@@ -573,7 +577,8 @@ def _dump(
     # batch --shards (split_only) writes pieces of the direct dump: its rule
     nr_dumpfiles = len(options.split_files) if options.split_only is None else 1
     partial_pages = keeps_partial_last_pages(image.max_mapnr, nr_dumpfiles,
-                                             options.cyclic_buffer_kib is not None)
+                                             options.cyclic_buffer_kib is not None,
+                                             options.one_cycle)
     # -E recounts holes per PT_LOAD with the partial page (write_elf_pages_cyclic)
     report.memory_hole_pages = memory_hole_pages(image, partial_pages or options.elf)
     report.bytes_in = sum(f.size for f in files)

@@ -13,7 +13,9 @@ drops the page in one-cycle mode from the 2nd bitmap (exclude_nodata_pages befor
 upstream commit f2c5f76): on the one-cycle machine 1.7.2's file is rebuilt from ours
 by taking out that page (its 2nd-bitmap bit, page_desc and data), nothing else.
 Any --cyclic-buffer keeps makedumpfile cyclic whatever the size (initial), so there
-both versions drop the page on the one-cycle machine too, and so does cdbdump.
+both versions drop the page on the one-cycle machine too, and so does cdbdump;
+--work-dir comes first (bitmaps in a file, one cycle): the page is kept even on the
+cyclic machine, with --split too (compared with 1.7.6 through --as-makedumpfile).
 """
 
 from __future__ import annotations
@@ -169,3 +171,29 @@ def test_one_cycle_system_makedumpfile_differs_by_the_page_only(
     assert _bits(ref, PARTIAL_PFN) == (True, False)
     assert ours.read_bytes() != ref.read_bytes()
     assert _without_page(ours, PARTIAL_PFN) == ref.read_bytes()
+
+
+@pytest.mark.parametrize(("kind", "extra"), [
+    ("cyclic", ()), ("one cycle", ("--cyclic-buffer", "64")), ("cyclic", ("--split",))],
+    ids=["cyclic", "cyclic-buffer", "split"])
+def test_work_dir_keeps_the_page_as_makedumpfile(
+        kind: str, extra: tuple[str, ...], tmp_path_factory: pytest.TempPathFactory,
+        makedumpfile_new: Path, tmp_path: Path) -> None:
+    """--work-dir: bitmaps in a file, one cycle whatever else is asked (initial), so
+    the page is kept even where makedumpfile is otherwise cyclic."""
+    _, vmcore = _build(kind, tmp_path_factory)
+    work_dir = tmp_path / "work"
+    work_dir.mkdir()
+    outputs: dict[str, list[Path]] = {}
+    for who in ("cdbdump", "makedumpfile"):
+        names = [tmp_path / f"{who}{i}.kdump" for i in range(2 if extra == ("--split",) else 1)]
+        prefix = ([sys.executable, "-m", "cdbdump", "--as-makedumpfile"] if who == "cdbdump"
+                  else [str(makedumpfile_new)])
+        proc = subprocess.run([*prefix, "-c", "-d", "31", "--work-dir", str(work_dir), *extra,
+                               str(vmcore), *map(str, names)],
+                              capture_output=True, text=True, timeout=TIMEOUT_S, check=False)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        outputs[who] = names
+    assert _bits(outputs["makedumpfile"][0], PARTIAL_PFN) == (True, True)
+    for ours, ref in zip(outputs["cdbdump"], outputs["makedumpfile"], strict=True):
+        assert ours.read_bytes() == ref.read_bytes()

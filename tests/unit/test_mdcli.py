@@ -104,7 +104,7 @@ def test_as_makedumpfile_flag_and_flatten_usage_error_on_stderr() -> None:
 
 
 def test_notices_for_tuning_knobs_go_to_stderr(tmp_path: Path) -> None:
-    run = _run("--check-params", "--work-dir", "/tmp", "--non-mmap", "v", "d")
+    run = _run("--check-params", "-b", "8", "--non-mmap", "v", "d")
     assert run.returncode == 0
     assert run.stderr.count("has no effect here") == 2
 
