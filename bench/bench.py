@@ -384,6 +384,7 @@ def part_plan(work: Path, ram_gib: int) -> None:
     vmcore = synthetic_machine(work, ram_gib, DENSE_FRACTION)
     out, js = work / "plan.kdump", work / "plan.json"
     out.unlink(missing_ok=True)
+    js.unlink(missing_ok=True)  # else a second run refuses to overwrite it
     run(cdbdump_cmd("-q", "-d", "31", "--message-level", "0", str(vmcore), str(out)))  # warm up
     out.unlink(missing_ok=True)
     r = run(cdbdump_cmd("-q", "-d", "31", "--message-level", "0", "--report-json", str(js),

@@ -747,7 +747,7 @@ def _verify_kernel_bitmap(image: InputImage, probe: KernelBitmap) -> KernelBitma
     if image.kernel is not None and image.mem_map is not None:
         kernel = image.kernel
         mem_map_pages = mem_map_page_ranges(
-            lambda vstart, vend: kernel.iter_runs(vstart, vend, strict=False),
+            lambda vstart, vend: kernel.walker.run_arrays(vstart, vend, strict=False),
             ((r.start_pfn, r.end_pfn, r.mem_map_vaddr) for r in image.mem_map.runs),
             image.mem_map.struct_page_size, image.page_size,
         )

@@ -34,6 +34,7 @@ __all__ = ("PageTableWalker", "Run")
 Run = tuple[int, int, int]  # (vaddr, paddr, size)
 
 U64 = npt.NDArray[np.uint64]
+I64 = npt.NDArray[np.int64]
 
 _TABLE_SIZE = PTRS_PER_TABLE * 8
 _PTE_SHIFT = 12
@@ -228,3 +229,85 @@ class PageTableWalker:
                 yield clip_lo, paddr + (clip_lo - run_lo), clip_hi - clip_lo
             else:
                 yield from self._walk(paddr, depth + 1, run_lo, clip_lo, clip_hi, strict)
+
+    # -- runs as arrays ----------------------------------------------------------------
+
+    def run_arrays(
+        self, vstart: int, vend: int, *, strict: bool = True
+    ) -> tuple[U64, I64, I64]:
+        """(vaddr, paddr, size) arrays of exactly the runs iter_runs yields.
+
+        One numpy pass per page table instead of Python work per mapping: leaf
+        entries (PTEs and PSE pages) of every table the range reaches are
+        gathered as arrays; Python recurses only into present non-leaf entries.
+        """
+        lins: list[I64] = []
+        paddrs: list[I64] = []
+        sizes: list[I64] = []
+        for lo, hi in self._linear_ranges(vstart, vend):
+            self._gather(self.root_paddr, 0, 0, lo, hi, strict, lins, paddrs, sizes)
+        if not lins:
+            empty = np.zeros(0, dtype=np.int64)
+            return np.zeros(0, dtype=np.uint64), empty, empty.copy()
+        lin, paddr, size = np.concatenate(lins), np.concatenate(paddrs), np.concatenate(sizes)
+        # tables are visited depth first in address order, so ``lin`` ascends
+        end = lin + size
+        joins = (end[:-1] == lin[1:]) & (paddr[:-1] + size[:-1] == paddr[1:])
+        # the two halves never join: their canonical addresses are not adjacent
+        joins &= (lin[1:] < self._half) == (lin[:-1] < self._half)
+        starts = np.concatenate(([0], np.flatnonzero(~joins) + 1))
+        stops = np.append(starts[1:], lin.size) - 1
+        out_lin = lin[starts]
+        out_size = end[stops] - out_lin
+        vaddr = out_lin.astype(np.uint64)
+        upper = out_lin >= self._half
+        # canonical form: the upper half moves to the top of the 64-bit space
+        vaddr[upper] += np.uint64((1 << 64) - (1 << self.va_bits))
+        return vaddr, paddr[starts], out_size
+
+    def _gather(
+        self, table_paddr: int, depth: int, base: int, lo: int, hi: int, strict: bool,
+        lins: list[I64], paddrs: list[I64], sizes: list[I64],
+    ) -> None:
+        """Append the leaf mappings of [lo, hi) under one table, clipped, in order."""
+        shift = self._shifts[depth]
+        try:
+            table = self._table(table_paddr, depth, self._canonical(lo))
+        except NotInDumpError:
+            if strict:
+                raise
+            return
+        i0 = (lo - base) >> shift
+        i1 = ((hi - 1 - base) >> shift) + 1
+        entries = table[i0:i1]
+        idx = np.flatnonzero(entries & np.uint64(_PAGE_PRESENT))
+        if idx.size == 0:
+            return
+        ents = entries[idx]
+        if depth == len(self._shifts) - 1:
+            leaf = np.ones(idx.size, dtype=np.bool_)
+        elif shift in (PUD_SHIFT, PMD_SHIFT):
+            leaf = (ents & np.uint64(_PAGE_PSE)) != 0
+        else:
+            leaf = np.zeros(idx.size, dtype=np.bool_)
+        entry_size = 1 << shift
+        # split the present entries into stretches of leaves between child tables,
+        # so that everything is appended in ascending address order
+        children = np.flatnonzero(~leaf).tolist()
+        edges = [-1, *children, idx.size]
+        for k in range(len(edges) - 1):
+            a, b = edges[k] + 1, edges[k + 1]
+            if a < b:
+                block_lo = base + (idx[a:b].astype(np.int64) + i0) * entry_size
+                frame = ents[a:b] & np.uint64(self.entry_mask & ~(entry_size - 1))
+                clip_lo = np.maximum(block_lo, lo)
+                clip_hi = np.minimum(block_lo + entry_size, hi)
+                lins.append(clip_lo)
+                offset: I64 = clip_lo - block_lo
+                paddrs.append(frame.astype(np.int64) + offset)
+                sizes.append(clip_hi - clip_lo)
+            if b < idx.size:
+                child_lo = base + ((i0 + int(idx[b])) << shift)
+                child = int(ents[b]) & self.entry_mask
+                self._gather(child, depth + 1, child_lo, max(child_lo, lo),
+                             min(child_lo + entry_size, hi), strict, lins, paddrs, sizes)

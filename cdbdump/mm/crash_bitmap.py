@@ -330,20 +330,32 @@ def _first_cleared(
 
 
 def mem_map_page_ranges(
-    iter_runs: Callable[[int, int], Iterable[tuple[int, int, int]]],
+    run_arrays: Callable[[int, int], tuple[npt.NDArray[np.uint64], npt.NDArray[np.int64],
+                                           npt.NDArray[np.int64]]],
     runs: Iterable[tuple[int, int, int]], struct_size: int, page_size: int,
 ) -> list[tuple[int, int]]:
     """pfn ranges of every page holding struct pages, merged.
 
-    ``runs`` are (start_pfn, end_pfn, mem_map_vaddr); ``iter_runs(vstart, vend)``
-    yields the mapped (vaddr, paddr, size) runs of a kernel virtual range (pages
-    not provable from the dump are skipped). vmemmap is mapped by 2 MiB pages,
-    so a few walks cover terabytes.
+    ``runs`` are (start_pfn, end_pfn, mem_map_vaddr); ``run_arrays(vstart, vend)``
+    gives the mapped (vaddr, paddr, size) runs of a kernel virtual range as arrays
+    (pages not provable from the dump are skipped). vmemmap is mapped by 2 MiB
+    pages, whose frames are scattered: thousands of runs per TiB, so numpy.
     """
     spans = _merge([(vaddr, vaddr + (end - start) * struct_size)
                     for start, end, vaddr in runs if end > start])
-    out: list[tuple[int, int]] = []
+    los: list[npt.NDArray[np.int64]] = []
+    his: list[npt.NDArray[np.int64]] = []
     for vstart, vend in spans:
-        for _vaddr, paddr, size in iter_runs(vstart, vend):
-            out.append((paddr // page_size, -(-(paddr + size) // page_size)))
-    return _merge(out)
+        _vaddr, paddr, size = run_arrays(vstart, vend)
+        los.append(paddr // page_size)
+        his.append(-(-(paddr + size) // page_size))
+    if not los:
+        return []
+    lo, hi = np.concatenate(los), np.concatenate(his)
+    order = np.lexsort((hi, lo))
+    lo, hi = lo[order], hi[order]
+    reach = np.maximum.accumulate(hi)  # the end of everything before, as _merge keeps it
+    first = np.concatenate(([True], lo[1:] > reach[:-1]))
+    starts = np.flatnonzero(first)
+    ends = np.append(starts[1:], lo.size) - 1
+    return list(zip(lo[starts].tolist(), reach[ends].tolist(), strict=True))

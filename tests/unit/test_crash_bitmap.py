@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -212,3 +213,34 @@ def test_q_dump_is_the_same_for_every_and_window(
         assert np.array_equal(bits, kernel.expected_dumpable_q())
         files.append(out.read_bytes())
     assert all(f == files[0] for f in files)
+
+
+def test_mem_map_page_ranges_merges_scattered_frames() -> None:
+    """Scattered, overlapping, touching and unaligned runs: the pfn ranges are exactly
+    the pages the runs touch (a set of pfns built one by one)."""
+    rng = np.random.default_rng(7)
+    page = 4096
+    table: dict[tuple[int, int], list[tuple[int, int]]] = {}
+    mem_map = [(0, 4096, 0xFFFFEA0000000000), (8192, 9000, 0xFFFFEA0000000000 + 8192 * 64),
+               (4096, 4200, 0xFFFFEA0000000000 + 4096 * 64)]  # adjacent to the first: merged
+    wanted: set[int] = set()
+    for start, end, vaddr in [(0, 4200, 0xFFFFEA0000000000), mem_map[1]]:
+        runs = []
+        for _ in range(int(rng.integers(1, 60))):
+            paddr = int(rng.integers(0, 1 << 24)) * (page if rng.random() < 0.7 else 8)
+            size = int(rng.integers(1, 9)) * (2 << 20 if rng.random() < 0.5 else 100)
+            runs.append((paddr, size))
+            wanted.update(range(paddr // page, -(-(paddr + size) // page)))
+        table[(vaddr, vaddr + (end - start) * 64)] = runs
+
+    def run_arrays(vstart: int, vend: int) -> tuple[Any, Any, Any]:
+        runs = table[(vstart, vend)]
+        return (np.zeros(len(runs), dtype=np.uint64),
+                np.array([p for p, _ in runs], dtype=np.int64),
+                np.array([s for _, s in runs], dtype=np.int64))
+
+    got = crash_bitmap.mem_map_page_ranges(run_arrays, mem_map, 64, page)
+    assert all(lo < hi for lo, hi in got)
+    assert all(a[1] < b[0] for a, b in itertools.pairwise(got))  # sorted, disjoint
+    assert {pfn for lo, hi in got for pfn in range(lo, hi)} == wanted
+    assert crash_bitmap.mem_map_page_ranges(run_arrays, [], 64, page) == []

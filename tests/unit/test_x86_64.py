@@ -312,9 +312,10 @@ def test_kernel_memory_read_into_reports_holes(tmp_path: Path) -> None:
     assert bytes(out[:64]) == b"\xAA" * 64
     assert not out[2 * MIB : 4 * MIB].any()
     assert not out[5 * MIB :].any()
-    # gather is zero-copy for a single file-backed run
-    data, missing = kernel.gather(0xFFFFEA0000000000, np.empty(MIB, dtype=np.uint8))
-    assert missing == [] and not data.flags.writeable and bytes(data[:64]) == b"\xAA" * 64
+    # gather of an ELF file reads straight into the caller's scratch (no buffer per call)
+    scratch = np.empty(MIB, dtype=np.uint8)
+    data, missing = kernel.gather(0xFFFFEA0000000000, scratch)
+    assert missing == [] and data is scratch and bytes(data[:64]) == b"\xAA" * 64
 
 
 @pytest.mark.parametrize(
@@ -354,3 +355,77 @@ def test_kernel_memory_old_symbol_and_loads_fallbacks(tmp_path: Path) -> None:
     assert kernel.phys_base == 0x200000
     assert kernel.walker.root_paddr == 0x1E0A000 + 0x200000
     assert kernel.page_offset == 0xFFFF9C8A00000000
+
+
+# -- run_arrays: the numpy walk against the per-table iterator ---------------------------------
+
+
+def _as_runs(arrays: tuple[np.ndarray, np.ndarray, np.ndarray]) -> list[tuple[int, int, int]]:
+    vaddr, paddr, size = arrays
+    assert vaddr.dtype == np.uint64 and paddr.dtype == np.int64 and size.dtype == np.int64
+    return list(zip(vaddr.tolist(), paddr.tolist(), size.tolist(), strict=True))
+
+
+def _messy_tables(tmp_path: Path, levels: int, seed: int) -> tuple[PageTables, PageTableWalker]:
+    """Random 1 GiB / 2 MiB / 4 KiB mappings, some contiguous, some scattered; non-present
+    entries that carry a frame; a PMD pointing at a table outside the dump."""
+    rng = np.random.default_rng(seed)
+    image = PhysImage(64 * MIB)
+    pt = PageTables(image, levels=levels)
+    high = 0xFF11000000000000 if levels == 5 else 0xFFFFEA0000000000
+    pt.map(high - 4 * GIB, 0, 2 * GIB, GIB)  # two 1 GiB pages, contiguous
+    for i in rng.choice(64, 24, replace=False).tolist():  # vmemmap-like, frames scattered
+        frame = int(rng.integers(16, 30)) * 2 * MIB
+        pt.map(high + i * 2 * MIB, frame, 2 * MIB, 2 * MIB)
+    for i in rng.choice(1024, 200, replace=False).tolist():  # 4 KiB pages, some runs
+        frame = (0x1000 + (i if rng.random() < 0.5 else int(rng.integers(0, 4096)))) * PAGE
+        pt.map(high + 256 * MIB + i * PAGE, frame, PAGE)
+    pt.map(0x00007F0000000000, 0x20000, 3 * PAGE)  # low half, ends at the canonical hole
+    pt.map((1 << (pt.shifts[0] + 8)) - PAGE, 0x30000, PAGE)  # last page of the low half
+    # non-present entries with frame bits set must be skipped, not followed
+    pmd = pt.root
+    for shift in pt.shifts[:-2]:  # down to the PMD table of ``high``
+        pmd = pt.entry(pmd, (high >> shift) & 511) & 0x000FFFFFFFFFF000
+    free = [i for i in range(64, 200) if not pt.entry(pmd, i) & PRESENT]
+    image.write_u64(pmd + 8 * free[0], 0x1400000 | PSE | RW)  # a 2 MiB leaf, not present
+    image.write_u64(pmd + 8 * free[1], 0x5000 | RW)  # a table pointer, not present
+    image.write_u64(pmd + 8 * free[2], 0x7000000000 | PRESENT)  # a table not in the dump
+    phys = image.to_phys(tmp_path / f"mem{levels}{seed}")
+    return pt, PageTableWalker(phys, pt.root, levels)
+
+
+@pytest.mark.parametrize(("levels", "seed"), [(4, 1), (4, 2), (5, 3)])
+def test_run_arrays_equals_iter_runs(tmp_path: Path, levels: int, seed: int) -> None:
+    pt, walker = _messy_tables(tmp_path, levels, seed)
+    rng = np.random.default_rng(seed)
+    high = 0xFF11000000000000 if levels == 5 else 0xFFFFEA0000000000
+    windows = [(0, 2**64), (high - 3 * GIB - 5 * PAGE, high + 300 * MIB)]
+    for _ in range(40):  # random windows, page-aligned or not, inside the mapped area
+        a, b = sorted(rng.integers(0, 5 * GIB, 2).tolist())
+        windows.append((high - 4 * GIB + a, high - 4 * GIB + b + 1))
+    windows.append((0x00007F0000001000, high))  # across the canonical hole
+    for vstart, vend in windows:
+        old = list(walker.iter_runs(vstart, vend, strict=False))
+        new = _as_runs(walker.run_arrays(vstart, vend, strict=False))
+        assert new == old, (hex(vstart), hex(vend))
+    everything = _as_runs(walker.run_arrays(0, 2**64, strict=False))
+    assert len(everything) > 20  # scattered frames stay separate runs
+    # and both cover exactly the builder's mappings
+    covered = {}
+    for vaddr, paddr, size in everything:
+        if size <= 64 * MIB:
+            for k in range(0, size, PAGE):
+                covered[vaddr + k] = paddr + k
+    assert covered == {v: p for v, p in pt.expected.items() if not high - 4 * GIB <= v < high}
+    # the table outside the dump: strict raises, as iter_runs does
+    with pytest.raises(NotInDumpError):
+        walker.run_arrays(high, high + GIB)
+    with pytest.raises(NotInDumpError):
+        list(walker.iter_runs(high, high + GIB))
+
+
+def test_run_arrays_of_nothing(small: tuple[PageTables, ElfMemory]) -> None:
+    pt, phys = small
+    walker = PageTableWalker(phys, pt.root)
+    assert _as_runs(walker.run_arrays(0xFFFF900000000000, 0xFFFF900000100000)) == []
+    assert _as_runs(walker.run_arrays(0, 2**64)) == list(walker.iter_runs(0, 2**64))
