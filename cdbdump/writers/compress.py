@@ -69,16 +69,28 @@ def default_threads() -> int:
 class CompressedPages:
     """The stored form of a batch of pages, in input order.
 
-    ``payload`` is the concatenation of every page's stored bytes; page i
-    starts at ``sizes[:i].sum()``. ``flags[i]`` is 0 where the page is raw.
+    ``parts`` concatenated are every page's stored bytes; page i starts at
+    ``sizes[:i].sum()``. ``flags[i]`` is 0 where the page is raw. The native
+    compressor's chunk outputs stay separate parts, so a writer can hand them to
+    pwritev(2) without copying the whole payload once more to join them.
     """
 
     sizes: U32
     flags: U32
-    payload: bytes | memoryview  # a memoryview only for uncompressed batches (no copy)
+    parts: tuple[bytes | memoryview, ...]  # a memoryview only for uncompressed batches
 
     def __len__(self) -> int:
         return int(self.sizes.size)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of stored page data (every part)."""
+        return sum(map(len, self.parts))
+
+    @property
+    def payload(self) -> bytes | memoryview:
+        """The parts as one buffer (joined only when there are several)."""
+        return self.parts[0] if len(self.parts) == 1 else b"".join(self.parts)
 
 
 class PageCompressor(Closing):
@@ -161,9 +173,9 @@ class PageCompressor(Closing):
         sizes = np.full(n, ps, dtype=np.uint32)
         flags = np.zeros(n, dtype=np.uint32)
         if n == len(flat) // ps:
-            return CompressedPages(sizes, flags, flat)
+            return CompressedPages(sizes, flags, (flat,))
         rows = np.frombuffer(flat, dtype=np.uint8).reshape(-1, ps)
-        return CompressedPages(sizes, flags, rows[index].tobytes())
+        return CompressedPages(sizes, flags, (rows[index].tobytes(),))
 
     def _compress_views(self, views: list[memoryview]) -> CompressedPages:
         fn = self._page_function
@@ -209,13 +221,11 @@ class PageCompressor(Closing):
                 raise OutputError(f"{self.codec.label} compression failed: {exc}") from exc
             return out
 
-        if nr_chunks == 1:
-            payload = chunk(0)
-        elif nr_threads == 1:
-            payload = b"".join(map(chunk, range(nr_chunks)))
-        else:  # chunks in parallel, joined in page order
-            payload = b"".join(self._get_pool().map(chunk, range(nr_chunks)))
-        return CompressedPages(sizes, flags, payload)
+        if nr_threads == 1:
+            parts = tuple(map(chunk, range(nr_chunks)))
+        else:  # chunks in parallel, kept in page order (not joined: no payload copy)
+            parts = tuple(self._get_pool().map(chunk, range(nr_chunks)))
+        return CompressedPages(sizes, flags, parts)
 
     def _compress_zstd_multi(
         self, flat: memoryview, index: npt.NDArray[np.int64]
@@ -250,7 +260,7 @@ class PageCompressor(Closing):
                 outs[i] = page(i)
             sizes[raw] = ps
             flags[raw] = 0
-        return CompressedPages(sizes, flags, b"".join(outs))
+        return CompressedPages(sizes, flags, (b"".join(outs),))
 
     def _get_pool(self) -> ThreadPoolExecutor:
         if self._pool is None:

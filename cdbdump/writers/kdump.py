@@ -450,6 +450,8 @@ class _PageWriter:
         self.scratch = np.empty(0, dtype=np.uint8)  # a window's sparse span, read whole
         self.start_writeback: Callable[[int, int], None] | None = getattr(
             sink, "start_writeback", None)  # a file (not a -F stream)
+        self.pwritev: Callable[[tuple[bytes | memoryview, ...], int], None] | None = getattr(
+            sink, "pwritev", None)  # a file (not a -F stream)
         self.nr_windows = 0
         self.io = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cdbdump-write")
         self.pending: Future[None] | None = None
@@ -558,9 +560,9 @@ class _PageWriter:
             descs["offset"][is_zero] = self.zero_offset
             descs["size"][is_zero] = ps
         window_start = self.cursor
-        self.cursor += len(packed.payload)
+        self.cursor += packed.nbytes
         self._wait_for_io()  # one window in flight: bounded memory, ordered descriptors
-        self.pending = self.io.submit(self._store, packed.payload, window_start, descs, is_zero,
+        self.pending = self.io.submit(self._store, packed.parts, window_start, descs, is_zero,
                                       bitmap_fixes)
         if nr_read:  # RSS: a few windows, not the whole input
             first = int(read_pfns[0])
@@ -572,7 +574,7 @@ class _PageWriter:
 
     def _store(
         self,
-        payload: bytes | memoryview,
+        parts: tuple[bytes | memoryview, ...],
         data_offset: int,
         descs: npt.NDArray[np.void],
         is_zero: npt.NDArray[np.bool_],
@@ -583,18 +585,27 @@ class _PageWriter:
         t0 = time.perf_counter()
         for file_offset, byte in bitmap_fixes:  # inside the allocated bitmap area
             self.sink.pwrite(byte, file_offset)
+        size = sum(map(len, parts))
         try:
-            if len(payload):
-                self.sink.pwrite(payload, data_offset)
+            if size:
+                self._write_parts(parts, data_offset)
         except OutputNoSpaceError as exc:
             self._keep_complete_descs(descs, is_zero, data_offset + exc.written)
             raise
         self._write_descs(descs, is_zero)
-        if self.start_writeback is not None and len(payload):
-            self.start_writeback(data_offset, len(payload))  # the final fsync waits less
+        if self.start_writeback is not None and size:
+            self.start_writeback(data_offset, size)  # the final fsync waits less
         self.timings["write"] += time.perf_counter() - t0
 
     # -- output ---------------------------------------------------------------------------
+
+    def _write_parts(self, parts: tuple[bytes | memoryview, ...], file_offset: int) -> None:
+        """The parts back to back from file_offset: one pwritev(2) where the sink has it
+        (a file), else joined into one write (a -F stream: one record per window)."""
+        if len(parts) > 1 and self.pwritev is not None:
+            self.pwritev(parts, file_offset)
+        else:
+            self.sink.pwrite(parts[0] if len(parts) == 1 else b"".join(parts), file_offset)
 
     def _write_data(self, payload: bytes | memoryview) -> None:
         size = len(payload)
