@@ -134,16 +134,19 @@ class PageCompressor(Closing):
         self,
         pages: BufferLike | Sequence[BufferLike],
         select: npt.NDArray[np.bool_] | None = None,
+        *,
+        index: npt.NDArray[np.int64] | None = None,
     ) -> CompressedPages:
         """Compress a batch: N*page_size contiguous bytes, or a sequence of pages.
 
         With ``select`` (contiguous input only), only the pages where it is true
-        are compressed and returned, in order.
+        are compressed and returned, in order. With ``index`` instead, the pages
+        numbered there (in the batch, repeats allowed) are, in that order.
         """
         ps = self.page_size
         if isinstance(pages, Sequence) and not isinstance(pages, bytes | bytearray | memoryview):
-            if select is not None:
-                raise ValueError("select needs contiguous input")
+            if select is not None or index is not None:
+                raise ValueError("select and index need contiguous input")
             views = [memoryview(p).cast("B") for p in pages]
             if any(len(v) != ps for v in views):
                 raise ValueError(f"every page must be {ps} bytes")
@@ -152,7 +155,17 @@ class PageCompressor(Closing):
         if len(flat) % ps:
             raise ValueError(f"batch of {len(flat)} bytes is not a whole number of pages")
         nr_pages = len(flat) // ps
-        if select is None:
+        if index is not None:
+            if select is not None:
+                raise ValueError("give select or index, not both")
+            if index.size and (int(index.min()) < 0 or int(index.max()) >= nr_pages):
+                raise ValueError(f"index out of range for a batch of {nr_pages} pages")
+            index = np.ascontiguousarray(index, dtype=np.int64)
+            if self.codec is Codec.NONE:
+                return self._store_raw(flat, index)
+            if self.native:
+                return self._compress_native(flat, index)
+        elif select is None:
             index = np.arange(nr_pages, dtype=np.int64)
         else:
             if select.shape != (nr_pages,):
@@ -172,7 +185,7 @@ class PageCompressor(Closing):
         n = int(index.size)
         sizes = np.full(n, ps, dtype=np.uint32)
         flags = np.zeros(n, dtype=np.uint32)
-        if n == len(flat) // ps:
+        if n == len(flat) // ps and np.array_equal(index, np.arange(n)):
             return CompressedPages(sizes, flags, (flat,))
         rows = np.frombuffer(flat, dtype=np.uint8).reshape(-1, ps)
         return CompressedPages(sizes, flags, (rows[index].tobytes(),))

@@ -61,7 +61,7 @@ from cdbdump.formats.kdump import (
 from cdbdump.interrupts import deferred
 from cdbdump.memory.physical import Extent, ExtentKind, PhysicalMemory, fill, view_run
 from cdbdump.report import PageProgress
-from cdbdump.writers.compress import PageCompressor
+from cdbdump.writers.compress import CompressedPages, PageCompressor
 from cdbdump.writers.sink import Sink
 
 __all__ = (
@@ -521,7 +521,9 @@ class _PageWriter:
         self.gather = self.gathers[self.nr_windows & 1]
         self.nr_windows += 1
         # zero pages need no reading where a sparse input file has a hole
-        in_hole = self.memory.known_zero_frames(pfns) if self.exclude_zero else None
+        in_hole = self.memory.known_zero_frames(pfns)
+        if in_hole is not None and not in_hole.any():
+            in_hole = None
         read_pfns = pfns if in_hole is None else pfns[~in_hole]
         nr_read = int(read_pfns.size)
         bitmap_fixes: list[tuple[int, bytes]] = []
@@ -537,17 +539,18 @@ class _PageWriter:
             words = np.frombuffer(data, dtype=np.uint64).reshape(nr_read, ps // 8)
             # makedumpfile is_zero_page: every 8-byte word is 0
             read_zero: npt.NDArray[np.bool_] = np.logical_not(words.any(axis=1))
-            keep: npt.NDArray[np.bool_] | None = np.logical_not(read_zero)
+            keep = np.logical_not(read_zero)
             if in_hole is None:
                 is_zero = read_zero
             else:
                 is_zero = np.ones(n, dtype=np.bool_)
                 is_zero[~in_hole] = read_zero
+            t2 = time.perf_counter()
+            packed = self.compressor.compress_pages(data, keep)
         else:
             is_zero = np.zeros(n, dtype=np.bool_)
-            keep = None
-        t2 = time.perf_counter()
-        packed = self.compressor.compress_pages(data, keep)
+            t2 = time.perf_counter()
+            packed = self._compress_with_holes(data, in_hole)
         t3 = time.perf_counter()
 
         descs = np.zeros(n, dtype=PAGE_DESC_DTYPE)
@@ -571,6 +574,25 @@ class _PageWriter:
         tm["read"] += t1 - t0
         tm["zero_test"] += t2 - t1
         tm["compress"] += t3 - t2
+
+    def _compress_with_holes(
+        self, data: memoryview | npt.NDArray[np.uint8], in_hole: npt.NDArray[np.bool_] | None
+    ) -> CompressedPages:
+        """Every page of the window stored (zero pages too: -d without bit 1); pages in
+        holes of a sparse input were not read and are compressed from one zero page."""
+        if in_hole is None:
+            return self.compressor.compress_pages(data)
+        ps = self.page_size
+        nr_read = len(data) // ps
+        buf = self.gather
+        pages = np.frombuffer(data, dtype=np.uint8)
+        if pages.ctypes.data != buf.ctypes.data:  # not gathered into the buffer itself
+            buf[: nr_read * ps] = pages
+        # the zero page right after the pages read (nr_read < window pages: a hole)
+        buf[nr_read * ps : (nr_read + 1) * ps] = 0
+        index = np.full(in_hole.size, nr_read, dtype=np.int64)
+        index[~in_hole] = np.arange(nr_read, dtype=np.int64)
+        return self.compressor.compress_pages(buf[: (nr_read + 1) * ps], index=index)
 
     def _store(
         self,
