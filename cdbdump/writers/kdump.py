@@ -76,6 +76,7 @@ __all__ = (
 
 UTSNAME_SIZE = UTS_FIELD_LEN * len(UTS_FIELDS)  # struct new_utsname: 390 bytes
 MAX_MAPNR_32 = 0xFFFFFFFF  # disk_dump_header.max_mapnr is an unsigned int
+_FEW_RUNS = 4  # runs of a window below which _gather reads run by run, not the span
 DEFAULT_WINDOW_PAGES = 512  # 2 MiB of 4 KiB pages gathered and compressed at a time
 BITMAP_WINDOW_PFNS = 1 << 20  # pfns of the 2nd bitmap unpacked at a time (1 MiB of bools)
 MAX_LISTED_LOST = 1000  # unreadable pages listed one by one in the result (all are counted)
@@ -732,7 +733,11 @@ class _PageWriter:
         ext = next(self.memory.extents(first << shift, span * ps))
         whole = ext.kind is ExtentKind.DATA and ext.size == span * ps
         data_into = self.data_into
-        if whole and (span == n or (ext.file_offset >= 0 and span <= 2 * n)):
+        breaks = np.flatnonzero(np.diff(pfns) != 1) + 1
+        # a few long runs (pages left out for holes of a sparse input, -d 0) are read
+        # run by run: reading the span whole would read (and copy) the gaps too
+        if whole and (span == n or (ext.file_offset >= 0 and span <= 2 * n
+                                    and breaks.size >= _FEW_RUNS)):
             if span == n:  # one run
                 if data_into is None:
                     return self.memory.data(ext)
@@ -748,7 +753,6 @@ class _PageWriter:
             out = self.gather[: n * ps].reshape(n, ps)
             np.take(rows, pfns - first, axis=0, out=out)
             return self.gather[: n * ps]
-        breaks = np.flatnonzero(np.diff(pfns) != 1) + 1
         run_starts = np.concatenate(([0], breaks)).tolist()
         run_ends = np.concatenate((breaks, [n])).tolist()
         first_pfns = pfns[run_starts].tolist()
