@@ -76,7 +76,7 @@ __all__ = (
 
 UTSNAME_SIZE = UTS_FIELD_LEN * len(UTS_FIELDS)  # struct new_utsname: 390 bytes
 MAX_MAPNR_32 = 0xFFFFFFFF  # disk_dump_header.max_mapnr is an unsigned int
-_FEW_RUNS = 4  # runs of a window below which _gather reads run by run, not the span
+_FEW_RUNS = 4  # gaps in a window with holes below which _gather reads run by run
 DEFAULT_WINDOW_PAGES = 512  # 2 MiB of 4 KiB pages gathered and compressed at a time
 BITMAP_WINDOW_PFNS = 1 << 20  # pfns of the 2nd bitmap unpacked at a time (1 MiB of bools)
 MAX_LISTED_LOST = 1000  # unreadable pages listed one by one in the result (all are counted)
@@ -529,7 +529,7 @@ class _PageWriter:
         nr_read = int(read_pfns.size)
         bitmap_fixes: list[tuple[int, bytes]] = []
         try:
-            data = self._gather(read_pfns) if nr_read else self.gather[:0]
+            data = self._gather(read_pfns, in_hole is not None) if nr_read else self.gather[:0]
         except InputReadError:
             pfns, in_hole, read_pfns, data, bitmap_fixes = self._salvage(pfns, in_hole,
                                                                          read_pfns)
@@ -720,7 +720,8 @@ class _PageWriter:
         return (pfns[keep], None if in_hole is None else in_hole[keep], kept_read,
                 self.gather[: data.size], fixes)
 
-    def _gather(self, pfns: npt.NDArray[np.int64]) -> memoryview | npt.NDArray[np.uint8]:
+    def _gather(self, pfns: npt.NDArray[np.int64], holes_left_out: bool = False
+                ) -> memoryview | npt.NDArray[np.uint8]:
         """The window's pages as N*page_size contiguous bytes, in pfn order."""
         ps = self.page_size
         shift = self.shift
@@ -734,10 +735,10 @@ class _PageWriter:
         whole = ext.kind is ExtentKind.DATA and ext.size == span * ps
         data_into = self.data_into
         breaks = np.flatnonzero(np.diff(pfns) != 1) + 1
-        # a few long runs (pages left out for holes of a sparse input, -d 0) are read
-        # run by run: reading the span whole would read (and copy) the gaps too
-        if whole and (span == n or (ext.file_offset >= 0 and span <= 2 * n
-                                    and breaks.size >= _FEW_RUNS)):
+        # a few runs around pages left out for holes of a sparse input are read run by
+        # run: reading the span whole would read (and copy) the holes after all
+        by_runs = holes_left_out and breaks.size < _FEW_RUNS
+        if whole and (span == n or (ext.file_offset >= 0 and span <= 2 * n and not by_runs)):
             if span == n:  # one run
                 if data_into is None:
                     return self.memory.data(ext)
