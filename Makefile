@@ -65,7 +65,7 @@ unit: $(VENV)/.full
 bench: $(VENV)/.full
 	$(PY) bench/bench.py
 
-bench-memory: $(VENV)/.full  # builds 64 GiB / 256 GiB / 1 TiB machines (~7.5 GB RAM, 10 GB disk)
+bench-memory: $(VENV)/.full  # 64 GiB / 256 GiB / 1 TiB-RAM machines (builder 2.1 GB RAM, 6 GB disk, ~30 min)
 	$(PY) bench/memory.py
 
 # Long fuzz run (tests/fuzz/fuzz.py): FUZZ_INPUTS mutated vmcores, both -q and the scan,

@@ -13,12 +13,19 @@ of RAM), whatever the machine size. The pages stay in the page cache, which
 writes them back and reclaims them like any written file data (makedumpfile's
 cyclic mode keeps a window in memory and writes it out; here the kernel does
 the writing, and the bits are read back from the file, not computed twice).
+
+Outputs that have no place for the bitmaps (a -F stream, an ELF file, a --split
+set) get them in a scratch file (:meth:`Bitmap.scratch`): unlinked, 0600, in the
+output's directory or $TMPDIR, mapped and walked the same way.
 """
 
 from __future__ import annotations
 
 import mmap
+import os
+import tempfile
 from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
@@ -60,6 +67,24 @@ class Bitmap:
         bitmap.home = (fd, file_offset)
         bitmap._map = mapping
         return bitmap
+
+    @classmethod
+    def scratch(cls, nr_bits: int, count: int, directory: Path | None = None) -> list[Bitmap]:
+        """``count`` empty bitmaps in an unlinked scratch file (0600) in ``directory``
+        ($TMPDIR when None), each page aligned; its blocks are allocated up front.
+
+        Raises OSError when the file cannot be made or allocated (the caller keeps
+        the bitmaps in memory then). The mappings keep the file; it goes with them.
+        """
+        nbytes = -(-((nr_bits + 7) // 8) // mmap.ALLOCATIONGRANULARITY) * mmap.ALLOCATIONGRANULARITY
+        with tempfile.TemporaryFile(dir=directory) as file:  # O_TMPFILE where it can
+            fd = file.fileno()
+            os.fchmod(fd, 0o600)
+            os.posix_fallocate(fd, 0, max(1, count * nbytes))
+            bitmaps = [cls.in_file(fd, i * nbytes, nr_bits) for i in range(count)]
+        for bitmap in bitmaps:
+            bitmap.home = None  # the fd is closed (mmap holds its own): never an output's
+        return bitmaps
 
     def release(self) -> None:
         """Drop an in-file bitmap's pages from this process (they stay in the page

@@ -106,7 +106,8 @@ def deliver(
         if request.elf:
             if core is None:
                 raise OutputError("-E needs an ELF vmcore as input")
-            _write_elf(out, core, memory, bitmap2, exclude_zero, report, progress, input_lost)
+            _write_elf(out, core, memory, bitmap2, exclude_zero, report, progress, input_lost,
+                       _tuning(request, meta.max_mapnr).get("bitmap_window_pfns"))
         else:
             result = write_kdump(out, meta, bitmap1, bitmap2, memory, request.codec,
                                  exclude_zero=exclude_zero, progress=_step(progress),
@@ -194,6 +195,7 @@ def _write_elf(
     report: DumpReport,
     progress: ProgressCallback | None,
     input_lost: str | None = None,
+    window_pfns: int | None = None,
 ) -> None:
     """-E: an unreadable input page is excluded like the kdump writer excludes it.
 
@@ -209,10 +211,11 @@ def _write_elf(
         write_elf,
     )
 
+    window = {} if window_pfns is None else {"window_pfns": window_pfns}  # --cyclic-buffer
     if exclude_zero:
         zero_progress = (None if progress is None
                          else lambda done, total: progress("Excluding zero pages", done, total))
-        report.counts.zero += exclude_zero_pages(memory, bitmap2, zero_progress)
+        report.counts.zero += exclude_zero_pages(memory, bitmap2, zero_progress, **window)
     input_ehdr = bytes(core.file.view(0, ELF64_EHDR.size, "ELF header"))
     unreadable: dict[int, tuple[int, str]] = {}  # pfn -> (file offset, why)
     for _ in range(_ELF_PASSES):
@@ -220,7 +223,7 @@ def _write_elf(
             if pfn < bitmap2.nr_bits:
                 bitmap2.clear_range(pfn, pfn + 1)
         plan = plan_elf(core.loads, memory, bitmap2, len(core.notes_raw),
-                        exclude_zero=exclude_zero)
+                        exclude_zero=exclude_zero, **window)
         if isinstance(out, OutputFile):
             os.ftruncate(out.fileno(), 0)  # a pass again: nothing of the last one stays
         result = write_elf(out, input_ehdr, core.notes_raw, plan, memory, _step(progress),

@@ -398,12 +398,30 @@ def bitmaps_in_output(options: DumpOptions, image: InputImage) -> OutputFile | N
     return out
 
 
-def _bitmaps(image: InputImage, out: OutputFile | None,
+# Bitmaps up to this size stay in memory when the output has no place for them
+SCRATCH_BITMAP_BYTES = 4 << 20  # makedumpfile's largest cyclic buffer
+
+
+def _scratch_bitmaps(options: DumpOptions, max_mapnr: int) -> list[Bitmap] | None:
+    """The two bitmaps in a scratch file when they are large and the output has no
+    place for them (-F, -E, --split): next to the output, or in $TMPDIR for a
+    stream. None: in memory (small, or no scratch file could be made)."""
+    if max_mapnr // 8 <= SCRATCH_BITMAP_BYTES:
+        return None
+    target = options.split_files[0] if options.split_files else options.dumpfile
+    try:
+        return Bitmap.scratch(max_mapnr, 2, None if target is None else target.parent)
+    except OSError:
+        return None  # no room or no write access there: memory, as before
+
+
+def _bitmaps(options: DumpOptions, image: InputImage, out: OutputFile | None,
              partial_pages: bool) -> tuple[Bitmap, Bitmap]:
     """The 1st bitmap and the 2nd before exclusion (in the output file when ``out``)."""
     if out is None:
-        bitmap1 = first_bitmap(image, partial_pages)
-        return bitmap1, without_nodata(image, bitmap1)
+        scratch = _scratch_bitmaps(options, image.max_mapnr)
+        bitmap1 = first_bitmap(image, partial_pages, scratch[0] if scratch else None)
+        return bitmap1, without_nodata(image, bitmap1, scratch[1] if scratch else None)
     offset, size = KdumpLayout.bitmap_area(image.page_size, len(image.notes_raw),
                                            image.max_mapnr)
     bitmap1 = first_bitmap(image, partial_pages,
@@ -562,7 +580,7 @@ def _dump(
     try:
         with _timed(report, "check memory holes"):
             try:
-                bitmap1, bitmap2 = _bitmaps(image, out, partial_pages)
+                bitmap1, bitmap2 = _bitmaps(options, image, out, partial_pages)
                 lost = lost_frames(image, bitmap1)
             except MemoryError:
                 raise UnsupportedError(

@@ -112,9 +112,11 @@ class ElfWriteResult:
 
 
 def exclude_zero_pages(
-    memory: PhysicalMemory, bitmap2: Bitmap, progress: PageProgress | None = None
+    memory: PhysicalMemory, bitmap2: Bitmap, progress: PageProgress | None = None,
+    window_pfns: int = _PLAN_PFNS,
 ) -> int:
-    """Clear all-zero dumpable pages from ``bitmap2``; return how many.
+    """Clear all-zero dumpable pages from ``bitmap2``, ``window_pfns`` of it at a time
+    (--cyclic-buffer; the result is the same whatever it is); return how many.
 
     reference: makedumpfile exclude_zero_pages_cyclic (every 8-byte word 0).
     Pages that lie in holes of a sparse input are zero without being read.
@@ -124,7 +126,7 @@ def exclude_zero_pages(
     total = bitmap2.count()
     done = 0
     nr_zero = 0
-    for window in bitmap2.iter_set_pfns(_PLAN_PFNS):
+    for window in bitmap2.iter_set_pfns(max(8, window_pfns)):
         zero_pfns: list[npt.NDArray[np.int64]] = []
         for lo in range(0, window.size, _ZERO_WINDOW):
             pfns = window[lo : lo + _ZERO_WINDOW]
@@ -138,6 +140,7 @@ def exclude_zero_pages(
             keep = bitmap2.get_bools(first, first + span).copy()
             keep[cleared - first] = False
             bitmap2.put_bools(first, keep)
+            bitmap2.release()  # a mapped bitmap: the window leaves the process
             nr_zero += int(cleared.size)
         if progress is not None:
             progress(done, total)
@@ -188,7 +191,10 @@ def _read_pages(
     n = int(pfns.size)
     first = int(pfns[0])
     span = int(pfns[-1]) - first + 1
-    view = view_run(memory, first << shift, span * ps) if unreadable is None else None
+    # one read of the whole span only when it fits the buffer: sparse pfns would read
+    # (and hold) every page between them
+    view = (view_run(memory, first << shift, span * ps)
+            if unreadable is None and span * ps <= buf.size else None)
     if view is not None:
         if span == n:
             return view
@@ -221,6 +227,7 @@ def plan_elf(
     notes_size: int,
     *,
     exclude_zero: bool,
+    window_pfns: int = _PLAN_PFNS,
 ) -> ElfPlan:
     """The output PT_LOADs, from the input's and the (zero-excluded) 2nd bitmap.
 
@@ -233,7 +240,8 @@ def plan_elf(
     nr_excluded = 0
     nr_write = 0
     for seg in loads:
-        pieces, excluded, pages = _split_load(seg, memory, bitmap2, exclude_zero)
+        pieces, excluded, pages = _split_load(seg, memory, bitmap2, exclude_zero,
+                                              max(8, window_pfns))
         cut.extend(pieces)
         nr_excluded += excluded
         nr_write += pages
@@ -254,7 +262,8 @@ def plan_elf(
 
 
 def _split_load(
-    seg: LoadSegment, memory: PhysicalMemory, bitmap2: Bitmap, exclude_zero: bool
+    seg: LoadSegment, memory: PhysicalMemory, bitmap2: Bitmap, exclude_zero: bool,
+    window_pfns: int = _PLAN_PFNS,
 ) -> tuple[list[tuple[ElfSegment, bool]], int, int]:
     """Cut one input PT_LOAD: ((segment, is last of the load) ..., pages left out,
     pages written). p_offset is placed later by plan_elf."""
@@ -270,7 +279,7 @@ def _split_load(
         return min(head + index * ps, memsz)
 
     cuts, tail_start = _excluded_runs(
-        _dumpable_chunks(seg, memory, bitmap2, pfn_first, n, exclude_zero)
+        _dumpable_chunks(seg, memory, bitmap2, pfn_first, n, exclude_zero, window_pfns)
     )
     starts = [0, *(b for _, b in cuts)]
     out: list[tuple[ElfSegment, bool]] = []
@@ -299,6 +308,7 @@ def _dumpable_chunks(
     pfn_first: int,
     n: int,
     exclude_zero: bool,
+    window_pfns: int = _PLAN_PFNS,
 ) -> Iterator[npt.NDArray[np.bool_]]:
     """Dumpable flags of the pfns [pfn_first, pfn_first + n), a bounded chunk at a time."""
     ps = memory.page_size
@@ -310,16 +320,16 @@ def _dumpable_chunks(
     extra_hi = min((seg.paddr + seg.memsz) >> shift, (seg.paddr + seg.filesz + ps - 1) >> shift)
     own_hi = (seg.paddr + seg.filesz + ps - 1) >> shift  # pages with bytes of its own data
     buf = np.empty(_ZERO_WINDOW * ps, dtype=np.uint8)
-    for c0 in range(0, n, _PLAN_PFNS):
+    for c0 in range(0, n, window_pfns):
         lo = pfn_first + c0
-        hi = pfn_first + min(n, c0 + _PLAN_PFNS)
+        hi = pfn_first + min(n, c0 + window_pfns)
         parts: list[npt.NDArray[np.bool_]] = []
         if lo < limit:
-            bools = bitmap2.get_bools(lo, min(hi, limit))
+            bools = bitmap2.get_bools(lo, min(hi, limit)).copy()  # a copy: then released
+            bitmap2.release()
             if own_hi < min(hi, limit):
                 # a page only this segment's p_memsz covers: another segment may store
                 # it, and writes it (each segment writes its own file data at most)
-                bools = bools.copy()
                 bools[max(0, own_hi - lo) :] = False
             parts.append(bools)
         if hi > limit:

@@ -402,7 +402,8 @@ def _write_bitmap(sink: Sink, bitmap: Bitmap, file_offset: int, padded_size: int
     fileno = getattr(sink, "fileno", None)
     if bitmap.home is not None and callable(fileno) and bitmap.home == (fileno(), file_offset):
         return  # built in place, on allocated (zeroed) blocks padding included
-    sink.pwrite(bitmap.bits, file_offset)
+    for lo, hi in bitmap.windows():  # a window at a time: a mapped bitmap stays unread
+        sink.pwrite(bitmap.bits[lo:hi], file_offset + lo)
     pad = padded_size - bitmap.bits.size
     if pad:
         sink.pwrite(bytes(pad), file_offset + bitmap.bits.size)

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from cdbdump.bitmap import Bitmap
+from cdbdump.bitmap import WINDOW_BYTES, Bitmap
 from cdbdump.errors import CorruptDumpError, InputError
 from cdbdump.fileio import MappedFile
 from cdbdump.formats.kdump import (
@@ -105,11 +105,14 @@ def split_ranges(bitmap2: Bitmap, nr_files: int, block_pages: int) -> list[tuple
 
 
 def _block_counts(bitmap2: Bitmap, block_pages: int, nr_blocks: int) -> npt.NDArray[np.int64]:
-    per_byte = np.bitwise_count(bitmap2.bits).astype(np.int64)
+    """Set bits per block, a window of whole blocks at a time (no bitmap-sized temporary)."""
     block_bytes = block_pages // 8
-    padded = np.zeros(nr_blocks * block_bytes, dtype=np.int64)
-    padded[: per_byte.size] = per_byte[: padded.size]
-    counts: npt.NDArray[np.int64] = padded.reshape(nr_blocks, block_bytes).sum(axis=1)
+    counts: npt.NDArray[np.int64] = np.zeros(nr_blocks, dtype=np.int64)
+    step = max(1, WINDOW_BYTES // block_bytes) * block_bytes
+    for lo, hi in bitmap2.windows(step=step):
+        per_block = np.add.reduceat(np.bitwise_count(bitmap2.bits[lo:hi]),
+                                    np.arange(0, hi - lo, block_bytes), dtype=np.int64)
+        counts[lo // block_bytes : lo // block_bytes + per_block.size] = per_block
     return counts
 
 

@@ -23,6 +23,7 @@ Data of a PT_LOAD is bytes, None (all zero) or a ``PhysSource`` (an object with
 
 from __future__ import annotations
 
+import itertools
 import os
 import struct
 from collections.abc import Iterator
@@ -418,7 +419,9 @@ class ElfCoreBuilder:
         fd = os.open(Path(path), os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
         try:
             os.ftruncate(fd, plan.file_size)
-            for offset, chunk in (*self._headers(plan), *self._iter_load_chunks(plan)):
+            # chained, not unpacked: the chunks are made and written one at a time
+            for offset, chunk in itertools.chain(self._headers(plan),
+                                                 self._iter_load_chunks(plan)):
                 _pwrite_all(fd, chunk, offset)
         finally:
             os.close(fd)

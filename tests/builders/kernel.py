@@ -95,6 +95,8 @@ _OVERLAYS = (
     (128, PageKind.PRIVATE_FOLIO, 2, 0.1),
     (256, PageKind.FREE, 8, 0.2),
 )
+_ORACLE_WINDOW_PFNS = 1 << 18  # 1 GiB of frames: the unit of windowed generation
+
 DEFAULT_MIX: dict[str, float] = {
     "free": 0.22,
     "free_split": 0.05,
@@ -190,6 +192,7 @@ class SyntheticKernel:
         gigantic_hugetlb: int = 0,
         rom: bool | None = None,
         kernel_image_chunks: int = 2,
+        zero_free_block_members: bool = False,
     ) -> None:
         self.dialect = get_dialect(dialect)
         self.layout: Layout = layout
@@ -229,6 +232,7 @@ class SyntheticKernel:
             vmemmap_base=self.vmemmap_base,
             page_offset_base=self.page_offset_base,
             order_overrides=self.order_overrides,
+            zero_block_members=zero_free_block_members,
         )
         self._build_page_tables(set(vmemmap_4k_sections))
         self._build_mem_section()
@@ -608,24 +612,22 @@ class SyntheticKernel:
     def _assign_content(self) -> None:
         img = PhysImage(self.nr_pfns)
         p_data = kind_table({k: p.p_data for k, p in KIND_PROPS.items()}, 0.0, np.float32)
-        prob = p_data[self.kinds]
         scale = np.float32(self.data_fraction)
-        keep_full = self.kinds == PageKind.ROM
-        prob = np.where(keep_full, prob, prob * scale)
-        draw = self.rng.random(self.nr_pfns, dtype=np.float32)
-        img.content[:] = np.where(draw < prob, CONTENT_PATTERN, CONTENT_ZERO)
+        # in windows (the same draws as one call): bounded temporaries on a TiB machine
+        for lo in range(0, self.nr_pfns, _ORACLE_WINDOW_PFNS):
+            hi = min(self.nr_pfns, lo + _ORACLE_WINDOW_PFNS)
+            kinds = self.kinds[lo:hi]
+            prob = p_data[kinds]
+            prob = np.where(kinds == PageKind.ROM, prob, prob * scale)
+            draw = self.rng.random(hi - lo, dtype=np.float32)
+            img.content[lo:hi] = np.where(draw < prob, CONTENT_PATTERN, CONTENT_ZERO)
         # firmware data in the parts of PT_LOADs that are not RAM (partial pages, QEMU holes)
-        in_load = self._pfns_touching_loads()
-        hole_data = in_load & (self.kinds == PageKind.HOLE)
-        img.content[hole_data] = CONTENT_PATTERN
+        for s, e in self.load_ranges:
+            lo, hi = s >> 12, min((e + PAGE_SIZE - 1) >> 12, self.nr_pfns)
+            if lo < hi:
+                img.content[lo:hi][self.kinds[lo:hi] == PageKind.HOLE] = CONTENT_PATTERN
         img.tags[:] = self.kinds
         self.phys = img
-
-    def _pfns_touching_loads(self) -> np.ndarray:
-        mask = np.zeros(self.nr_pfns, dtype=bool)
-        for s, e in self.load_ranges:
-            mask[s >> 12 : min((e + PAGE_SIZE - 1) >> 12, self.nr_pfns)] = True
-        return mask
 
     # ================================================================ kernel structures
     def kvaddr(self, paddr: int) -> int:
@@ -923,13 +925,21 @@ class SyntheticKernel:
         )
 
     def _kernel_exclusion(self) -> tuple[np.ndarray, PageCounts]:
+        """The kernel's classification, a 1 GiB window at a time (bounded temporaries
+        on a TiB machine): no object of order <= 18 crosses an aligned window."""
         level = int(self.crash_dump_bitmap_level or 0)
         nbits = self.bitmap_nbits
-        scanned = np.zeros(nbits, dtype=bool)
-        has_page = self.kinds[:nbits] != PageKind.NONE
-        sections = np.arange(nbits) // SECTION_PFNS
-        scanned[:] = has_page & self.has_memmap[sections]
-        return self.classifier.exclude(level, scanned, nbits, kernel_view=True)
+        cleared = np.zeros(nbits, dtype=bool)
+        counts = PageCounts()
+        for lo in range(0, nbits, _ORACLE_WINDOW_PFNS):
+            hi = min(nbits, lo + _ORACLE_WINDOW_PFNS)
+            scanned = (self.kinds[lo:hi] != PageKind.NONE) & self.has_memmap[
+                np.arange(lo, hi) // SECTION_PFNS]
+            window, window_counts = self.classifier.exclude(level, scanned, hi,
+                                                            kernel_view=True, start=lo)
+            cleared[lo:hi] = window
+            counts.add(window_counts)
+        return cleared, counts
 
     def _kernel_counts(self) -> PageCounts:
         return self._kernel_exclusion()[1]

@@ -163,15 +163,19 @@ class Classifier:
         limit: int,
         *,
         kernel_view: bool = False,
+        start: int = 0,
     ) -> tuple[np.ndarray, PageCounts]:
-        """Cleared pfns (bool[limit]) and counters, scanning the pfns where scanned is True.
+        """Cleared pfns (bool[limit - start], from pfn ``start``) and counters, scanning
+        the pfns where scanned is True.
 
-        scanned: bool per pfn (< limit) = has a mem_map, is in a file-backed PT_LOAD part.
+        scanned: bool per pfn of [start, limit) = has a mem_map, is in a file-backed
+        PT_LOAD part. A window [start, limit) must not cut an object in two.
         """
-        cleared = np.zeros(limit, dtype=bool)
+        size = limit - start
+        cleared = np.zeros(size, dtype=bool)
         counts = PageCounts()
-        roles = self.roles[:limit]
-        candidates = np.flatnonzero(scanned[:limit] & (roles != Role.TAIL))
+        roles = self.roles[start:limit]
+        candidates = np.flatnonzero(scanned[:size] & (roles != Role.TAIL)) + start
         if len(candidates) == 0:
             return cleared, counts
         decision, nr = self.decisions(level, candidates, kernel_view=kernel_view)
@@ -180,35 +184,35 @@ class Classifier:
         decision = decision[excluded]
         nr = nr[excluded]
         multi = nr > 1
-        swallowed = np.zeros(limit, dtype=bool)
+        swallowed = np.zeros(size, dtype=bool)
         multi_idx = np.flatnonzero(multi)
         effective_multi = np.zeros(len(pfns), dtype=bool)
         covered_until = -1
         cur_section = -1
         for i in multi_idx.tolist():
-            start = int(pfns[i])
-            section = start // SECTION_PFNS
-            if section == cur_section and start < covered_until:
+            first = int(pfns[i])
+            section = first // SECTION_PFNS
+            if section == cur_section and first < covered_until:
                 # makedumpfile's scan jumps over the pages it just excluded; the kernel
                 # walks objects with their true sizes, which never overlap
-                assert not kernel_view, f"kernel objects overlap at pfn {start:#x}"
+                assert not kernel_view, f"kernel objects overlap at pfn {first:#x}"
                 continue  # skipped: inside an earlier excluded range of the same section
             effective_multi[i] = True
-            end = start + int(nr[i])
+            end = first + int(nr[i])
             covered_until = end
             cur_section = section
             sec_end = (section + 1) * SECTION_PFNS
-            swallowed[start + 1 : min(end, sec_end, limit)] = True
-        single_ok = ~multi & ~swallowed[pfns]
+            swallowed[first + 1 - start : min(end, sec_end, limit) - start] = True
+        single_ok = ~multi & ~swallowed[pfns - start]
         per_class = np.zeros(7, dtype=np.int64)
         single_pfns = pfns[single_ok]
-        cleared[single_pfns] = True
+        cleared[single_pfns - start] = True
         np.add.at(per_class, decision[single_ok].astype(np.int64), 1)
         for i in np.flatnonzero(effective_multi).tolist():
-            start = int(pfns[i])
-            end = min(start + int(nr[i]), limit)
-            cleared[start:end] = True
-            per_class[decision[i]] += end - start
+            first = int(pfns[i])
+            end = min(first + int(nr[i]), limit)
+            cleared[first - start : end - start] = True
+            per_class[decision[i]] += end - first
         counts.cache = int(per_class[Decision.CACHE])
         counts.cache_private = int(per_class[Decision.CACHE_PRIVATE])
         counts.user = int(per_class[Decision.USER])

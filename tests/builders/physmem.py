@@ -142,6 +142,10 @@ class PhysImage:
                 continue
             pfns = np.arange(block, block_end)[nonzero]
             data = self.pages(pfns)
+            written = data.any(axis=1)  # a provider's all-zero pages stay holes too
+            pfns, data = pfns[written], data[written]
+            if not len(pfns):
+                continue
             # split into runs of consecutive pfns
             breaks = np.flatnonzero(np.diff(pfns) != 1) + 1
             for run_pfns, run_data in zip(

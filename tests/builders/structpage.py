@@ -223,8 +223,12 @@ class StructPageEncoder:
         vmemmap_base: int,
         page_offset_base: int,
         order_overrides: dict[int, int] | None = None,
+        zero_block_members: bool = False,
     ) -> None:
         self.dialect = dialect
+        # struct pages of free-block members (not heads) all zero: both scans jump over
+        # them from the head, and a TiB machine's mem_map then stays sparse on disk
+        self.zero_block_members = zero_block_members
         self.kinds = kinds
         self.roles = roles
         self.orders = orders
@@ -379,6 +383,8 @@ class StructPageEncoder:
         # compound tails
         if is_tail.any():
             self._encode_tails(out, pfns, is_tail, u64)
+        if self.zero_block_members:
+            out[is_block] = 0
         return out
 
     def _encode_tails(self, out: np.ndarray, pfns: np.ndarray, is_tail: np.ndarray, u64) -> None:  # type: ignore[no-untyped-def]

@@ -78,15 +78,18 @@ def _tera_machine(path: Path) -> int:
     return TIB // PS
 
 
-def _peak_rss_kib(args: list[str]) -> int:
-    """Peak RSS (anonymous and mapped) of one cdbdump run, from a fresh small parent."""
+def _peak_rss_kib(args: list[str], stdout: Path | None = None) -> int:
+    """Peak RSS (anonymous and mapped) of one cdbdump run, from a fresh small parent;
+    its stdout goes to ``stdout`` when given (-F)."""
     probe = (
         "import resource, subprocess, sys;"
-        "r = subprocess.run(sys.argv[1:]);"
+        "out = open(sys.argv[1], 'wb') if sys.argv[1] else None;"
+        "r = subprocess.run(sys.argv[2:], stdout=out);"
         "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss if r.returncode == 0"
         " else -r.returncode)"
     )
-    proc = subprocess.run([sys.executable, "-c", probe, sys.executable, "-m", "cdbdump", *args],
+    proc = subprocess.run([sys.executable, "-c", probe, str(stdout or ""), sys.executable, "-m",
+                           "cdbdump", *args],
                           capture_output=True, text=True, check=True)
     return int(proc.stdout.split()[-1])
 
@@ -118,3 +121,30 @@ def test_bitmaps_in_memory_write_the_same_file(tmp_path: Path,
     monkeypatch.setattr(pipeline, "bitmaps_in_output", lambda options, image: None)
     dump(DumpOptions(vmcore, in_memory, DumpLevel(1), Codec.LZO))
     assert in_file.read_bytes() == in_memory.read_bytes()
+
+
+@pytest.mark.parametrize("mode", ["flattened", "elf", "split"])
+def test_terabyte_bitmaps_bounded_in_every_output_mode(tmp_path: Path, mode: str) -> None:
+    """-F, -E and --split hold a window of the bitmaps too (a file-backed temporary or
+    the output), and write the same bytes whatever --cyclic-buffer is."""
+    vmcore = tmp_path / "tera.vmcore"
+    _tera_machine(vmcore)
+    outputs: list[list[bytes]] = []
+    for window in (None, "1", "300"):
+        names = [tmp_path / f"{mode}-{window}-{i}" for i in range(2 if mode == "split" else 1)]
+        args = ["-d", "31", "--message-level", "0", *([] if mode == "elf" else ["-l"])]
+        if window is not None:
+            args += ["--cyclic-buffer", window]
+        if mode == "flattened":
+            args += ["-F", str(vmcore)]
+        elif mode == "elf":
+            args += ["-E", str(vmcore), str(names[0])]
+        else:
+            args += ["--split", str(vmcore), *map(str, names)]
+        rss_kib = _peak_rss_kib(args, stdout=names[0] if mode == "flattened" else None)
+        assert 0 < rss_kib <= 96 << 10, f"{mode}: peak RSS {rss_kib >> 10} MiB, window {window}"
+        outputs.append([p.read_bytes() for p in names])
+        for p in names:
+            p.unlink()
+    assert all(o == outputs[0] for o in outputs[1:])
+    assert len(outputs[0][0]) > 16 << 10  # pages were written, not just headers
