@@ -69,16 +69,28 @@ def default_threads() -> int:
 class CompressedPages:
     """The stored form of a batch of pages, in input order.
 
-    ``payload`` is the concatenation of every page's stored bytes; page i
-    starts at ``sizes[:i].sum()``. ``flags[i]`` is 0 where the page is raw.
+    ``parts`` concatenated are every page's stored bytes; page i starts at
+    ``sizes[:i].sum()``. ``flags[i]`` is 0 where the page is raw. The native
+    compressor's chunk outputs stay separate parts, so a writer can hand them to
+    pwritev(2) without copying the whole payload once more to join them.
     """
 
     sizes: U32
     flags: U32
-    payload: bytes | memoryview  # a memoryview only for uncompressed batches (no copy)
+    parts: tuple[bytes | memoryview, ...]  # a memoryview only for uncompressed batches
 
     def __len__(self) -> int:
         return int(self.sizes.size)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of stored page data (every part)."""
+        return sum(map(len, self.parts))
+
+    @property
+    def payload(self) -> bytes | memoryview:
+        """The parts as one buffer (joined only when there are several)."""
+        return self.parts[0] if len(self.parts) == 1 else b"".join(self.parts)
 
 
 class PageCompressor(Closing):
@@ -122,16 +134,19 @@ class PageCompressor(Closing):
         self,
         pages: BufferLike | Sequence[BufferLike],
         select: npt.NDArray[np.bool_] | None = None,
+        *,
+        index: npt.NDArray[np.int64] | None = None,
     ) -> CompressedPages:
         """Compress a batch: N*page_size contiguous bytes, or a sequence of pages.
 
         With ``select`` (contiguous input only), only the pages where it is true
-        are compressed and returned, in order.
+        are compressed and returned, in order. With ``index`` instead, the pages
+        numbered there (in the batch, repeats allowed) are, in that order.
         """
         ps = self.page_size
         if isinstance(pages, Sequence) and not isinstance(pages, bytes | bytearray | memoryview):
-            if select is not None:
-                raise ValueError("select needs contiguous input")
+            if select is not None or index is not None:
+                raise ValueError("select and index need contiguous input")
             views = [memoryview(p).cast("B") for p in pages]
             if any(len(v) != ps for v in views):
                 raise ValueError(f"every page must be {ps} bytes")
@@ -140,7 +155,17 @@ class PageCompressor(Closing):
         if len(flat) % ps:
             raise ValueError(f"batch of {len(flat)} bytes is not a whole number of pages")
         nr_pages = len(flat) // ps
-        if select is None:
+        if index is not None:
+            if select is not None:
+                raise ValueError("give select or index, not both")
+            if index.size and (int(index.min()) < 0 or int(index.max()) >= nr_pages):
+                raise ValueError(f"index out of range for a batch of {nr_pages} pages")
+            index = np.ascontiguousarray(index, dtype=np.int64)
+            if self.codec is Codec.NONE:
+                return self._store_raw(flat, index)
+            if self.native:
+                return self._compress_native(flat, index)
+        elif select is None:
             index = np.arange(nr_pages, dtype=np.int64)
         else:
             if select.shape != (nr_pages,):
@@ -160,10 +185,10 @@ class PageCompressor(Closing):
         n = int(index.size)
         sizes = np.full(n, ps, dtype=np.uint32)
         flags = np.zeros(n, dtype=np.uint32)
-        if n == len(flat) // ps:
-            return CompressedPages(sizes, flags, flat)
+        if n == len(flat) // ps and np.array_equal(index, np.arange(n)):
+            return CompressedPages(sizes, flags, (flat,))
         rows = np.frombuffer(flat, dtype=np.uint8).reshape(-1, ps)
-        return CompressedPages(sizes, flags, rows[index].tobytes())
+        return CompressedPages(sizes, flags, (rows[index].tobytes(),))
 
     def _compress_views(self, views: list[memoryview]) -> CompressedPages:
         fn = self._page_function
@@ -209,13 +234,11 @@ class PageCompressor(Closing):
                 raise OutputError(f"{self.codec.label} compression failed: {exc}") from exc
             return out
 
-        if nr_chunks == 1:
-            payload = chunk(0)
-        elif nr_threads == 1:
-            payload = b"".join(map(chunk, range(nr_chunks)))
-        else:  # chunks in parallel, joined in page order
-            payload = b"".join(self._get_pool().map(chunk, range(nr_chunks)))
-        return CompressedPages(sizes, flags, payload)
+        if nr_threads == 1:
+            parts = tuple(map(chunk, range(nr_chunks)))
+        else:  # chunks in parallel, kept in page order (not joined: no payload copy)
+            parts = tuple(self._get_pool().map(chunk, range(nr_chunks)))
+        return CompressedPages(sizes, flags, parts)
 
     def _compress_zstd_multi(
         self, flat: memoryview, index: npt.NDArray[np.int64]
@@ -250,7 +273,7 @@ class PageCompressor(Closing):
                 outs[i] = page(i)
             sizes[raw] = ps
             flags[raw] = 0
-        return CompressedPages(sizes, flags, b"".join(outs))
+        return CompressedPages(sizes, flags, (b"".join(outs),))
 
     def _get_pool(self) -> ThreadPoolExecutor:
         if self._pool is None:

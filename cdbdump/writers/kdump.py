@@ -61,7 +61,7 @@ from cdbdump.formats.kdump import (
 from cdbdump.interrupts import deferred
 from cdbdump.memory.physical import Extent, ExtentKind, PhysicalMemory, fill, view_run
 from cdbdump.report import PageProgress
-from cdbdump.writers.compress import PageCompressor
+from cdbdump.writers.compress import CompressedPages, PageCompressor
 from cdbdump.writers.sink import Sink
 
 __all__ = (
@@ -76,6 +76,7 @@ __all__ = (
 
 UTSNAME_SIZE = UTS_FIELD_LEN * len(UTS_FIELDS)  # struct new_utsname: 390 bytes
 MAX_MAPNR_32 = 0xFFFFFFFF  # disk_dump_header.max_mapnr is an unsigned int
+_FEW_RUNS = 4  # gaps in a window with holes below which _gather reads run by run
 DEFAULT_WINDOW_PAGES = 512  # 2 MiB of 4 KiB pages gathered and compressed at a time
 BITMAP_WINDOW_PFNS = 1 << 20  # pfns of the 2nd bitmap unpacked at a time (1 MiB of bools)
 MAX_LISTED_LOST = 1000  # unreadable pages listed one by one in the result (all are counted)
@@ -451,6 +452,8 @@ class _PageWriter:
         self.scratch = np.empty(0, dtype=np.uint8)  # a window's sparse span, read whole
         self.start_writeback: Callable[[int, int], None] | None = getattr(
             sink, "start_writeback", None)  # a file (not a -F stream)
+        self.pwritev: Callable[[tuple[bytes | memoryview, ...], int], None] | None = getattr(
+            sink, "pwritev", None)  # a file (not a -F stream)
         self.nr_windows = 0
         self.io = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cdbdump-write")
         self.pending: Future[None] | None = None
@@ -520,12 +523,14 @@ class _PageWriter:
         self.gather = self.gathers[self.nr_windows & 1]
         self.nr_windows += 1
         # zero pages need no reading where a sparse input file has a hole
-        in_hole = self.memory.known_zero_frames(pfns) if self.exclude_zero else None
+        in_hole = self.memory.known_zero_frames(pfns)
+        if in_hole is not None and not in_hole.any():
+            in_hole = None
         read_pfns = pfns if in_hole is None else pfns[~in_hole]
         nr_read = int(read_pfns.size)
         bitmap_fixes: list[tuple[int, bytes]] = []
         try:
-            data = self._gather(read_pfns) if nr_read else self.gather[:0]
+            data = self._gather(read_pfns, in_hole is not None) if nr_read else self.gather[:0]
         except InputReadError:
             pfns, in_hole, read_pfns, data, bitmap_fixes = self._salvage(pfns, in_hole,
                                                                          read_pfns)
@@ -536,17 +541,18 @@ class _PageWriter:
             words = np.frombuffer(data, dtype=np.uint64).reshape(nr_read, ps // 8)
             # makedumpfile is_zero_page: every 8-byte word is 0
             read_zero: npt.NDArray[np.bool_] = np.logical_not(words.any(axis=1))
-            keep: npt.NDArray[np.bool_] | None = np.logical_not(read_zero)
+            keep = np.logical_not(read_zero)
             if in_hole is None:
                 is_zero = read_zero
             else:
                 is_zero = np.ones(n, dtype=np.bool_)
                 is_zero[~in_hole] = read_zero
+            t2 = time.perf_counter()
+            packed = self.compressor.compress_pages(data, keep)
         else:
             is_zero = np.zeros(n, dtype=np.bool_)
-            keep = None
-        t2 = time.perf_counter()
-        packed = self.compressor.compress_pages(data, keep)
+            t2 = time.perf_counter()
+            packed = self._compress_with_holes(data, in_hole)
         t3 = time.perf_counter()
 
         descs = np.zeros(n, dtype=PAGE_DESC_DTYPE)
@@ -559,9 +565,9 @@ class _PageWriter:
             descs["offset"][is_zero] = self.zero_offset
             descs["size"][is_zero] = ps
         window_start = self.cursor
-        self.cursor += len(packed.payload)
+        self.cursor += packed.nbytes
         self._wait_for_io()  # one window in flight: bounded memory, ordered descriptors
-        self.pending = self.io.submit(self._store, packed.payload, window_start, descs, is_zero,
+        self.pending = self.io.submit(self._store, packed.parts, window_start, descs, is_zero,
                                       bitmap_fixes)
         if nr_read:  # RSS: a few windows, not the whole input
             first = int(read_pfns[0])
@@ -571,9 +577,28 @@ class _PageWriter:
         tm["zero_test"] += t2 - t1
         tm["compress"] += t3 - t2
 
+    def _compress_with_holes(
+        self, data: memoryview | npt.NDArray[np.uint8], in_hole: npt.NDArray[np.bool_] | None
+    ) -> CompressedPages:
+        """Every page of the window stored (zero pages too: -d without bit 1); pages in
+        holes of a sparse input were not read and are compressed from one zero page."""
+        if in_hole is None:
+            return self.compressor.compress_pages(data)
+        ps = self.page_size
+        nr_read = len(data) // ps
+        buf = self.gather
+        pages = np.frombuffer(data, dtype=np.uint8)
+        if pages.ctypes.data != buf.ctypes.data:  # not gathered into the buffer itself
+            buf[: nr_read * ps] = pages
+        # the zero page right after the pages read (nr_read < window pages: a hole)
+        buf[nr_read * ps : (nr_read + 1) * ps] = 0
+        index = np.full(in_hole.size, nr_read, dtype=np.int64)
+        index[~in_hole] = np.arange(nr_read, dtype=np.int64)
+        return self.compressor.compress_pages(buf[: (nr_read + 1) * ps], index=index)
+
     def _store(
         self,
-        payload: bytes | memoryview,
+        parts: tuple[bytes | memoryview, ...],
         data_offset: int,
         descs: npt.NDArray[np.void],
         is_zero: npt.NDArray[np.bool_],
@@ -584,18 +609,27 @@ class _PageWriter:
         t0 = time.perf_counter()
         for file_offset, byte in bitmap_fixes:  # inside the allocated bitmap area
             self.sink.pwrite(byte, file_offset)
+        size = sum(map(len, parts))
         try:
-            if len(payload):
-                self.sink.pwrite(payload, data_offset)
+            if size:
+                self._write_parts(parts, data_offset)
         except OutputNoSpaceError as exc:
             self._keep_complete_descs(descs, is_zero, data_offset + exc.written)
             raise
         self._write_descs(descs, is_zero)
-        if self.start_writeback is not None and len(payload):
-            self.start_writeback(data_offset, len(payload))  # the final fsync waits less
+        if self.start_writeback is not None and size:
+            self.start_writeback(data_offset, size)  # the final fsync waits less
         self.timings["write"] += time.perf_counter() - t0
 
     # -- output ---------------------------------------------------------------------------
+
+    def _write_parts(self, parts: tuple[bytes | memoryview, ...], file_offset: int) -> None:
+        """The parts back to back from file_offset: one pwritev(2) where the sink has it
+        (a file), else joined into one write (a -F stream: one record per window)."""
+        if len(parts) > 1 and self.pwritev is not None:
+            self.pwritev(parts, file_offset)
+        else:
+            self.sink.pwrite(parts[0] if len(parts) == 1 else b"".join(parts), file_offset)
 
     def _write_data(self, payload: bytes | memoryview) -> None:
         size = len(payload)
@@ -687,7 +721,8 @@ class _PageWriter:
         return (pfns[keep], None if in_hole is None else in_hole[keep], kept_read,
                 self.gather[: data.size], fixes)
 
-    def _gather(self, pfns: npt.NDArray[np.int64]) -> memoryview | npt.NDArray[np.uint8]:
+    def _gather(self, pfns: npt.NDArray[np.int64], holes_left_out: bool = False
+                ) -> memoryview | npt.NDArray[np.uint8]:
         """The window's pages as N*page_size contiguous bytes, in pfn order."""
         ps = self.page_size
         shift = self.shift
@@ -700,7 +735,11 @@ class _PageWriter:
         ext = next(self.memory.extents(first << shift, span * ps))
         whole = ext.kind is ExtentKind.DATA and ext.size == span * ps
         data_into = self.data_into
-        if whole and (span == n or (ext.file_offset >= 0 and span <= 2 * n)):
+        breaks = np.flatnonzero(np.diff(pfns) != 1) + 1
+        # a few runs around pages left out for holes of a sparse input are read run by
+        # run: reading the span whole would read (and copy) the holes after all
+        by_runs = holes_left_out and breaks.size < _FEW_RUNS
+        if whole and (span == n or (ext.file_offset >= 0 and span <= 2 * n and not by_runs)):
             if span == n:  # one run
                 if data_into is None:
                     return self.memory.data(ext)
@@ -716,7 +755,6 @@ class _PageWriter:
             out = self.gather[: n * ps].reshape(n, ps)
             np.take(rows, pfns - first, axis=0, out=out)
             return self.gather[: n * ps]
-        breaks = np.flatnonzero(np.diff(pfns) != 1) + 1
         run_starts = np.concatenate(([0], breaks)).tolist()
         run_ends = np.concatenate((breaks, [n])).tolist()
         first_pfns = pfns[run_starts].tolist()

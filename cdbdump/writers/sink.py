@@ -15,7 +15,7 @@ from __future__ import annotations
 import errno
 import os
 import stat
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any, Protocol, TypeAlias, runtime_checkable
 
@@ -31,6 +31,7 @@ BufferLike: TypeAlias = Any  # bytes, memoryview, numpy array: anything with the
 # errno values that mean "the output is full": makedumpfile treats these (and -L)
 # alike and turns them into an incomplete dump.
 _NO_SPACE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
+_IOV_MAX = 1024  # Linux UIO_MAXIOV: buffers per pwritev(2)
 
 
 @runtime_checkable
@@ -101,6 +102,32 @@ class OutputFile(Closing):
                 f"size limit {self.limit:#x} reached", path=self.path,
                 file_offset=file_offset, requested=len(view), written=done,
             )
+
+    def pwritev(self, parts: Sequence[bytes | memoryview], file_offset: int) -> None:
+        """Write ``parts`` back to back from ``file_offset``, as :meth:`pwrite` of their
+        concatenation would, without building it: one pwritev(2) call.
+
+        Short writes, errors and the -L limit fall back to :meth:`pwrite` of what is
+        left, so they end exactly as there (``written`` counts from ``file_offset``).
+        """
+        total = sum(map(len, parts))
+        done = 0
+        if (file_offset >= 0 and 1 < len(parts) <= _IOV_MAX
+                and (self.limit is None or file_offset + total <= self.limit)):
+            try:
+                done = os.pwritev(self._fd, parts, file_offset)
+            except OSError:
+                done = 0  # pwrite below meets the error again and reports it
+            self._account(file_offset, done)
+            if done == total:
+                return
+        rest = memoryview(b"".join(parts))[done:]
+        try:
+            self.pwrite(rest, file_offset + done)
+        except OutputNoSpaceError as exc:
+            exc.file_offset, exc.requested = file_offset, total
+            exc.written += done
+            raise
 
     def _account(self, file_offset: int, done: int) -> None:
         self.bytes_written += done

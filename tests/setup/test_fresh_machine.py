@@ -19,7 +19,7 @@ MIRRORS = REPO / "fixtures" / "apt-mirrors.sh"
 @pytest.mark.slow
 def test_make_demo_in_a_fresh_copy_without_a_compiler(tmp_path: Path) -> None:
     """scripts/fresh-demo.sh: gcc, cc and x86_64-linux-gnu-gcc fail; the demo and
-    `cdbdump -l` still run (pip may use its wheel cache)."""
+    `cdbdump -l` still run (pip may use its wheel cache), on the Python compressor."""
     if shutil.which("git") is None or shutil.which("make") is None:
         pytest.fail("git and make are needed (scripts/install-system-deps.sh installs git)")
     proc = subprocess.run(["bash", str(SCRIPTS / "fresh-demo.sh"), str(tmp_path)],
@@ -27,7 +27,9 @@ def test_make_demo_in_a_fresh_copy_without_a_compiler(tmp_path: Path) -> None:
                           stdin=subprocess.DEVNULL)
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert "passed without a C compiler" in proc.stdout
-    assert (tmp_path / "compiler-calls.log").read_text() == ""
+    calls = (tmp_path / "compiler-calls.log").read_text().splitlines()
+    # only the optional native compressor's build (setup.py) may try the compiler
+    assert all("_pagebatch" in c or "/probe." in c for c in calls), calls
 
 
 def test_system_deps_names_what_is_missing() -> None:
