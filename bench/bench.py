@@ -325,7 +325,8 @@ def part_dmesg(work: Path, rounds: int) -> None:
     ours, theirs = work / "cdbdump.dmesg", work / "mdf.dmesg"
     ab("cdbdump", cdbdump_cmd("--message-level", "0", "--dump-dmesg", str(raw), str(ours)),
        "makedumpfile", ["makedumpfile", "--message-level", "0", "--dump-dmesg", str(norm),
-                        str(theirs)], ours, theirs, rounds)
+                        str(theirs)], ours, theirs, rounds,
+       "--dump-dmesg, real 1 GiB 6.1 vmcore")
     # the reader alone on a full ring (log_buf_len=4M: 2^17 descriptors, 4 MiB of text)
     import random
 
@@ -457,7 +458,8 @@ def part_refilter(work: Path, ram_gib: int, rounds: int) -> None:
     ours, theirs = work / "refilter.kdump", work / "refilter-mdf.kdump"
     ab("cdbdump", cdbdump_cmd("-l", "-d", "31", "--message-level", "0", str(d1), str(ours)),
        "makedumpfile", ["makedumpfile", "-l", "-d", "31", "--message-level", "0", str(d1),
-                        str(theirs)], ours, theirs, rounds)
+                        str(theirs)], ours, theirs, rounds,
+       f"{ram_gib} GiB synthetic, refilter a -l -d 1 dump to -l -d 31")
     print(f"  outputs byte-identical: {ours.read_bytes() == theirs.read_bytes()}")
     v = run(cdbdump_cmd("verify", str(d1)))
     print(f"  verify of the -d 1 dump ({d1.stat().st_size / 2**20:.0f} MiB): {v.wall_s:.2f} s, "
