@@ -19,8 +19,7 @@ from __future__ import annotations
 import importlib
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from cdbdump.errors import UnsupportedError
 
@@ -41,8 +40,7 @@ class LzoError(Exception):
 error = LzoError  # the name compress._codec_errors looks for
 
 
-@dataclass(frozen=True, slots=True)
-class Backend:
+class Backend(NamedTuple):
     name: str  # the PyPI package
     byte_identical: bool  # compress() writes exactly liblzo lzo1x_1_compress's bytes
     compress: Callable[[bytes], bytes]

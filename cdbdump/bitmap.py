@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import mmap
 import os
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -76,6 +75,8 @@ class Bitmap:
         Raises OSError when the file cannot be made or allocated (the caller keeps
         the bitmaps in memory then). The mappings keep the file; it goes with them.
         """
+        import tempfile  # only for bitmaps past the in-memory limit: 3 ms of start-up
+
         nbytes = -(-((nr_bits + 7) // 8) // mmap.ALLOCATIONGRANULARITY) * mmap.ALLOCATIONGRANULARITY
         with tempfile.TemporaryFile(dir=directory) as file:  # O_TMPFILE where it can
             fd = file.fileno()

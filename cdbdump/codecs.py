@@ -23,9 +23,8 @@ import sys
 import threading
 import zlib
 from collections.abc import Callable
-from dataclasses import dataclass
 from types import ModuleType
-from typing import Any, TypeAlias
+from typing import Any, NamedTuple, TypeAlias
 
 from cdbdump.errors import CorruptDumpError, UnsupportedError
 from cdbdump.formats.kdump import (
@@ -111,8 +110,7 @@ class Codec(enum.Enum):
         return make(self.check_available())
 
 
-@dataclass(frozen=True, slots=True)
-class CodecSpec:
+class CodecSpec(NamedTuple):
     """Everything cdbdump knows about one codec."""
 
     option: str  # makedumpfile's command-line option

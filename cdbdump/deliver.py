@@ -10,9 +10,8 @@ from __future__ import annotations
 import os
 import signal
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from cdbdump.bitmap import Bitmap
 from cdbdump.codecs import Codec
@@ -40,8 +39,7 @@ _ELF_PASSES = 3  # -E: passes that may each meet new unreadable pages
 _STDOUT_FD = 1
 
 
-@dataclass(frozen=True, slots=True)
-class OutputRequest:
+class OutputRequest(NamedTuple):
     """The output half of the options."""
 
     dumpfile: Path | None  # None: flattened stream on stdout (-F)

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO, NamedTuple
 
 import numpy as np
 
@@ -101,8 +101,7 @@ class DumpOptions:
                              split_only=self.split_only)
 
 
-@dataclass(frozen=True, slots=True)
-class InputImage:
+class InputImage(NamedTuple):
     """An opened input (ELF vmcore or kdump-compressed dump) and its machine's geometry."""
 
     phys: PhysicalMemory
@@ -875,8 +874,7 @@ class DmesgOptions:
     caller_id: bool = True  # "[      T1] " after the time, as makedumpfile >= 1.7.5 prints
 
 
-@dataclass(frozen=True, slots=True)
-class DmesgResult:
+class DmesgResult(NamedTuple):
     log: KernelLog  # the records and the warnings (one line each)
     vmcoreinfo: VmcoreInfo
     bytes_written: int

@@ -16,8 +16,7 @@ import enum
 import heapq
 import itertools
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -48,8 +47,7 @@ class ExtentKind(enum.Enum):
     ABSENT = "absent"  # not in the dump
 
 
-@dataclass(frozen=True, slots=True)
-class LostRange:
+class LostRange(NamedTuple):
     """[paddr, end) a PT_LOAD says is stored at file_offset, which the file cannot
     supply: past its end (``past_eof``), or file bytes an earlier PT_LOAD holds."""
 
@@ -59,8 +57,7 @@ class LostRange:
     past_eof: bool
 
 
-@dataclass(frozen=True, slots=True)
-class Extent:
+class Extent(NamedTuple):
     """A run of physical memory of one kind; file_offset only for raw DATA (else -1)."""
 
     paddr: int

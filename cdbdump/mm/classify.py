@@ -13,7 +13,7 @@ semantics exactly (including ranges that run into the next window).
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 import numpy.typing as npt
@@ -53,8 +53,7 @@ class PageClass(enum.IntEnum):
     OFFLINE = 7
 
 
-@dataclass(frozen=True, slots=True)
-class Row:
+class Row(NamedTuple):
     """One row of makedumpfile's if/else chain."""
 
     page_class: PageClass
@@ -90,16 +89,14 @@ _KEEP, _FREE, _UNACCEPTED = (np.int8(c) for c in (PageClass.KEEP, PageClass.FREE
                                                   PageClass.UNACCEPTED))
 
 
-@dataclass(slots=True)
-class WindowResult:
+class WindowResult(NamedTuple):
     """What one window of struct pages decided."""
 
     cleared: Bools  # pfns of the window to clear from the 2nd bitmap
     beyond: list[tuple[int, int]]  # [start, end) pfns past the window to clear too
 
 
-@dataclass(slots=True)
-class Decision:
+class Decision(NamedTuple):
     """What the rows decided for one window, before the skip-ahead (ChunkClassifier.decide).
 
     Holds no reference to the window's struct page bytes, so their buffer can be
@@ -112,8 +109,7 @@ class Decision:
     first_invalid_free_pfn: int = -1
 
 
-@dataclass(slots=True)
-class Columns:
+class Columns(NamedTuple):
     """The words of a window of struct pages that the rows test, as contiguous arrays.
 
     One strided pass over the window fills all of them (ChunkClassifier.columns),
@@ -128,10 +124,12 @@ class Columns:
     tail: Bools | None  # compound_head & 1: a tail page
 
 
-@dataclass(slots=True)
 class _Problems:
-    invalid_free_order: int = 0
-    first_invalid_free_pfn: int = -1
+    __slots__ = ("first_invalid_free_pfn", "invalid_free_order")
+
+    def __init__(self) -> None:
+        self.invalid_free_order = 0
+        self.first_invalid_free_pfn = -1
 
 
 class ChunkClassifier:

@@ -8,7 +8,7 @@ mem_map is read as one array with no per-page Python work.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 
@@ -20,8 +20,7 @@ __all__ = ("StructPageLayout",)
 _MAX_STRUCT_PAGE = 1024  # 64 on x86_64 distro kernels, 80 with some debug options
 
 
-@dataclass(frozen=True, slots=True)
-class StructPageLayout:
+class StructPageLayout(NamedTuple):
     """Byte offsets of the struct page fields the classification reads.
 
     ``None`` means VMCOREINFO does not export the field (makedumpfile's

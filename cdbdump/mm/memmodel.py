@@ -10,7 +10,7 @@ so the randomized vmemmap base never has to be known.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 import numpy.typing as npt
@@ -42,8 +42,7 @@ _MAX_PHYSMEM_BITS_L4 = 46
 _MAX_PHYSMEM_BITS_L5 = 52
 
 
-@dataclass(frozen=True, slots=True)
-class MemMapRun:
+class MemMapRun(NamedTuple):
     """pfns [start_pfn, end_pfn) whose struct pages are contiguous from mem_map_vaddr."""
 
     start_pfn: int
@@ -55,8 +54,7 @@ class MemMapRun:
         return self.end_pfn - self.start_pfn
 
 
-@dataclass(frozen=True, slots=True)
-class MemMap:
+class MemMap(NamedTuple):
     """The located mem_map of a dump."""
 
     model: str  # "SPARSEMEM_EX" or "SPARSEMEM"
@@ -72,8 +70,7 @@ class MemMap:
         return sum(r.nr_pages for r in self.runs)
 
 
-@dataclass(frozen=True, slots=True)
-class _Geometry:
+class _Geometry(NamedTuple):
     page_shift: int
     section_size_bits: int
     max_physmem_bits: int

@@ -11,7 +11,7 @@ that the chunk classifier (mm.classify) runs against.
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from cdbdump.errors import BadVmcoreInfoValue, MissingVmcoreInfoKey
 from cdbdump.mm.layout import StructPageLayout
@@ -73,8 +73,7 @@ def is_page_type_value(value: int) -> bool:
     return old_style or new_style
 
 
-@dataclass(frozen=True, slots=True)
-class PageDialect:
+class PageDialect(NamedTuple):
     """Everything the classifier needs to know about this kernel's struct page.
 
     PG_* numbers are bit numbers or None when not exported; *_type values are

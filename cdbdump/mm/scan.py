@@ -14,7 +14,8 @@ import bisect
 from collections import deque
 from collections.abc import Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 import numpy.typing as npt
@@ -61,8 +62,7 @@ class ScanResult:
     free_pages_method: str = ""  # "buddy page type", "free lists" or ""
 
 
-@dataclass(frozen=True, slots=True)
-class MemoryUsage:
+class MemoryUsage(NamedTuple):
     """makedumpfile --mem-usage table (print_mem_usage), in pages."""
 
     total_pages: int  # max_mapnr
@@ -162,15 +162,13 @@ def exclude_unnecessary_pages(
 # -- the mem_map scan ---------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class _Window:
+class _Window(NamedTuple):
     start_pfn: int
     stop_pfn: int
     vaddr: int  # of the struct page of start_pfn
 
 
-@dataclass(slots=True)
-class _Decided:
+class _Decided(NamedTuple):
     window: _Window
     decision: Decision
     lost: npt.NDArray[np.bool_] | None  # dumped frames whose struct page was unreadable
@@ -339,8 +337,7 @@ class _PfnRanges:
 # -- free pages from the buddy free lists (makedumpfile exclude_free_page) -------------
 
 
-@dataclass(slots=True)
-class _FreeListKeys:
+class _FreeListKeys(NamedTuple):
     node_zones: int
     nr_zones: int
     zone_size: int
@@ -354,7 +351,7 @@ class _FreeListKeys:
     lru: int
     nr_orders: int
     nr_types: int
-    pgdats: list[int] = field(default_factory=list)
+    pgdats: list[int]  # struct pglist_data addresses, filled after the keys
 
 
 def _free_list_keys(kernel: KernelMemory, info: VmcoreInfo) -> _FreeListKeys:
@@ -378,6 +375,7 @@ def _free_list_keys(kernel: KernelMemory, info: VmcoreInfo) -> _FreeListKeys:
         lru=need(info.get_offset("page.lru"), "OFFSET(page.lru)"),
         nr_orders=need(info.get_length("zone.free_area"), "LENGTH(zone.free_area)"),
         nr_types=info.get_length("free_area.free_list") or 1,
+        pgdats=[],
     )
     # reference: makedumpfile get_numnodes / next_online_node / next_online_pgdat
     nodes = [0]

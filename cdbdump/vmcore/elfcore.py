@@ -8,7 +8,8 @@ never read here (see memory.physical).
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass, replace
+from dataclasses import replace
+from typing import NamedTuple
 
 from cdbdump.errors import CorruptDumpError, UnsupportedError
 from cdbdump.fileio import MappedFile
@@ -43,8 +44,7 @@ NO_PADDR = 0xFFFF_FFFF_FFFF_FFFF
 MAX_PHYS_ADDR = 1 << 52
 
 
-@dataclass(frozen=True, slots=True)
-class ElfCore:
+class ElfCore(NamedTuple):
     """The parsed headers and notes of an ELF vmcore."""
 
     file: MappedFile

@@ -7,7 +7,7 @@ padded to 4 bytes after the 12-byte Elf64_Nhdr.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from cdbdump.errors import CorruptDumpError
 from cdbdump.formats.elf import ELF64_NHDR, NOTE_ALIGN
@@ -19,8 +19,7 @@ def _align(n: int) -> int:
     return (n + NOTE_ALIGN - 1) & ~(NOTE_ALIGN - 1)
 
 
-@dataclass(frozen=True, slots=True)
-class Note:
+class Note(NamedTuple):
     """One ELF note; offsets are relative to the start of the note segment."""
 
     name: bytes  # without the terminating NUL

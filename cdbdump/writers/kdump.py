@@ -33,6 +33,7 @@ import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numpy as np
 import numpy.typing as npt
@@ -121,8 +122,7 @@ class KdumpMetadata:
             )
 
 
-@dataclass(frozen=True, slots=True)
-class KdumpLayout:
+class KdumpLayout(NamedTuple):
     """File offsets of every region (all derived from the metadata and nr_dumpable)."""
 
     block_size: int

@@ -18,9 +18,10 @@ MakeVmcore = Callable[..., tuple[SyntheticKernel, Path]]
 
 # Modules a plain `-l -d 31` (or `-c`) dump to a file never uses: the zstd codec, the
 # batch runner and Dask, the ELF reader library, progress bars, the other writers and
-# the subcommands. Each costs start-up time when imported eagerly.
+# the subcommands, tempfile (scratch bitmaps of machines past the in-memory limit).
+# Each costs start-up time when imported eagerly.
 NOT_FOR_A_DUMP = (
-    "zstandard", "dask", "distributed", "elftools", "tqdm", "cramjam",
+    "zstandard", "dask", "distributed", "elftools", "tqdm", "cramjam", "tempfile",
     "cdbdump.batch", "cdbdump.verify", "cdbdump.subcommands", "cdbdump.mdcli",
     "cdbdump.writers.elf", "cdbdump.writers.split", "cdbdump.writers.flattened",
     "cdbdump.printk",
@@ -35,6 +36,19 @@ try:
 except SystemExit as exc:
     assert not exc.code, exc.code
 print(json.dumps(sorted(sys.modules)))
+"""
+
+# The command's entry point (python -m cdbdump, the console script) runs -v; then the
+# state of the cyclic GC.
+_ENTRY_POINT_GC = """
+import gc, json, sys
+sys.argv = ["cdbdump", "-v"]
+from cdbdump.__main__ import run
+try:
+    run()
+except SystemExit as exc:
+    assert not exc.code, exc.code
+print(json.dumps([gc.isenabled(), gc.get_freeze_count()]))
 """
 
 # Records OPENBLAS_NUM_THREADS as it is when numpy is first imported.
@@ -104,3 +118,23 @@ def test_command_line_loads_numpy_with_one_blas_thread() -> None:
 def test_library_leaves_blas_threads_alone() -> None:
     # importing the library (not the command line) changes nothing in the process
     assert _blas_at_numpy_import("import cdbdump, cdbdump.pipeline") == "None"
+
+
+def _gc_state(code: str) -> tuple[bool, int]:
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          check=False, env=_env())
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    enabled, frozen = json.loads(proc.stdout.splitlines()[-1])
+    return enabled, frozen
+
+
+def test_entry_point_freezes_what_it_imported_and_keeps_the_gc_on() -> None:
+    # the command imports with the GC off, then freezes those objects out of later
+    # collections; the run itself has the GC on
+    enabled, frozen = _gc_state(_ENTRY_POINT_GC)
+    assert enabled
+    assert frozen > 10_000  # numpy, click and cdbdump's objects
+    # the library, imported by a program, leaves the GC as it was
+    enabled, frozen = _gc_state("import gc, json, cdbdump.pipeline; "
+                                "print(json.dumps([gc.isenabled(), gc.get_freeze_count()]))")
+    assert enabled and frozen == 0
