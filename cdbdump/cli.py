@@ -27,7 +27,6 @@ from cdbdump.codecs import Codec
 from cdbdump.deliver import STDOUT_NAME
 from cdbdump.errors import CdbdumpError, IncompleteDumpError, Interrupted
 from cdbdump.mm.levels import MAX_DUMP_LEVEL, DumpLevel
-from cdbdump.mm.scan import MemoryUsage
 from cdbdump.pipeline import (
     DmesgOptions,
     DumpOptions,
@@ -37,7 +36,7 @@ from cdbdump.pipeline import (
     rearrange_stream,
     reassemble_files,
 )
-from cdbdump.report import DumpReport, PathTaken
+from cdbdump.report import DumpReport, PathTaken, print_mem_usage, print_report
 from cdbdump.writers.sink import check_output, write_small_output
 
 __all__ = ("main",)
@@ -346,21 +345,6 @@ def _run_dump_dmesg(options: DmesgOptions, ui: _Messages, debug: bool) -> None:
     ui.common("cdbdump Completed.")
 
 
-def print_mem_usage(usage: MemoryUsage, page_size: int, out: Callable[[str], None]) -> None:
-    """makedumpfile print_mem_usage's table, same columns and labels."""
-    out("")
-    out("TYPE\t\tPAGES\t\t\tEXCLUDABLE\tDESCRIPTION")
-    out("-" * 70)
-    for name, pages, excludable, description in usage.rows():
-        tabs = "\t\t" if len(name) < 8 else "\t"
-        tail = " " if name == "KERN_DATA" else ""  # makedumpfile prints that trailing blank
-        out(f"{name}{tabs}{pages:<16}\t{'yes' if excludable else 'no'}\t\t{description}{tail}")
-    out("")
-    out(f"page size:\t\t{page_size:<16}")
-    out(f"Total pages on system:\t{usage.original_pages:<16}")
-    out(f"Total size on system:\t{usage.original_pages * page_size:<16} Byte")
-
-
 class _Messages:
     """makedumpfile's message classes, gated by --message-level."""
 
@@ -458,39 +442,6 @@ def _render(report: DumpReport, ui: _Messages) -> None:
     for step, seconds in report.timings.items():
         ui.report(f"STEP [{step:<27}] : {seconds:.6f} seconds")
     print_report(report, ui.report)
-
-
-def print_report(report: DumpReport, out: Callable[[str], None]) -> None:
-    """makedumpfile's print_report lines, same labels and formats."""
-    c = report.counts
-    original = report.original_pages
-    remaining = report.remaining_pages
-    out("")
-    out(f"Original pages  : 0x{original:016x}")
-    out(f"  Excluded pages   : 0x{report.excluded_pages:016x}")
-    elf_excluded = report.elf_excluded_pages
-    if elf_excluded is not None:  # -E: what the 256-page rule really left out
-        out(f"     in ELF format : 0x{elf_excluded:016x}")
-    out(f"    Pages filled with zero  : 0x{c.zero:016x}")
-    out(f"    Non-private cache pages : 0x{c.cache:016x}")
-    out(f"    Private cache pages     : 0x{c.cache_private:016x}")
-    out(f"    User process data pages : 0x{c.user:016x}")
-    out(f"    Free pages              : 0x{c.free:016x}")
-    out(f"    Hwpoison pages          : 0x{c.hwpoison:016x}")
-    out(f"    Offline pages           : 0x{c.offline:016x}")
-    out(f"  Remaining pages  : 0x{remaining:016x}")
-    if elf_excluded is not None:
-        out(f"     in ELF format : 0x{original - elf_excluded:016x}")
-        remaining = original - elf_excluded
-    if original:
-        out(f"  (The number of pages is reduced to {remaining * 100 // original}%.)")
-    if report.pages_unreadable:
-        out(f"  Unreadable pages : 0x{report.pages_unreadable:016x}")
-    out(f"Memory Hole     : 0x{report.memory_hole_pages:016x}")
-    out("-" * 50)
-    out(f"Total pages     : 0x{report.max_mapnr:016x}")
-    out(f"Write bytes     : {report.bytes_written}")
-    out("")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -20,7 +20,7 @@ from cdbdump.pipeline import (
     rearrange_stream,
     reassemble_files,
 )
-from cdbdump.report import DumpReport, ProgressCallback
+from cdbdump.report import DumpReport, ProgressCallback, print_mem_usage, print_report
 
 if TYPE_CHECKING:
     from cdbdump.mdcli import Messages
@@ -131,8 +131,6 @@ def _reassemble(inv: Invocation, messages: Messages) -> int:
 
 
 def _render(report: DumpReport, messages: Messages) -> None:
-    from cdbdump.cli import print_report
-
     for warning in report.warnings:
         messages.error(warning)
     if report.fallback_reason:
@@ -144,8 +142,6 @@ def _render(report: DumpReport, messages: Messages) -> None:
 
 
 def _mem_usage(inv: Invocation, messages: Messages, progress: ProgressCallback) -> int:
-    from cdbdump.cli import print_mem_usage
-
     assert inv.vmcore is not None
     usage, page_size = mem_usage(Path(inv.vmcore), progress)
     print_mem_usage(usage, page_size, messages.msg)

@@ -1,15 +1,20 @@
-"""What a run did, as data: the CLI renders it, --report-json serialises it."""
+"""What a run did, as data (--report-json serialises it), and makedumpfile's text of it:
+print_report and print_mem_usage hand their lines to a callable (the CLIs print them)."""
 
 from __future__ import annotations
 
 import enum
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cdbdump.mm.counts import PageCounts
 
-__all__ = ("DumpReport", "PageProgress", "PathTaken", "ProgressCallback")
+if TYPE_CHECKING:
+    from cdbdump.mm.scan import MemoryUsage
+
+__all__ = ("DumpReport", "PageProgress", "PathTaken", "ProgressCallback", "print_mem_usage",
+           "print_report")
 
 # (step name, units done, units total); called once per window, never per page
 ProgressCallback = Callable[[str, int, int], None]
@@ -75,3 +80,51 @@ class DumpReport:
         data["excluded_pages"] = self.excluded_pages
         data["remaining_pages"] = self.remaining_pages
         return data
+
+
+def print_report(report: DumpReport, out: Callable[[str], None]) -> None:
+    """makedumpfile's print_report lines, same labels and formats."""
+    c = report.counts
+    original = report.original_pages
+    remaining = report.remaining_pages
+    out("")
+    out(f"Original pages  : 0x{original:016x}")
+    out(f"  Excluded pages   : 0x{report.excluded_pages:016x}")
+    elf_excluded = report.elf_excluded_pages
+    if elf_excluded is not None:  # -E: what the 256-page rule really left out
+        out(f"     in ELF format : 0x{elf_excluded:016x}")
+    out(f"    Pages filled with zero  : 0x{c.zero:016x}")
+    out(f"    Non-private cache pages : 0x{c.cache:016x}")
+    out(f"    Private cache pages     : 0x{c.cache_private:016x}")
+    out(f"    User process data pages : 0x{c.user:016x}")
+    out(f"    Free pages              : 0x{c.free:016x}")
+    out(f"    Hwpoison pages          : 0x{c.hwpoison:016x}")
+    out(f"    Offline pages           : 0x{c.offline:016x}")
+    out(f"  Remaining pages  : 0x{remaining:016x}")
+    if elf_excluded is not None:
+        out(f"     in ELF format : 0x{original - elf_excluded:016x}")
+        remaining = original - elf_excluded
+    if original:
+        out(f"  (The number of pages is reduced to {remaining * 100 // original}%.)")
+    if report.pages_unreadable:
+        out(f"  Unreadable pages : 0x{report.pages_unreadable:016x}")
+    out(f"Memory Hole     : 0x{report.memory_hole_pages:016x}")
+    out("-" * 50)
+    out(f"Total pages     : 0x{report.max_mapnr:016x}")
+    out(f"Write bytes     : {report.bytes_written}")
+    out("")
+
+
+def print_mem_usage(usage: MemoryUsage, page_size: int, out: Callable[[str], None]) -> None:
+    """makedumpfile print_mem_usage's table, same columns and labels."""
+    out("")
+    out("TYPE\t\tPAGES\t\t\tEXCLUDABLE\tDESCRIPTION")
+    out("-" * 70)
+    for name, pages, excludable, description in usage.rows():
+        tabs = "\t\t" if len(name) < 8 else "\t"
+        tail = " " if name == "KERN_DATA" else ""  # makedumpfile prints that trailing blank
+        out(f"{name}{tabs}{pages:<16}\t{'yes' if excludable else 'no'}\t\t{description}{tail}")
+    out("")
+    out(f"page size:\t\t{page_size:<16}")
+    out(f"Total pages on system:\t{usage.original_pages:<16}")
+    out(f"Total size on system:\t{usage.original_pages * page_size:<16} Byte")

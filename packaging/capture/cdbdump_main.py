@@ -53,9 +53,9 @@ def _run_cli() -> None:
     _no_transparent_hugepages()
     # one BLAS thread: cdbdump does no linear algebra, and each thread has buffers
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
-    from cdbdump.cli import main
+    from cdbdump.__main__ import run  # the command's entry point: GC off while importing
 
-    main()
+    run()
 
 
 def supervise() -> int:

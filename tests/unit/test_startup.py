@@ -38,8 +38,20 @@ except SystemExit as exc:
 print(json.dumps(sorted(sys.modules)))
 """
 
-# The command's entry point (python -m cdbdump, the console script) runs -v; then the
-# state of the cyclic GC.
+# The command's entry point (python -m cdbdump, the console script) under the name in
+# argv[1], then the modules it imported.
+_ENTRY_AND_LIST = """
+import json, sys
+from cdbdump.__main__ import run
+sys.argv = sys.argv[1:]
+try:
+    run()
+except SystemExit as exc:
+    assert not exc.code, exc.code
+print(json.dumps(sorted(sys.modules)))
+"""
+
+# The command's entry point runs -v; then the state of the cyclic GC.
 _ENTRY_POINT_GC = """
 import gc, json, sys
 sys.argv = ["cdbdump", "-v"]
@@ -74,8 +86,8 @@ def _env(**extra: str) -> dict[str, str]:
     return env
 
 
-def _modules_of_run(*args: str) -> set[str]:
-    proc = subprocess.run([sys.executable, "-c", _RUN_AND_LIST, *args], capture_output=True,
+def _modules_of_run(*args: str, code: str = _RUN_AND_LIST) -> set[str]:
+    proc = subprocess.run([sys.executable, "-c", code, *args], capture_output=True,
                           text=True, check=False, env=_env())
     assert proc.returncode == 0, proc.stderr[-2000:]
     return set(json.loads(proc.stdout.splitlines()[-1]))
@@ -102,15 +114,36 @@ def test_zstd_is_imported_by_a_zstd_run(tiny_vmcore: MakeVmcore, tmp_path: Path)
     assert "zstandard" in modules
 
 
+def test_makedumpfile_personality_imports_no_click(tiny_vmcore: MakeVmcore,
+                                                   tmp_path: Path) -> None:
+    # kdump's scripts call makedumpfile: under that name the command needs no click
+    _, vmcore = tiny_vmcore("6.1", seed=5)
+    out = tmp_path / "dump"
+    modules = _modules_of_run("makedumpfile", "-l", "-d", "31", "--message-level", "0",
+                              str(vmcore), str(out), code=_ENTRY_AND_LIST)
+    assert out.stat().st_size > 0
+    assert "cdbdump.mdrun" in modules
+    assert "click" not in modules
+    # cdbdump's own command line is click's
+    modules = _modules_of_run("cdbdump", "-l", "-d", "31", "--message-level", "0",
+                              str(vmcore), str(tmp_path / "dump2"), code=_ENTRY_AND_LIST)
+    assert "click" in modules and "cdbdump.mdrun" not in modules
+
+
 def _blas_at_numpy_import(code: str, **env: str) -> str:
     proc = subprocess.run([sys.executable, "-c", _BLAS_AT_NUMPY_IMPORT, code],
                           capture_output=True, text=True, check=False, env=_env(**env))
     assert proc.returncode == 0, proc.stderr[-2000:]
-    return proc.stdout.strip()
+    return proc.stdout.splitlines()[-1]  # what the code printed comes first
 
 
 def test_command_line_loads_numpy_with_one_blas_thread() -> None:
     assert _blas_at_numpy_import("import cdbdump.cli") == "1"
+    # the entry point under makedumpfile's name, which does not import cdbdump.cli
+    as_makedumpfile = ("import sys; sys.argv = ['makedumpfile', '-v']\n"
+                       "from cdbdump.__main__ import run\n"
+                       "try:\n    run()\nexcept SystemExit as exc:\n    assert not exc.code\n")
+    assert _blas_at_numpy_import(as_makedumpfile) == "1"
     # a value the user set is kept
     assert _blas_at_numpy_import("import cdbdump.cli", OPENBLAS_NUM_THREADS="3") == "3"
 
