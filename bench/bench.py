@@ -216,7 +216,9 @@ def part_real(work: Path, rounds: int, levels: list[int], threads_vs: list[str])
     print(f"  cdbdump runs from a wheel of this tree installed into {PYTHON}'s venv "
           "(not the editable install)" if PYTHON != sys.executable else
           "  cdbdump runs from the development venv (editable install: start-up ~10 ms more)")
-    for label, code in (("start-up + imports", "import cdbdump.cli, cdbdump.pipeline"),
+    # the imports as the command's entry point (cdbdump.__main__.run) makes them
+    for label, code in (("start-up + imports", "import gc; gc.disable(); import cdbdump.cli, "
+                         "cdbdump.pipeline; gc.freeze(); gc.enable()"),
                         # cdbdump.cli keeps OpenBLAS to one thread (cdbdump.blas): so does the floor
                         ("floor: python + import numpy",
                          "import os; os.environ.setdefault('OPENBLAS_NUM_THREADS', '1'); "
