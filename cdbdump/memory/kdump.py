@@ -152,11 +152,16 @@ class KdumpMemory:
         zero page first in the data area and points every zero page at it.
         """
         zero: npt.NDArray[np.bool_] | None = None
+        if not pfns.size:
+            return None
         for part in self.parts:
             offset = self._zero_page_offset(part)
             if offset is None:
                 continue
-            lo, hi = np.searchsorted(pfns, (part.start_pfn, part.end_pfn)).tolist()
+            if part.start_pfn <= int(pfns[0]) and int(pfns[-1]) < part.end_pfn:
+                lo, hi = 0, int(pfns.size)  # all in this file (always: a single file)
+            else:
+                lo, hi = np.searchsorted(pfns, (part.start_pfn, part.end_pfn)).tolist()
             if lo == hi:
                 continue
             mine = pfns[lo:hi]  # ascending

@@ -50,6 +50,9 @@ _ALL_CODEC_BITS = sum(_CODEC_FLAGS)  # a page's flags: one of these bits, or 0 (
 # page_desc entries read and kept at a time (1.5 MiB): neighbouring lookups (a
 # refilter's windows, the mem_map scan's reads) cost no pread each
 _DESC_CHUNK = 1 << 16
+# pfns whose descriptors lie further apart than this are looked up with a read each
+# (a sparse window over a large dump: never the whole table between them)
+_DESC_GAP = 1 << 9
 # runs of lost descriptors remembered from one pass over the table; a dump with more
 # (only a damaged one) has its descriptors read wherever "is it stored" is asked
 _MAX_LOST_RUNS = 1 << 16
@@ -249,21 +252,31 @@ class KdumpFile:
             bad = int(pfns[bits == 0][0])
             raise NotInDumpError(bad << self._shift, self.page_size, "excluded from the dump")
         ranks = self._ranks(pfns) - self._rank_base
-        lo = int(ranks[0])  # ascending pfns: ascending ranks
+        # as rows of three u64: numpy copies those far faster than structured items
+        rows = out.view(np.uint64).reshape(pfns.size, 3)
+        if int(ranks[-1]) - int(ranks[0]) < _DESC_CHUNK:  # ascending pfns: ascending ranks
+            self._fill_descs(ranks, rows)
+            return out
+        breaks = (np.flatnonzero(np.diff(ranks) > _DESC_GAP) + 1).tolist()
+        for a, b in zip([0, *breaks], [*breaks, pfns.size], strict=True):
+            self._fill_descs(ranks[a:b], rows[a:b])
+        return out
+
+    def _fill_descs(self, ranks: npt.NDArray[np.int64], rows: npt.NDArray[np.uint64]) -> None:
+        """rows[i] = descriptor ranks[i] (ascending), left zero past the end of the file."""
+        lo = int(ranks[0])
         hi = int(ranks[-1]) + 1
         avail = max(0, min(hi, self._nr_descs_in_file) - lo)
-        if avail > 0:
-            # as rows of three u64: numpy copies those far faster than structured items
-            table = self._desc_table(lo, lo + avail).view(np.uint64).reshape(avail, 3)
-            rows = out.view(np.uint64).reshape(pfns.size, 3)
-            if avail == pfns.size:  # consecutive descriptors, all in the file
-                rows[:] = table
-            elif avail == hi - lo:  # all in the file
-                np.take(table, ranks - lo, axis=0, out=rows)
-            else:
-                inside = ranks - lo < avail
-                rows[inside] = table[ranks[inside] - lo]
-        return out
+        if avail <= 0:
+            return
+        table = self._desc_table(lo, lo + avail).view(np.uint64).reshape(avail, 3)
+        if avail == ranks.size:  # consecutive descriptors, all in the file
+            rows[:] = table
+        elif avail == hi - lo:  # all in the file
+            np.take(table, ranks - lo, axis=0, out=rows)
+        else:
+            inside = ranks - lo < avail
+            rows[inside] = table[ranks[inside] - lo]
 
     def _desc_table(self, lo: int, hi: int) -> npt.NDArray[np.void]:
         """page_desc entries [lo, hi) of this file (all inside it), through a chunk cache."""

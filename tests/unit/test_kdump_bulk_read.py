@@ -19,7 +19,7 @@ from cdbdump.errors import CdbdumpError, CorruptDumpError, NotInDumpError, Trunc
 from cdbdump.fileio import MappedFile
 from cdbdump.memory.kdump import KdumpMemory
 from cdbdump.memory.physical import ExtentKind
-from cdbdump.vmcore import pagedecode
+from cdbdump.vmcore import kdumpfile, pagedecode
 from cdbdump.vmcore.kdumpfile import KdumpFile
 from cdbdump.writers.kdump import write_kdump
 from cdbdump.writers.sink import create_output
@@ -158,6 +158,34 @@ def test_split_set_bulk_read(source: tuple[Path, dict[int, bytes]], tmp_path: Pa
     assert b"".join(memory.read_page(p) for p in kept) == out.tobytes()
     stored = memory.stored_pfns(0, NR_PFNS)
     assert np.flatnonzero(stored).tolist() == kept
+
+
+def test_sparse_lookups_read_only_what_they_need(
+    clean_dumps: dict[Codec, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """pfns whose descriptors lie far apart: each group read alone, same descriptors."""
+    clean = clean_dumps[next(iter(clean_dumps))]
+    dump = KdumpFile.open(MappedFile(clean))
+    pfns = np.concatenate(list(dump.iter_dumpable_pfns()))
+    want = [dump.page_desc(p) for p in pfns.tolist()]
+    monkeypatch.setattr(kdumpfile, "_DESC_CHUNK", 16)
+    monkeypatch.setattr(kdumpfile, "_DESC_GAP", 3)
+    reads: list[int] = []
+    real = dump._read_descs
+
+    def counting(lo: int, hi: int) -> memoryview:
+        reads.append(hi - lo)
+        return real(lo, hi)
+
+    monkeypatch.setattr(dump, "_read_descs", counting)
+    dump._desc_chunk = dump._desc_chunk[:0]  # nothing cached
+    for sample in (pfns, pfns[::5], pfns[[0, 1, 2, len(pfns) // 2, -2, -1]]):
+        got = dump.page_descs(sample)
+        assert got.tolist() == [tuple(want[int(i)]) for i in np.searchsorted(pfns, sample)]
+    assert max(reads) <= len(pfns)
+    reads.clear()
+    dump.page_descs(pfns[[0, -1]])  # the two ends of the table: two short reads
+    assert sum(reads) <= 2 * 16
 
 
 # -- the native decoder against decompress_page, on damaged pages --------------------------
