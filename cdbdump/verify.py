@@ -28,6 +28,7 @@ __all__ = ("VerifyResult", "verify")
 
 _MAX_PROBLEMS = 20
 _WINDOW = 4096
+_BATCH = 1024  # pages decoded at a time by the bulk check
 
 
 @dataclass(slots=True)
@@ -159,15 +160,21 @@ def _check_window(
     ps = part.page_size
     lost = descs["offset"] == 0
     stored = pfns[~lost]
-    pages = np.empty(stored.size * ps, dtype=np.uint8)
-    try:
-        part.pages_into(stored, pages)
-    except (CdbdumpError, AddressError):
-        return False
+    at = np.flatnonzero(~lost)  # the stored pages' rows of compare
+    pages = np.empty(min(stored.size, _BATCH) * ps, dtype=np.uint8)  # RSS: a few MiB
     differs = np.zeros(pfns.size, dtype=np.bool_)
-    if compare is not None:
-        differs[~lost] = (pages.reshape(-1, ps)
-                          != compare.reshape(-1, ps)[~lost]).any(axis=1)
+    differs_stored = differs[~lost]  # a copy: put back below
+    for lo in range(0, stored.size, _BATCH):
+        batch = stored[lo : lo + _BATCH]
+        try:
+            part.pages_into(batch, pages)
+        except (CdbdumpError, AddressError):
+            return False
+        if compare is not None:
+            expected = compare.reshape(-1, ps)[at[lo : lo + batch.size]]
+            got = pages[: batch.size * ps].reshape(-1, ps)
+            differs_stored[lo : lo + batch.size] = (got != expected).any(axis=1)
+    differs[~lost] = differs_stored
     result.nr_checked += int(stored.size)
     for i in np.flatnonzero(lost | differs).tolist():
         pfn = int(pfns[i])

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from cdbdump import codecs
+from cdbdump import verify as verify_module
 from cdbdump.codecs import Codec, decompress_page
 from cdbdump.errors import CdbdumpError, CorruptDumpError, NotInDumpError, TruncatedDumpError
 from cdbdump.fileio import MappedFile
@@ -386,3 +387,23 @@ def test_no_per_page_decoding(clean_dumps: dict[Codec, Path], codec: Codec,
     calls.clear()
     assert _bulk(dump, pfns) == expected
     assert calls == []
+
+
+def test_verify_bulk_equals_page_by_page(source: tuple[Path, dict[int, bytes]],
+                                         clean_dumps: dict[Codec, Path], tmp_path: Path,
+                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    _, pages = source
+    changed = dict(pages)
+    for pfn in (100, 101, 555):
+        changed[pfn] = bytes(PS - 1) + b"\x01"
+    notes, _ = make_notes(make_vmcoreinfo())
+    other = tmp_path / "other.elf"
+    write_elf_vmcore(other, [ElfLoad(0, b"".join(changed[p] for p in range(NR_PFNS)))], notes)
+    path, dump, pfns = _fresh(clean_dumps[next(iter(clean_dumps))], tmp_path)
+    for pfn in (pfns[10], pfns[400]):  # lost, in a dump not flagged incomplete
+        _patch(path, dump.desc_file_offset(pfn), bytes(24))
+    bulk = verify_module.verify(path, source=other)
+    monkeypatch.setattr(verify_module, "_check_window", lambda *args: False)
+    per_page = verify_module.verify(path, source=other)
+    assert bulk.as_json() == per_page.as_json()
+    assert bulk.nr_lost == 2 and bulk.nr_differing == 3 and not bulk.ok
