@@ -25,7 +25,7 @@ $(VENV)/.base: pyproject.toml
 	touch $@
 
 # Every extra; python-lzo builds against liblzo2-dev (installed by system-deps), and
-# the reinstall rebuilds cdbdump._pagebatch with liblzo2 and libsnappy.
+# the reinstall rebuilds cdbdump._pagebatch with liblzo2, libsnappy and libzstd.
 $(VENV)/.full: $(VENV)/.base | system-deps
 	$(PIP) -e '.[dev,lzo,lzo-exact,snappy]'
 	touch $@

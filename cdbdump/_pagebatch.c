@@ -8,10 +8,14 @@
  *           between pages; same parameters, same bytes)
  *   lzo:    lzo1x_1_compress(..., wrkmem) with LZO1X_1_MEM_COMPRESS of work memory
  *   snappy: snappy_compress (raw format)
+ *   zstd:   ZSTD_compressCCtx(cctx, ..., level 1) into ZSTD_compressBound bytes, one
+ *           ZSTD_CCtx reused page after page (makedumpfile keeps one per thread;
+ *           here: one per calling thread, kept until that thread exits)
  *
- * Built by setup.py when a C compiler and zlib's headers exist; LZO and snappy
- * only when liblzo2's and libsnappy's headers do (CDBDUMP_HAVE_LZO,
- * CDBDUMP_HAVE_SNAPPY). The module attribute CODECS names what was built.
+ * Built by setup.py when a C compiler and zlib's headers exist; LZO, snappy and
+ * zstd only when liblzo2's, libsnappy's and libzstd's headers do (CDBDUMP_HAVE_LZO,
+ * CDBDUMP_HAVE_SNAPPY, CDBDUMP_HAVE_ZSTD). The module attribute CODECS names what
+ * was built.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -27,16 +31,51 @@
 #ifdef CDBDUMP_HAVE_SNAPPY
 #include <snappy-c.h>
 #endif
+#ifdef CDBDUMP_HAVE_ZSTD
+#include <pthread.h>
+#include <zstd.h>
+#include <zstd_errors.h>
+#endif
 
 /* diskdump_mod.h DUMP_DH_COMPRESSED_*: the page_desc flags of a compressed page */
 #define FLAG_ZLIB 0x1
 #define FLAG_LZO 0x2
 #define FLAG_SNAPPY 0x4
+#define FLAG_ZSTD 0x20
 
 /* the largest page of any architecture makedumpfile supports is 64 KiB */
 #define MAX_PAGE_SIZE (1u << 20)
 
 static PyObject *PagebatchError;
+
+#ifdef CDBDUMP_HAVE_ZSTD
+/* Each thread's ZSTD_CCtx (created on its first zstd batch, freed by the key's
+ * destructor when the thread exits): a context keeps its tables and work space, so
+ * a batch does not allocate them again. ZSTD_compressCCtx sets every parameter
+ * from its level argument, so the bytes do not depend on what the context did
+ * before. */
+static pthread_key_t zstd_cctx_key;
+
+static void
+zstd_cctx_free(void *cctx)
+{
+    ZSTD_freeCCtx((ZSTD_CCtx *)cctx);
+}
+
+static ZSTD_CCtx *
+zstd_thread_cctx(void)
+{
+    ZSTD_CCtx *cctx = (ZSTD_CCtx *)pthread_getspecific(zstd_cctx_key);
+    if (cctx == NULL) {
+        cctx = ZSTD_createCCtx();
+        if (cctx != NULL && pthread_setspecific(zstd_cctx_key, cctx) != 0) {
+            ZSTD_freeCCtx(cctx);
+            cctx = NULL;
+        }
+    }
+    return cctx;
+}
+#endif
 
 /* -- one coder per call (per thread): the codec's own state -------------------------- */
 
@@ -47,6 +86,9 @@ typedef struct {
     void *wrkmem; /* lzo1x_1 dictionary */
     z_stream zs;
     int zs_ready;
+#ifdef CDBDUMP_HAVE_ZSTD
+    ZSTD_CCtx *cctx; /* the thread's own (zstd_thread_cctx), not freed by coder_free */
+#endif
     /* the stored form of an all-zero page, once one was compressed: every codec here
      * is a pure function of its input, so the next zero page gets these bytes back */
     unsigned char *zero_form;
@@ -71,6 +113,10 @@ codec_bound(unsigned flag, size_t page_size)
     case FLAG_SNAPPY:
         return snappy_max_compressed_length(page_size);
 #endif
+#ifdef CDBDUMP_HAVE_ZSTD
+    case FLAG_ZSTD:
+        return ZSTD_compressBound(page_size);
+#endif
     default:
         return 0;
     }
@@ -94,6 +140,13 @@ coder_init(coder_t *c, unsigned flag, size_t page_size)
     if (flag == FLAG_LZO) {
         c->wrkmem = malloc(LZO1X_1_MEM_COMPRESS);
         if (c->wrkmem == NULL)
+            return CODER_NOMEM;
+    }
+#endif
+#ifdef CDBDUMP_HAVE_ZSTD
+    if (flag == FLAG_ZSTD) {
+        c->cctx = zstd_thread_cctx();
+        if (c->cctx == NULL)
             return CODER_NOMEM;
     }
 #endif
@@ -144,6 +197,16 @@ coder_page(coder_t *c, const unsigned char *page, unsigned char *out, size_t *ou
         size_t len = c->bound;
         if (snappy_compress((const char *)page, c->page_size, (char *)out, &len) != SNAPPY_OK)
             return CODER_FAILED;
+        *out_len = len;
+        return CODER_OK;
+    }
+#endif
+#ifdef CDBDUMP_HAVE_ZSTD
+    case FLAG_ZSTD: {
+        size_t len = ZSTD_compressCCtx(c->cctx, out, c->bound, page, c->page_size, 1);
+        if (ZSTD_isError(len))
+            return ZSTD_getErrorCode(len) == ZSTD_error_memory_allocation ? CODER_NOMEM
+                                                                          : CODER_FAILED;
         *out_len = len;
         return CODER_OK;
     }
@@ -229,11 +292,12 @@ get_array(PyObject *obj, Py_buffer *view, int writable, Py_ssize_t itemsize, con
 PyDoc_STRVAR(compress_pages_doc,
 "compress_pages(flag, data, index, page_size, sizes, flags) -> bytes\n\n"
 "Compress the pages data[index[i]*page_size : +page_size] in order with the codec\n"
-"whose page_desc flag is `flag` (0x1 zlib, 0x2 lzo, 0x4 snappy). `index` is an\n"
-"int64 array (None: every page of data). For page i, sizes[i] and flags[i] (uint32\n"
-"arrays of len(index)) get the stored size and flags: the compressed form when it\n"
-"is strictly smaller than the page, else the raw page and flags 0. Returns the\n"
-"stored pages, concatenated. The GIL is released while compressing.");
+"whose page_desc flag is `flag` (0x1 zlib, 0x2 lzo, 0x4 snappy, 0x20 zstd).\n"
+"`index` is an int64 array (None: every page of data). For page i, sizes[i] and\n"
+"flags[i] (uint32 arrays of len(index)) get the stored size and flags: the\n"
+"compressed form when it is strictly smaller than the page, else the raw page and\n"
+"flags 0. Returns the stored pages, concatenated. The GIL is released while\n"
+"compressing.");
 
 static PyObject *
 compress_pages(PyObject *self, PyObject *args)
@@ -376,6 +440,17 @@ PyInit__pagebatch(void)
         return NULL;
     }
 #endif
+#ifdef CDBDUMP_HAVE_ZSTD
+    /* m_size -1: initialised once per process, the key is never deleted */
+    static int zstd_key_made = 0;
+    if (!zstd_key_made) {
+        if (pthread_key_create(&zstd_cctx_key, zstd_cctx_free) != 0) {
+            PyErr_SetString(PyExc_ImportError, "pthread_key_create() failed");
+            return NULL;
+        }
+        zstd_key_made = 1;
+    }
+#endif
     PyObject *m = PyModule_Create(&module_def);
     if (m == NULL)
         return NULL;
@@ -389,12 +464,18 @@ PyInit__pagebatch(void)
 #ifdef CDBDUMP_HAVE_SNAPPY
                                      "s"
 #endif
+#ifdef CDBDUMP_HAVE_ZSTD
+                                     "s"
+#endif
                                      ")", "zlib"
 #ifdef CDBDUMP_HAVE_LZO
                                      , "lzo"
 #endif
 #ifdef CDBDUMP_HAVE_SNAPPY
                                      , "snappy"
+#endif
+#ifdef CDBDUMP_HAVE_ZSTD
+                                     , "zstd"
 #endif
                                      );
     if (codecs == NULL || PyModule_AddObject(m, "CODECS", codecs) < 0) {
