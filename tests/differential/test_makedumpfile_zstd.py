@@ -29,9 +29,9 @@ import numpy as np
 import pytest
 import zstandard
 
+from cdbdump.codecs import Codec
 from cdbdump.fileio import MappedFile
 from cdbdump.formats.kdump import DUMP_DH_COMPRESSED_ZSTD
-from cdbdump.codecs import Codec
 from cdbdump.vmcore.kdumpfile import KdumpFile
 from cdbdump.writers.compress import native_codecs
 from tests.builders import SyntheticKernel
