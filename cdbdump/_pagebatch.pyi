@@ -10,3 +10,6 @@ class error(Exception): ...  # a codec library reported a failure
 
 def compress_pages(flag: int, data: Any, index: Any | None, page_size: int, sizes: Any,
                    flags: Any, /) -> bytes: ...
+
+def decompress_pages(data: Any, offsets: Any, sizes: Any, flags: Any, page_size: int,
+                     out: Any, /) -> int: ...
