@@ -18,7 +18,7 @@ import numpy.typing as npt
 
 from cdbdump.errors import CorruptDumpError
 from cdbdump.memory.physical import Extent, ExtentKind, read_extents
-from cdbdump.vmcore.kdumpfile import KdumpFile, PageDesc
+from cdbdump.vmcore.kdumpfile import KdumpFile
 
 __all__ = ("KdumpMemory",)
 
@@ -109,18 +109,25 @@ class KdumpMemory:
         lo = extent.paddr - (first << self._shift)
         if first == last:
             return memoryview(self.read_page(first))[lo : lo + extent.size]
-        pages: list[bytes] = []
-        for part in self.parts:  # one vectorised page_desc lookup per file
-            a, b = max(first, part.start_pfn), min(last + 1, part.end_pfn)
-            if a < b:
-                pfns = np.arange(a, b, dtype=np.int64)
-                seen: dict[int, bytes] = {}  # pages sharing one stored copy (the zero page)
-                for pfn, d in zip(pfns.tolist(), part.page_descs(pfns).tolist(), strict=True):
-                    page = seen.get(d[0])
-                    if page is None:
-                        page = seen[d[0]] = part.load_page(pfn, PageDesc(*d))
-                    pages.append(page)
-        return memoryview(b"".join(pages))[lo : lo + extent.size]
+        out = np.empty((last + 1 - first) << self._shift, dtype=np.uint8)
+        self.pages_into(np.arange(first, last + 1, dtype=np.int64), out)
+        return out.data[lo : lo + extent.size]
+
+    def pages_into(self, pfns: npt.NDArray[np.int64], out: npt.NDArray[np.uint8]) -> None:
+        """Decode the pages of stored, ascending ``pfns`` into ``out``, a page each.
+
+        The bulk read (a whole window at once; see KdumpFile.pages_into) the
+        kdump writer asks for; NotInDumpError for a pfn not stored, the file's
+        own errors for a bad page.
+        """
+        ps = self.page_size
+        if len(self.parts) == 1:
+            self.parts[0].pages_into(pfns, out)
+            return
+        cuts = np.searchsorted(pfns, self._starts[1:]).tolist()
+        for part, lo, hi in zip(self.parts, [0, *cuts], [*cuts, int(pfns.size)], strict=True):
+            if lo < hi:
+                part.pages_into(pfns[lo:hi], out[lo * ps : hi * ps])
 
     def read_page(self, pfn: int) -> bytes:
         """One decompressed page; NotInDumpError if excluded or lost."""

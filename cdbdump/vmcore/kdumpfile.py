@@ -39,12 +39,17 @@ from cdbdump.formats.kdump import (
     bitmap_bytes,
     split_utsname,
 )
+from cdbdump.vmcore.pagedecode import DecodeFailed, decode_pages, read_stored
 from cdbdump.vmcore.vmcoreinfo import VmcoreInfo
 
 __all__ = ("KdumpFile", "PageDesc")
 
 _DESC_SIZE = PAGE_DESC_DTYPE.itemsize
 _CODEC_FLAGS = frozenset(c.flag for c in Codec)
+_STORED_FLAGS = np.array(sorted(_CODEC_FLAGS), dtype=np.uint32)  # 0 (raw) included
+# page_desc entries read and kept at a time (1.5 MiB): neighbouring lookups (a
+# refilter's windows, the mem_map scan's reads) cost no pread each
+_DESC_CHUNK = 1 << 16
 _MIN_BLOCK_SIZE = 512
 _MAX_BLOCK_SIZE = 1 << 18  # 256 KiB pages: well above any Linux page size
 # header offsets, for error messages
@@ -105,6 +110,10 @@ class KdumpFile:
             self._rank_base
         )
         self.offset_data = self.offset_page_desc + self.nr_dumpable * _DESC_SIZE
+        # descriptors the file holds (a dump cut short holds fewer: the rest are "lost")
+        self._nr_descs_in_file = max(0, (file.size - self.offset_page_desc) // _DESC_SIZE)
+        self._desc_chunk_lo = 0
+        self._desc_chunk = np.zeros(0, dtype=PAGE_DESC_DTYPE)
         self._vmcoreinfo: VmcoreInfo | None = None
 
     # -- opening ------------------------------------------------------------------------
@@ -235,18 +244,33 @@ class KdumpFile:
             bad = int(pfns[bits == 0][0])
             raise NotInDumpError(bad << self._shift, self.page_size, "excluded from the dump")
         ranks = self._ranks(pfns) - self._rank_base
-        lo = int(ranks.min())
-        hi = int(ranks.max()) + 1
-        first = self.offset_page_desc + lo * _DESC_SIZE
-        avail = max(0, min(hi, (self.file.size - self.offset_page_desc) // _DESC_SIZE) - lo)
+        lo = int(ranks[0])  # ascending pfns: ascending ranks
+        hi = int(ranks[-1]) + 1
+        avail = max(0, min(hi, self._nr_descs_in_file) - lo)
         if avail > 0:
-            table = np.frombuffer(
-                self.file.view(first, avail * _DESC_SIZE, "page_desc table"),
-                dtype=PAGE_DESC_DTYPE,
-            )
-            inside = ranks - lo < avail
-            out[inside] = table[ranks[inside] - lo]
+            table = self._desc_table(lo, lo + avail)
+            if avail == ranks.size:  # every pfn's descriptor in the file
+                out[:] = table[ranks - lo]
+            else:
+                inside = ranks - lo < avail
+                out[inside] = table[ranks[inside] - lo]
         return out
+
+    def _desc_table(self, lo: int, hi: int) -> npt.NDArray[np.void]:
+        """page_desc entries [lo, hi) of this file (all inside it), through a chunk cache."""
+        chunk_lo = self._desc_chunk_lo
+        if chunk_lo <= lo and hi <= chunk_lo + self._desc_chunk.size:
+            return self._desc_chunk[lo - chunk_lo : hi - chunk_lo]
+        if hi - lo > _DESC_CHUNK:  # a long range: read as is, not kept
+            return np.frombuffer(self._read_descs(lo, hi), dtype=PAGE_DESC_DTYPE)
+        end = max(hi, min(lo + _DESC_CHUNK, self._nr_descs_in_file))
+        self._desc_chunk = np.frombuffer(self._read_descs(lo, end), dtype=PAGE_DESC_DTYPE)
+        self._desc_chunk_lo = lo
+        return self._desc_chunk[: hi - lo]
+
+    def _read_descs(self, lo: int, hi: int) -> memoryview:
+        return self.file.view(self.offset_page_desc + lo * _DESC_SIZE, (hi - lo) * _DESC_SIZE,
+                              "page_desc table")
 
     def page_desc(self, pfn: int) -> PageDesc:
         self._check_pfn(pfn)
@@ -302,6 +326,41 @@ class KdumpFile:
         data = self.file.view(desc.offset, desc.size, f"data of pfn {pfn:#x}")
         return decompress_page(desc.flags, data, ps, file_offset=desc.offset)
 
+    def pages_into(self, pfns: npt.NDArray[np.int64], out: npt.NDArray[np.uint8]) -> None:
+        """Decode the pages of dumpable, ascending ``pfns`` into ``out`` (a page each).
+
+        The bulk form of :meth:`read_page`: one page_desc lookup, a few preads, one
+        native decode call. Fails as read_page would at the first bad page (lost,
+        corrupt page_desc, data past the end, data that does not decode).
+        """
+        n = int(pfns.size)
+        if not n:
+            return
+        descs = self.page_descs(pfns)
+        offsets = descs["offset"]
+        sizes = descs["size"]
+        flags = descs["flags"]
+        ps = self.page_size
+        bad = ((sizes == 0) | (sizes > ps) | (offsets < self.offset_data)
+               | (offsets > self.file.size - sizes.astype(np.int64))
+               | ~np.isin(flags, _STORED_FLAGS))  # offset 0 (lost) is before the data
+        stop = int(np.argmax(bad)) if bad.any() else n
+        if stop:
+            data, rel = read_stored(self.file, offsets[:stop], sizes[:stop], "page data")
+            try:
+                decode_pages(data, rel, sizes[:stop], flags[:stop], offsets[:stop], out, ps)
+            except DecodeFailed as exc:
+                self._raise_for(int(pfns[exc.index]), descs[exc.index])
+        if stop < n:
+            self._raise_for(int(pfns[stop]), descs[stop])
+
+    def _raise_for(self, pfn: int, d: np.void) -> None:
+        """The error of a page the bulk path rejected: the per-page path's own."""
+        desc = PageDesc(int(d["offset"]), int(d["size"]), int(d["flags"]), int(d["page_flags"]))
+        self.load_page(pfn, desc)  # raises
+        raise CorruptDumpError(f"data of pfn {pfn:#x} does not decode to one page",
+                               file_offset=desc.offset, field="page data")
+
     def nr_zero_descs(self) -> int:
         """Dumpable pages sharing the one zero page (dump level bit 1), from the descriptors."""
         first = self.offset_data  # makedumpfile writes the shared zero page first
@@ -320,14 +379,13 @@ class KdumpFile:
 
     def iter_pages(self, window: int = 4096) -> Iterator[tuple[int, bytes]]:
         """(pfn, content) for every dumpable page that is not lost, in pfn order."""
+        ps = self.page_size
         for pfns in self.iter_dumpable_pfns(window):
-            descs = self.page_descs(pfns)
-            for pfn, d in zip(pfns.tolist(), descs, strict=True):
-                if int(d["offset"]) == 0:
-                    continue
-                desc = PageDesc(int(d["offset"]), int(d["size"]), int(d["flags"]),
-                                int(d["page_flags"]))
-                yield pfn, self.load_page(pfn, desc)
+            stored = pfns[self.page_descs(pfns)["offset"] != 0]
+            buf = np.empty(stored.size * ps, dtype=np.uint8)
+            self.pages_into(stored, buf)
+            for i, pfn in enumerate(stored.tolist()):
+                yield pfn, buf[i * ps : (i + 1) * ps].tobytes()
 
 
 # -- helpers ------------------------------------------------------------------------------
