@@ -4,8 +4,7 @@ The reader's bulk path (reference: makedumpfile readpage_kdump_compressed, one
 page at a time there): the data of a batch of page descriptors is read with a
 few preads (one per stretch of nearby data), then decoded by cdbdump._pagebatch
 in one call with the GIL released, or page by page through
-cdbdump.codecs.decompress_page where the extension or the codec is missing
-(zstd). The caller has validated the descriptors; a page that fails to decode
+cdbdump.codecs.decompress_page where the extension or the codec is missing. The caller has validated the descriptors; a page that fails to decode
 is reported by its index, and the caller names it (:class:`DecodeFailed`).
 """
 
@@ -24,6 +23,7 @@ from cdbdump.formats.kdump import (
     DUMP_DH_COMPRESSED_LZO,
     DUMP_DH_COMPRESSED_SNAPPY,
     DUMP_DH_COMPRESSED_ZLIB,
+    DUMP_DH_COMPRESSED_ZSTD,
 )
 
 __all__ = ("DecodeFailed", "decode_pages", "native_flags", "read_stored")
@@ -33,7 +33,7 @@ __all__ = ("DecodeFailed", "decode_pages", "native_flags", "read_stored")
 GAP_BYTES = 1 << 15
 
 _FLAG_OF_NAME = {"zlib": DUMP_DH_COMPRESSED_ZLIB, "lzo": DUMP_DH_COMPRESSED_LZO,
-                 "snappy": DUMP_DH_COMPRESSED_SNAPPY}
+                 "snappy": DUMP_DH_COMPRESSED_SNAPPY, "zstd": DUMP_DH_COMPRESSED_ZSTD}
 
 
 class DecodeFailed(Exception):  # an internal signal: never leaves the reader
