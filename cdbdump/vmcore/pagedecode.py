@@ -4,7 +4,8 @@ The reader's bulk path (reference: makedumpfile readpage_kdump_compressed, one
 page at a time there): the data of a batch of page descriptors is read with a
 few preads (one per stretch of nearby data), then decoded by cdbdump._pagebatch
 in one call with the GIL released, or page by page through
-cdbdump.codecs.decompress_page where the extension or the codec is missing. The caller has validated the descriptors; a page that fails to decode
+cdbdump.codecs.decompress_page where the extension or the codec is missing.
+The caller has validated the descriptors; a page that fails to decode
 is reported by its index, and the caller names it (:class:`DecodeFailed`).
 """
 
