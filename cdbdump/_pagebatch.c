@@ -613,8 +613,13 @@ decoder_page(decoder_t *d, unsigned flag, const unsigned char *src, size_t len,
         ZSTD_DCtx *dctx = zstd_thread_dctx();
         if (dctx == NULL)
             return -2;
-        /* a frame larger than the page fails (dstSize_tooSmall), as in makedumpfile */
-        size_t out_len = ZSTD_decompressDCtx(dctx, dst, ps, src, len);
+        /* the first frame only: bytes after it are ignored, as by the per-page path
+         * (python-zstandard's decompress); makedumpfile's ZSTD_decompress would read
+         * them as more frames. A frame larger than the page fails (dstSize_tooSmall). */
+        size_t frame_len = ZSTD_findFrameCompressedSize(src, len);
+        if (ZSTD_isError(frame_len))
+            return -1;
+        size_t out_len = ZSTD_decompressDCtx(dctx, dst, ps, src, frame_len);
         if (ZSTD_isError(out_len))
             return ZSTD_getErrorCode(out_len) == ZSTD_error_memory_allocation ? -2 : -1;
         return out_len == ps ? 0 : -1;

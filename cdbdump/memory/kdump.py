@@ -88,10 +88,7 @@ class KdumpMemory:
         for part in self.parts:
             lo, hi = max(first, part.start_pfn), min(last, part.end_pfn, self.max_mapnr)
             if lo < hi:
-                bools = part.bitmap2.get_bools(lo, hi)
-                pfns = np.flatnonzero(bools) + lo
-                bools[pfns - lo] = part.page_descs(pfns)["offset"] != 0
-                stored[lo - first : hi - first] = bools
+                stored[lo - first : hi - first] = part.stored_bools(lo, hi)
         return stored
 
     def _stored_windows(
@@ -154,20 +151,29 @@ class KdumpMemory:
         reference: makedumpfile write_kdump_pages_and_bitmap_cyclic writes one raw
         zero page first in the data area and points every zero page at it.
         """
-        zero = np.zeros(pfns.size, dtype=np.bool_)
+        zero: npt.NDArray[np.bool_] | None = None
         for part in self.parts:
             offset = self._zero_page_offset(part)
-            inside = (pfns >= part.start_pfn) & (pfns < part.end_pfn)
-            if offset is None or not inside.any():
+            if offset is None:
                 continue
-            mine = pfns[inside]
-            lo = int(mine[0])
-            stored = part.bitmap2.get_bools(lo, int(mine[-1]) + 1)[mine - lo]
-            descs = part.page_descs(mine[stored])
-            hit = np.zeros(int(inside.sum()), dtype=np.bool_)
-            hit[stored] = (descs["offset"] == offset) & (descs["flags"] == 0)
-            zero[inside] = hit
-        return zero if zero.any() else None
+            lo, hi = np.searchsorted(pfns, (part.start_pfn, part.end_pfn)).tolist()
+            if lo == hi:
+                continue
+            mine = pfns[lo:hi]  # ascending
+            bits = part.bitmap2.bits
+            stored = ((bits[mine >> 3] >> (mine & 7).astype(np.uint8)) & 1).view(np.bool_)
+            if stored.all():
+                descs = part.page_descs(mine)
+                hit = (descs["offset"] == offset) & (descs["flags"] == 0)
+            else:
+                descs = part.page_descs(mine[stored])
+                hit = np.zeros(mine.size, dtype=np.bool_)
+                hit[stored] = (descs["offset"] == offset) & (descs["flags"] == 0)
+            if hit.any():
+                if zero is None:
+                    zero = np.zeros(pfns.size, dtype=np.bool_)
+                zero[lo:hi] = hit
+        return zero
 
     def _zero_page_offset(self, part: KdumpFile) -> int | None:
         if part not in self._zero_offsets:

@@ -46,10 +46,13 @@ __all__ = ("KdumpFile", "PageDesc")
 
 _DESC_SIZE = PAGE_DESC_DTYPE.itemsize
 _CODEC_FLAGS = frozenset(c.flag for c in Codec)
-_STORED_FLAGS = np.array(sorted(_CODEC_FLAGS), dtype=np.uint32)  # 0 (raw) included
+_ALL_CODEC_BITS = sum(_CODEC_FLAGS)  # a page's flags: one of these bits, or 0 (raw)
 # page_desc entries read and kept at a time (1.5 MiB): neighbouring lookups (a
 # refilter's windows, the mem_map scan's reads) cost no pread each
 _DESC_CHUNK = 1 << 16
+# runs of lost descriptors remembered from one pass over the table; a dump with more
+# (only a damaged one) has its descriptors read wherever "is it stored" is asked
+_MAX_LOST_RUNS = 1 << 16
 _MIN_BLOCK_SIZE = 512
 _MAX_BLOCK_SIZE = 1 << 18  # 256 KiB pages: well above any Linux page size
 # header offsets, for error messages
@@ -114,6 +117,8 @@ class KdumpFile:
         self._nr_descs_in_file = max(0, (file.size - self.offset_page_desc) // _DESC_SIZE)
         self._desc_chunk_lo = 0
         self._desc_chunk = np.zeros(0, dtype=PAGE_DESC_DTYPE)
+        self._lost: tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]] | None = None
+        self._lost_known = False
         self._vmcoreinfo: VmcoreInfo | None = None
 
     # -- opening ------------------------------------------------------------------------
@@ -248,12 +253,16 @@ class KdumpFile:
         hi = int(ranks[-1]) + 1
         avail = max(0, min(hi, self._nr_descs_in_file) - lo)
         if avail > 0:
-            table = self._desc_table(lo, lo + avail)
-            if avail == ranks.size:  # every pfn's descriptor in the file
-                out[:] = table[ranks - lo]
+            # as rows of three u64: numpy copies those far faster than structured items
+            table = self._desc_table(lo, lo + avail).view(np.uint64).reshape(avail, 3)
+            rows = out.view(np.uint64).reshape(pfns.size, 3)
+            if avail == pfns.size:  # consecutive descriptors, all in the file
+                rows[:] = table
+            elif avail == hi - lo:  # all in the file
+                np.take(table, ranks - lo, axis=0, out=rows)
             else:
                 inside = ranks - lo < avail
-                out[inside] = table[ranks[inside] - lo]
+                rows[inside] = table[ranks[inside] - lo]
         return out
 
     def _desc_table(self, lo: int, hi: int) -> npt.NDArray[np.void]:
@@ -326,6 +335,61 @@ class KdumpFile:
         data = self.file.view(desc.offset, desc.size, f"data of pfn {pfn:#x}")
         return decompress_page(desc.flags, data, ps, file_offset=desc.offset)
 
+    def stored_bools(self, first: int, last: int) -> npt.NDArray[np.bool_]:
+        """For pfns [first, last) inside [start_pfn, end_pfn): dumpable and not lost."""
+        bools = self.bitmap2.get_bools(first, last)
+        runs = self.lost_runs()
+        if runs is None:
+            pfns = np.flatnonzero(bools) + first
+            bools[pfns - first] = self.page_descs(pfns)["offset"] != 0
+            return bools
+        starts, ends = runs
+        if starts.size:
+            idx = np.flatnonzero(bools)
+            r0 = int(self._ranks(np.array([first], dtype=np.int64))[0]) - self._rank_base
+            r1 = r0 + int(idx.size)
+            a = int(np.searchsorted(ends, r0, side="right"))
+            b = int(np.searchsorted(starts, r1, side="left"))
+            for lo, hi in zip(starts[a:b].tolist(), ends[a:b].tolist(), strict=True):
+                bools[idx[max(lo, r0) - r0 : min(hi, r1) - r0]] = False
+        return bools
+
+    def lost_runs(self) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]] | None:
+        """(starts, ends) of the runs of this file's descriptors (0 = its first) whose
+        page is lost: offset 0 (makedumpfile write_kdump_page, flag_nospace), or past
+        the end of a file cut short. One pass over the table, remembered; None when
+        there are too many runs to keep (then the descriptors are read when asked).
+        """
+        if self._lost_known:
+            return self._lost
+        self._lost_known = True
+        starts: list[int] = []
+        ends: list[int] = []
+        nr_in_file = min(self.nr_descs, self._nr_descs_in_file)
+        for lo in range(0, nr_in_file, _DESC_CHUNK):
+            hi = min(nr_in_file, lo + _DESC_CHUNK)
+            offsets = np.frombuffer(self._read_descs(lo, hi), dtype=np.int64)[::3]
+            lost = offsets == 0
+            if not lost.any():
+                continue
+            edges = np.flatnonzero(np.diff(lost, prepend=False, append=False)) + lo
+            for start, end in zip(edges[0::2].tolist(), edges[1::2].tolist(), strict=True):
+                if ends and ends[-1] == start:
+                    ends[-1] = end
+                else:
+                    starts.append(start)
+                    ends.append(end)
+            if len(starts) > _MAX_LOST_RUNS:
+                return None
+        if nr_in_file < self.nr_descs:
+            if ends and ends[-1] == nr_in_file:
+                ends[-1] = self.nr_descs
+            else:
+                starts.append(nr_in_file)
+                ends.append(self.nr_descs)
+        self._lost = (np.array(starts, dtype=np.int64), np.array(ends, dtype=np.int64))
+        return self._lost
+
     def pages_into(self, pfns: npt.NDArray[np.int64], out: npt.NDArray[np.uint8]) -> None:
         """Decode the pages of dumpable, ascending ``pfns`` into ``out`` (a page each).
 
@@ -343,7 +407,8 @@ class KdumpFile:
         ps = self.page_size
         bad = ((sizes == 0) | (sizes > ps) | (offsets < self.offset_data)
                | (offsets > self.file.size - sizes.astype(np.int64))
-               | ~np.isin(flags, _STORED_FLAGS))  # offset 0 (lost) is before the data
+               | ((flags & ~np.uint32(_ALL_CODEC_BITS)) != 0)
+               | ((flags & (flags - np.uint32(1))) != 0))  # offset 0 (lost) is before the data
         stop = int(np.argmax(bad)) if bad.any() else n
         if stop:
             data, rel = read_stored(self.file, offsets[:stop], sizes[:stop], "page data")

@@ -3,10 +3,12 @@
 The reader's bulk path (reference: makedumpfile readpage_kdump_compressed, one
 page at a time there): the data of a batch of page descriptors is read with a
 few preads (one per stretch of nearby data), then decoded by cdbdump._pagebatch
-in one call with the GIL released, or page by page through
-cdbdump.codecs.decompress_page where the extension or the codec is missing.
-The caller has validated the descriptors; a page that fails to decode
-is reported by its index, and the caller names it (:class:`DecodeFailed`).
+in one call with the GIL released (zstd too when it was built with libzstd); zstd
+otherwise by python-zstandard's multi-frame call (C, GIL released too); page by
+page through cdbdump.codecs.decompress_page where neither is there, and to name a
+page that fails. The caller has validated the descriptors; a page that fails to
+decode natively is reported by its index, and the caller names it
+(:class:`DecodeFailed`).
 """
 
 from __future__ import annotations
@@ -134,8 +136,8 @@ def decode_pages(
     n = int(rel.size)
     rows = out[: n * page_size].reshape(n, page_size)
     native = native_flags()
-    if native:
-        mine = np.isin(flags, np.fromiter(native, dtype=np.uint32))
+    if native:  # flags are one codec bit or 0 here (checked by the caller)
+        mine = (flags & ~np.uint32(sum(native))) == 0
         others = np.flatnonzero(~mine)
     else:
         mine = np.zeros(n, dtype=np.bool_)
@@ -151,6 +153,11 @@ def decode_pages(
         good = idx.size if at < 0 else at
         rows[idx[:good]] = part[:good]
         failed = -1 if at < 0 else int(idx[at])
+    if others.size and 0 <= failed:
+        others = others[others < failed]
+    zstd = others[flags[others] == DUMP_DH_COMPRESSED_ZSTD]
+    if zstd.size > 1 and _zstd_batch(data, rel[zstd], sizes[zstd], rows, zstd, page_size):
+        others = others[flags[others] != DUMP_DH_COMPRESSED_ZSTD]
     if others.size:
         flat = data if isinstance(data, memoryview) else data.data
         for i in others.tolist():
@@ -163,6 +170,37 @@ def decode_pages(
                 dtype=np.uint8)
     if failed >= 0:
         raise DecodeFailed(failed)
+
+
+def _zstd_batch(
+    data: memoryview | npt.NDArray[np.uint8], rel: npt.NDArray[np.int64],
+    sizes: npt.NDArray[np.uint32], rows: npt.NDArray[np.uint8], index: npt.NDArray[np.int64],
+    page_size: int,
+) -> bool:
+    """zstd pages into rows[index] with ZstdDecompressor.multi_decompress_to_buffer (C, the
+    GIL released; every frame must give exactly one page). False when that call is not
+    there or a page fails: the caller decodes page by page and names the bad one."""
+    import zstandard  # only a zstd dump gets here
+
+    dctx = zstandard.ZstdDecompressor()
+    multi = getattr(dctx, "multi_decompress_to_buffer", None)
+    segments_type = getattr(zstandard, "BufferWithSegments", None)
+    if multi is None or segments_type is None:  # the cffi backend
+        return False
+    segments = np.empty((rel.size, 2), dtype=np.uint64)
+    segments[:, 0] = rel
+    segments[:, 1] = sizes
+    try:
+        frames = segments_type(data, segments.tobytes())
+        pages = multi(frames, decompressed_sizes=np.full(rel.size, page_size,
+                                                        dtype=np.uint64).tobytes())
+    except zstandard.ZstdError:
+        return False
+    joined = b"".join([pages[i] for i in range(rel.size)])
+    if len(joined) != rel.size * page_size:
+        return False
+    rows[index] = np.frombuffer(joined, dtype=np.uint8).reshape(rel.size, page_size)
+    return True
 
 
 def _native_call(

@@ -2,9 +2,11 @@
 
 reference: makedumpfile readpage_kdump_compressed: ZSTD_decompress into one page, and
 the page is good only when exactly page_size bytes came out. The oracle is
-python-zstandard (its own libzstd): frames it writes decode natively, and every
-frame the native decoder accepts or rejects, cdbdump.codecs.decompress_page (the
-per-page Python path) accepts or rejects too.
+cdbdump.codecs.decompress_page (the per-page path: python-zstandard and its own,
+newer, libzstd): frames it writes decode natively; what it accepts, the native
+decoder accepts with the same bytes (the reader names a page the native decoder
+rejects through the per-page path). The other way round only on frames damaged
+mid-block, where newer libzstd notices more corruption (no checksum in these frames).
 """
 
 from __future__ import annotations
@@ -88,3 +90,33 @@ def test_bad_zstd_page_is_reported_by_index_like_the_python_path(bad: bytes, why
 
 def test_reader_decodes_zstd_natively() -> None:
     assert ZSTD in pagedecode.native_flags()
+
+
+def test_native_accepts_what_the_per_page_path_accepts_on_damaged_frames() -> None:
+    rng = np.random.default_rng(1)
+    text = b"".join(b"task_struct %d comm\0" % i for i in range(500))
+    compressor = zstandard.ZstdCompressor(level=1)
+    forms = [compressor.compress(p) for p in (text[:PS], bytes(range(256)) * 16,
+                                              rng.integers(0, 4, PS, np.uint8).tobytes())]
+    cases = []
+    for form in forms:
+        cases += [form + b"\0", form + b"garbage", form + form]  # more after the frame
+        for _ in range(600):
+            damaged = bytearray(form)
+            damaged[int(rng.integers(len(damaged)))] ^= 1 << int(rng.integers(8))
+            cases.append(bytes(damaged))
+    both_reject = only_newer_rejects = 0
+    for data in cases:
+        try:
+            want: bytes | None = decompress_page(ZSTD, data, PS, file_offset=0)
+        except CorruptDumpError:
+            want = None
+        failed, got = _decode([data], [ZSTD])
+        if want is not None:
+            assert (failed, got) == (-1, want), data.hex()
+        elif failed == 0:
+            both_reject += 1
+        else:
+            only_newer_rejects += 1
+    # the damage is noticed, by both nearly always
+    assert both_reject > 10 * only_newer_rejects + len(cases) // 10
