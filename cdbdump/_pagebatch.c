@@ -62,6 +62,9 @@ zstd_cctx_free(void *cctx)
     ZSTD_freeCCtx((ZSTD_CCtx *)cctx);
 }
 
+static pthread_key_t zstd_dctx_key; /* the decoder's: the same, with a ZSTD_DCtx */
+static void zstd_dctx_free(void *dctx); /* in the decoder's section */
+
 static ZSTD_CCtx *
 zstd_thread_cctx(void)
 {
@@ -424,9 +427,10 @@ PyDoc_STRVAR(decompress_pages_doc,
 "decompress_pages(data, offsets, sizes, flags, page_size, out) -> int\n\n"
 "Decode stored pages into out (len(offsets) * page_size bytes, writable): page i is\n"
 "data[offsets[i] : offsets[i] + sizes[i]] with page_desc flags flags[i] (0 raw, 0x1\n"
-"zlib, 0x2 lzo, 0x4 snappy). offsets is an int64 array, sizes and flags uint32 ones.\n"
-"Returns -1 when every page decoded to exactly page_size bytes, else the index of the\n"
-"first page that did not (the caller names the problem). The GIL is released.");
+"zlib, 0x2 lzo, 0x4 snappy, 0x20 zstd). offsets is an int64 array, sizes and flags\n"
+"uint32 ones. Returns -1 when every page decoded to exactly page_size bytes, else the\n"
+"index of the first page that did not (the caller names the problem). The GIL is\n"
+"released.");
 
 static PyMethodDef methods[] = {
     {"compress_pages", compress_pages, METH_VARARGS, compress_pages_doc},
@@ -457,6 +461,10 @@ PyInit__pagebatch(void)
     static int zstd_key_made = 0;
     if (!zstd_key_made) {
         if (pthread_key_create(&zstd_cctx_key, zstd_cctx_free) != 0) {
+            PyErr_SetString(PyExc_ImportError, "pthread_key_create() failed");
+            return NULL;
+        }
+        if (pthread_key_create(&zstd_dctx_key, zstd_dctx_free) != 0) {
             PyErr_SetString(PyExc_ImportError, "pthread_key_create() failed");
             return NULL;
         }
@@ -511,6 +519,8 @@ fail:
  *                                         between pages; the stream must end)
  *   lzo:    lzo1x_decompress_safe()
  *   snappy: snappy_uncompressed_length() then snappy_uncompress()
+ *   zstd:   ZSTD_decompress()            (here: ZSTD_decompressDCtx with the thread's
+ *                                         own ZSTD_DCtx, kept like the compressor's)
  * This function only says which page failed first; the Python reader turns that into
  * its one-line error (the same words as its per-page path).
  */
@@ -520,6 +530,28 @@ typedef struct {
     z_stream zs;
     int zs_ready;
 } decoder_t;
+
+#ifdef CDBDUMP_HAVE_ZSTD
+static void
+zstd_dctx_free(void *dctx)
+{
+    ZSTD_freeDCtx((ZSTD_DCtx *)dctx);
+}
+
+static ZSTD_DCtx *
+zstd_thread_dctx(void)
+{
+    ZSTD_DCtx *dctx = (ZSTD_DCtx *)pthread_getspecific(zstd_dctx_key);
+    if (dctx == NULL) {
+        dctx = ZSTD_createDCtx();
+        if (dctx != NULL && pthread_setspecific(zstd_dctx_key, dctx) != 0) {
+            ZSTD_freeDCtx(dctx);
+            dctx = NULL;
+        }
+    }
+    return dctx;
+}
+#endif
 
 static void
 decoder_free(decoder_t *d)
@@ -573,6 +605,23 @@ decoder_page(decoder_t *d, unsigned flag, const unsigned char *src, size_t len,
         out_len = ps;
         if (snappy_uncompress((const char *)src, len, (char *)dst, &out_len) != SNAPPY_OK)
             return -1;
+        return out_len == ps ? 0 : -1;
+    }
+#endif
+#ifdef CDBDUMP_HAVE_ZSTD
+    case FLAG_ZSTD: {
+        ZSTD_DCtx *dctx = zstd_thread_dctx();
+        if (dctx == NULL)
+            return -2;
+        /* the first frame only: bytes after it are ignored, as by the per-page path
+         * (python-zstandard's decompress); makedumpfile's ZSTD_decompress would read
+         * them as more frames. A frame larger than the page fails (dstSize_tooSmall). */
+        size_t frame_len = ZSTD_findFrameCompressedSize(src, len);
+        if (ZSTD_isError(frame_len))
+            return -1;
+        size_t out_len = ZSTD_decompressDCtx(dctx, dst, ps, src, frame_len);
+        if (ZSTD_isError(out_len))
+            return ZSTD_getErrorCode(out_len) == ZSTD_error_memory_allocation ? -2 : -1;
         return out_len == ps ? 0 : -1;
     }
 #endif
