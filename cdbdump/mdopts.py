@@ -112,7 +112,8 @@ OPTIONS: tuple[OptionSpec, ...] = (
     _opt(None, "num-buffers", True, _N,
          "an option of older makedumpfile; cdbdump has no such buffers"),
     _opt("e", None, False, _N,
-         "struct pages of excluded frames are kept; the dump is complete without them"),
+         "needs --work-dir, as makedumpfile; struct pages of excluded frames are kept, "
+         "the dump is complete without them"),
     _opt(None, "partial-dmesg", False, _R, "not implemented: the whole log is always written"),
     _opt("x", None, True, _R, "no DWARF reader: cdbdump uses VMCOREINFO only"),
     _opt("g", None, True, _R, "generating VMCOREINFO needs DWARF from vmlinux"),
