@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import struct
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -61,7 +62,7 @@ from cdbdump.formats.kdump import (
 from cdbdump.interrupts import deferred
 from cdbdump.memory.physical import Extent, ExtentKind, PhysicalMemory, fill, view_run
 from cdbdump.report import PageProgress
-from cdbdump.writers.compress import CompressedPages, PageCompressor
+from cdbdump.writers.compress import PageCompressor, PendingPages
 from cdbdump.writers.sink import Sink
 
 __all__ = (
@@ -78,6 +79,13 @@ UTSNAME_SIZE = UTS_FIELD_LEN * len(UTS_FIELDS)  # struct new_utsname: 390 bytes
 MAX_MAPNR_32 = 0xFFFFFFFF  # disk_dump_header.max_mapnr is an unsigned int
 _FEW_RUNS = 4  # gaps in a window with holes below which _gather reads run by run
 DEFAULT_WINDOW_PAGES = 512  # 2 MiB of 4 KiB pages gathered and compressed at a time
+# Windows in flight: one read on the main thread while the ones before it are
+# compressed on the pool and the oldest is written on the I/O thread; each owns a
+# gather buffer until it is written.
+WINDOWS_IN_FLIGHT = 4
+# Pfns whose sparse-input holes are looked up at a time (known_zero_frames): a
+# few numpy calls per this many pages, not per window; 256 KiB per temporary.
+_HOLE_LOOKUP_PFNS = 1 << 15
 BITMAP_WINDOW_PFNS = 1 << 20  # pfns of the 2nd bitmap unpacked at a time (1 MiB of bools)
 MAX_LISTED_LOST = 1000  # unreadable pages listed one by one in the result (all are counted)
 
@@ -439,11 +447,10 @@ class _PageWriter:
         self.result = result
         self.window_pages = max(1, window_pages)
         self.bitmap_window_pfns = max(8, bitmap_window_pfns - bitmap_window_pfns % 8)
-        # two gather buffers: one window is written out while the next is read and
-        # compressed (its payload may be a view of its buffer)
-        self.gathers = [
-            np.empty(self.window_pages * self.page_size, dtype=np.uint8) for _ in range(2)
-        ]
+        # a gather buffer per window in flight: it is free again once that window is
+        # written (an uncompressed payload is a view of it)
+        self.gathers = [np.empty(self.window_pages * self.page_size, dtype=np.uint8)
+                        for _ in range(WINDOWS_IN_FLIGHT)]
         self.gather = self.gathers[0]
         # inputs that copy into a given buffer (ElfMemory.data_into) are read straight
         # into the gather buffer: no bytes object, and no fresh pages to fault, per read
@@ -456,12 +463,14 @@ class _PageWriter:
             sink, "pwritev", None)  # a file (not a -F stream)
         self.nr_windows = 0
         self.io = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cdbdump-write")
-        self.pending: Future[None] | None = None
+        self.in_flight: deque[Future[None]] = deque()  # _store of each window, in order
+        self.stop = False  # set once a window failed or the run ends early: skip the rest
         self.cursor = layout.offset_data  # where the next page data goes
         self.nr_done = 0  # descriptors written so far
         self.zero_offset = 0  # file offset of the shared zero page (exclude_zero only)
         self.flag_counts: dict[int, int] = {}
-        self.timings = dict.fromkeys(("read", "zero_test", "compress", "write"), 0.0)
+        self.timings = dict.fromkeys(("read", "zero_test", "compress", "compress_wait",
+                                      "write"), 0.0)
         self.nr_to_write = layout.nr_dumpable
 
     def write_all(self, bitmap2: Bitmap, progress: PageProgress | None) -> None:
@@ -476,20 +485,23 @@ class _PageWriter:
                 self.zero_offset = self.cursor
                 self._write_data(bytes(self.page_size))
             nr_queued = 0
-            for pfns in self._windows(bitmap2):
-                self._write_window(pfns)
+            for pfns, in_hole in self._windows(bitmap2):
+                if self.stop:  # a window failed: _wait_for_io raises its error
+                    break
+                self._write_window(pfns, in_hole)
                 nr_queued += int(pfns.size)
                 if progress is not None:
                     progress(nr_queued, self.nr_to_write)
-            self._wait_for_io()
+            while self.in_flight:
+                self._wait_for_io()
         except OutputNoSpaceError as exc:
             result.no_space = exc
         except Interrupted as exc:
             result.interrupted = exc.signum
         finally:
-            if self.pending is not None:
-                self.pending.cancel()
-            # the window in flight finishes (data, then its descriptors): nr_done is exact
+            # the window being written finishes (data, then its descriptors), the
+            # later ones are skipped: nr_done is exact
+            self.stop = True
             self.io.shutdown(wait=True)
         if result.no_space is not None or result.interrupted is not None:
             result.nr_pages_lost = (self.nr_to_write - self.nr_done
@@ -499,33 +511,41 @@ class _PageWriter:
         result.bytes_written = self.sink.size
         result.timings.update(self.timings)
 
-    def _windows(self, bitmap2: Bitmap) -> Iterator[npt.NDArray[np.int64]]:
+    def _windows(self, bitmap2: Bitmap
+                 ) -> Iterator[tuple[npt.NDArray[np.int64], npt.NDArray[np.bool_] | None]]:
+        """The windows of set pfns, each with its frames known to be zero (None: none)."""
         w = self.window_pages
+        group = max(w, _HOLE_LOOKUP_PFNS - _HOLE_LOOKUP_PFNS % w)
         for pfns in bitmap2.iter_set_pfns(self.bitmap_window_pfns):
             if self.split_range is not None:
                 start, end = self.split_range
                 pfns = pfns[(pfns >= start) & (pfns < end)]
-            for lo in range(0, pfns.size, w):
-                yield pfns[lo : lo + w]
+            for g in range(0, pfns.size, group):
+                some = pfns[g : g + group]
+                # zero pages need no reading where a sparse input file has a hole
+                in_hole = self.memory.known_zero_frames(some)
+                if in_hole is not None and not in_hole.any():
+                    in_hole = None
+                for lo in range(0, some.size, w):
+                    hole = None if in_hole is None else in_hole[lo : lo + w]
+                    yield some[lo : lo + w], None if hole is None or not hole.any() else hole
 
     def _wait_for_io(self) -> None:
-        """Wait for the window being written; re-raises its OutputNoSpaceError."""
-        pending, self.pending = self.pending, None
-        if pending is not None:
-            pending.result()
+        """Wait for the oldest window in flight to be written; re-raises its error
+        (OutputNoSpaceError, or what its compression raised)."""
+        self.in_flight.popleft().result()
 
-    def _write_window(self, pfns: npt.NDArray[np.int64]) -> None:
+    def _write_window(self, pfns: npt.NDArray[np.int64],
+                      in_hole: npt.NDArray[np.bool_] | None) -> None:
+        """Read the window (main thread), start its compression on the pool and queue
+        its write on the I/O thread."""
         ps = self.page_size
         n = int(pfns.size)
         t0 = time.perf_counter()
-        # the buffer used two windows ago is free: that write finished before the
-        # previous window was handed to the I/O thread
-        self.gather = self.gathers[self.nr_windows & 1]
+        if len(self.in_flight) >= WINDOWS_IN_FLIGHT:
+            self._wait_for_io()  # that window's buffer is the one to reuse
+        self.gather = self.gathers[self.nr_windows % WINDOWS_IN_FLIGHT]
         self.nr_windows += 1
-        # zero pages need no reading where a sparse input file has a hole
-        in_hole = self.memory.known_zero_frames(pfns)
-        if in_hole is not None and not in_hole.any():
-            in_hole = None
         read_pfns = pfns if in_hole is None else pfns[~in_hole]
         nr_read = int(read_pfns.size)
         bitmap_fixes: list[tuple[int, bytes]] = []
@@ -548,27 +568,13 @@ class _PageWriter:
                 is_zero = np.ones(n, dtype=np.bool_)
                 is_zero[~in_hole] = read_zero
             t2 = time.perf_counter()
-            packed = self.compressor.compress_pages(data, keep)
+            pending = self.compressor.submit_pages(data, keep)
         else:
-            is_zero = np.zeros(n, dtype=np.bool_)
+            is_zero = None
             t2 = time.perf_counter()
-            packed = self._compress_with_holes(data, in_hole)
+            pending = self._compress_with_holes(data, in_hole)
         t3 = time.perf_counter()
-
-        descs = np.zeros(n, dtype=PAGE_DESC_DTYPE)
-        stored = np.flatnonzero(~is_zero)
-        ends = np.cumsum(packed.sizes, dtype=np.int64)
-        descs["offset"][stored] = self.cursor + ends - packed.sizes
-        descs["size"][stored] = packed.sizes
-        descs["flags"][stored] = packed.flags
-        if stored.size < n:  # all-zero pages share the zero page's descriptor
-            descs["offset"][is_zero] = self.zero_offset
-            descs["size"][is_zero] = ps
-        window_start = self.cursor
-        self.cursor += packed.nbytes
-        self._wait_for_io()  # one window in flight: bounded memory, ordered descriptors
-        self.pending = self.io.submit(self._store, packed.parts, window_start, descs, is_zero,
-                                      bitmap_fixes)
+        self.in_flight.append(self.io.submit(self._store, pending, n, is_zero, bitmap_fixes))
         if nr_read:  # RSS: a few windows, not the whole input
             first = int(read_pfns[0])
             self.memory.release(first << self.shift, (int(read_pfns[-1]) + 1 - first) << self.shift)
@@ -579,11 +585,11 @@ class _PageWriter:
 
     def _compress_with_holes(
         self, data: memoryview | npt.NDArray[np.uint8], in_hole: npt.NDArray[np.bool_] | None
-    ) -> CompressedPages:
+    ) -> PendingPages:
         """Every page of the window stored (zero pages too: -d without bit 1); pages in
         holes of a sparse input were not read and are compressed from one zero page."""
         if in_hole is None:
-            return self.compressor.compress_pages(data)
+            return self.compressor.submit_pages(data)
         ps = self.page_size
         nr_read = len(data) // ps
         buf = self.gather
@@ -594,19 +600,57 @@ class _PageWriter:
         buf[nr_read * ps : (nr_read + 1) * ps] = 0
         index = np.full(in_hole.size, nr_read, dtype=np.int64)
         index[~in_hole] = np.arange(nr_read, dtype=np.int64)
-        return self.compressor.compress_pages(buf[: (nr_read + 1) * ps], index=index)
+        return self.compressor.submit_pages(buf[: (nr_read + 1) * ps], index=index)
 
     def _store(
         self,
-        parts: tuple[bytes | memoryview, ...],
-        data_offset: int,
-        descs: npt.NDArray[np.void],
-        is_zero: npt.NDArray[np.bool_],
+        pending: PendingPages,
+        n: int,
+        is_zero: npt.NDArray[np.bool_] | None,
         bitmap_fixes: list[tuple[int, bytes]],
     ) -> None:
-        """On the I/O thread: cleared 2nd-bitmap bytes of lost pages, the window's page
-        data, then its descriptors (so every descriptor's rank matches the bitmap)."""
+        """On the I/O thread, window after window: wait for the window's compression,
+        then write the cleared 2nd-bitmap bytes of its lost pages, its page data, then
+        its descriptors (so every descriptor's rank matches the bitmap). Once a window
+        failed (or the run ended early) the later ones are skipped."""
+        if self.stop:
+            pending.abandon()
+            return
+        done = False
+        try:
+            self._store_window(pending, n, is_zero, bitmap_fixes)
+            done = True
+        finally:
+            if not done:
+                self.stop = True
+                pending.abandon()
+
+    def _store_window(
+        self,
+        pending: PendingPages,
+        n: int,
+        is_zero: npt.NDArray[np.bool_] | None,
+        bitmap_fixes: list[tuple[int, bytes]],
+    ) -> None:
         t0 = time.perf_counter()
+        packed = pending.result()
+        t1 = time.perf_counter()
+        descs = np.zeros(n, dtype=PAGE_DESC_DTYPE)
+        ends = np.cumsum(packed.sizes, dtype=np.int64)
+        if is_zero is None:
+            is_zero = np.zeros(n, dtype=np.bool_)
+            stored: npt.NDArray[np.intp] | slice = slice(None)
+        else:
+            stored = np.flatnonzero(~is_zero)
+        descs["offset"][stored] = self.cursor + ends - packed.sizes
+        descs["size"][stored] = packed.sizes
+        descs["flags"][stored] = packed.flags
+        if ends.size < n:  # all-zero pages share the zero page's descriptor
+            descs["offset"][is_zero] = self.zero_offset
+            descs["size"][is_zero] = self.page_size
+        data_offset = self.cursor
+        self.cursor += packed.nbytes
+        parts = packed.parts
         for file_offset, byte in bitmap_fixes:  # inside the allocated bitmap area
             self.sink.pwrite(byte, file_offset)
         size = sum(map(len, parts))
@@ -619,7 +663,8 @@ class _PageWriter:
         self._write_descs(descs, is_zero)
         if self.start_writeback is not None and size:
             self.start_writeback(data_offset, size)  # the final fsync waits less
-        self.timings["write"] += time.perf_counter() - t0
+        self.timings["write"] += time.perf_counter() - t1
+        self.timings["compress_wait"] += t1 - t0
 
     # -- output ---------------------------------------------------------------------------
 
