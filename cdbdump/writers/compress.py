@@ -99,7 +99,7 @@ class PendingPages:
     __slots__ = ("_futures", "_pages")
 
     def __init__(self, pages: CompressedPages,
-                 futures: Sequence[Future[list[bytes]]] = ()) -> None:
+                 futures: Sequence[Future[list[bytes | memoryview]]] = ()) -> None:
         self._pages = pages  # sizes and flags filled in by the futures, parts by result()
         self._futures = futures
 
@@ -117,7 +117,7 @@ class PendingPages:
         futures, self._futures = self._futures, ()
         for f in futures:
             f.cancel()
-        wait(futures)
+        wait(list(futures))
 
 
 class PageCompressor(Closing):
@@ -207,14 +207,27 @@ class PageCompressor(Closing):
         views = [flat[i * ps : (i + 1) * ps] for i in index.tolist()]
         return self._compress_views(views)
 
+    def out_size(self, nr_pages: int) -> int:
+        """Bytes of the ``out`` buffer :meth:`submit_pages` needs for a batch of up to
+        ``nr_pages`` pages (0: it takes none, its output is not native)."""
+        if not self.native or _pagebatch is None or self.codec is Codec.NONE:
+            return 0
+        slack = _pagebatch.compress_slack(self.codec.flag, self.page_size)
+        return nr_pages * self.page_size + self.threads * slack
+
     def submit_pages(
         self, pages: BufferLike, select: npt.NDArray[np.bool_] | None = None,
         *, index: npt.NDArray[np.int64] | None = None,
+        out: npt.NDArray[np.uint8] | None = None,
     ) -> PendingPages:
         """:meth:`compress_pages` of contiguous pages, started on the pool: the caller
-        goes on (reads the next window) while they are compressed. ``pages`` must stay
-        unchanged until :meth:`PendingPages.result` returned. Without the native
-        compressor the batch is compressed here and now."""
+        goes on (reads the next window) while they are compressed. ``pages`` (and
+        ``out``) must stay untouched until :meth:`PendingPages.result` returned.
+
+        With ``out`` (:meth:`out_size` bytes) the native compressor writes the
+        stored pages there, a slice per thread, and the parts are views of it: no
+        allocation per batch. Without the native compressor the batch is
+        compressed here and now."""
         if not self.native or self.codec is Codec.NONE:
             return PendingPages(self.compress_pages(pages, select, index=index))
         flat = _flat_bytes(pages)
@@ -240,19 +253,46 @@ class PageCompressor(Closing):
         nr_tasks = min(self.threads, max(1, n // _MIN_PAGES_PER_THREAD))
         bounds = [n * k // nr_tasks for k in range(nr_tasks + 1)]
         pool = self._get_pool()
-        futures = [pool.submit(self._native_chunk, flat, index, bounds[k], bounds[k + 1],
-                               sizes, flags)
-                   for k in range(nr_tasks) if bounds[k] < bounds[k + 1]]
+        futures: list[Future[list[bytes | memoryview]]]
+        if out is None:
+            futures = [pool.submit(self._native_chunk, flat, index, bounds[k], bounds[k + 1],
+                                   sizes, flags)
+                       for k in range(nr_tasks) if bounds[k] < bounds[k + 1]]
+        else:
+            assert _pagebatch is not None  # self.native
+            slack = _pagebatch.compress_slack(self.codec.flag, ps)
+            if out.size < n * ps + nr_tasks * slack:
+                raise ValueError(f"out has {out.size} bytes, a batch of {n} pages needs "
+                                 f"{n * ps + nr_tasks * slack}")
+            # task k stores its pages from bounds[k] pages and k slacks into out
+            futures = [pool.submit(self._native_into, flat, index, bounds[k], bounds[k + 1],
+                                   sizes, flags, out[bounds[k] * ps + k * slack :
+                                                     bounds[k + 1] * ps + (k + 1) * slack])
+                       for k in range(nr_tasks) if bounds[k] < bounds[k + 1]]
         return PendingPages(CompressedPages(sizes, flags, ()), futures)
 
+    def _native_into(self, flat: memoryview, index: npt.NDArray[np.int64] | None, lo: int,
+                     hi: int, sizes: U32, flags: U32, out: npt.NDArray[np.uint8],
+                     ) -> list[bytes | memoryview]:
+        """Pages [lo, hi) of a batch (of ``index`` when given) stored into ``out``."""
+        assert _pagebatch is not None  # self.native
+        ps = self.page_size
+        try:
+            size = _pagebatch.compress_into(
+                self.codec.flag, flat[lo * ps : hi * ps] if index is None else flat,
+                None if index is None else index[lo:hi], ps, sizes[lo:hi], flags[lo:hi], out)
+        except _pagebatch.error as exc:
+            raise OutputError(f"{self.codec.label} compression failed: {exc}") from exc
+        return [out.data[:size]]
+
     def _native_chunk(self, flat: memoryview, index: npt.NDArray[np.int64] | None, lo: int,
-                      hi: int, sizes: U32, flags: U32) -> list[bytes]:
+                      hi: int, sizes: U32, flags: U32) -> list[bytes | memoryview]:
         """Pages [lo, hi) of a batch (of ``index`` when given), in calls of at most
         _NATIVE_CHUNK_PAGES pages (their outputs are the parts)."""
         assert _pagebatch is not None  # self.native
         ps = self.page_size
         flag = self.codec.flag
-        out: list[bytes] = []
+        out: list[bytes | memoryview] = []
         for a in range(lo, hi, _NATIVE_CHUNK_PAGES):
             b = min(hi, a + _NATIVE_CHUNK_PAGES)
             try:

@@ -452,6 +452,11 @@ class _PageWriter:
         self.gathers = [np.empty(self.window_pages * self.page_size, dtype=np.uint8)
                         for _ in range(WINDOWS_IN_FLIGHT)]
         self.gather = self.gathers[0]
+        # and an output buffer the native compressor stores the window's pages in
+        out_size = compressor.out_size(self.window_pages)
+        self.outs = [np.empty(out_size, dtype=np.uint8) if out_size else None
+                     for _ in range(WINDOWS_IN_FLIGHT)]
+        self.out = self.outs[0]
         # inputs that copy into a given buffer (ElfMemory.data_into) are read straight
         # into the gather buffer: no bytes object, and no fresh pages to fault, per read
         self.data_into: Callable[[Extent, npt.NDArray[np.uint8]], None] | None = getattr(
@@ -462,6 +467,12 @@ class _PageWriter:
         self.pwritev: Callable[[tuple[bytes | memoryview, ...], int], None] | None = getattr(
             sink, "pwritev", None)  # a file (not a -F stream)
         self.nr_windows = 0
+        # the I/O thread's descriptors of a window (written before the next is made)
+        self.descs = np.zeros(self.window_pages, dtype=PAGE_DESC_DTYPE)
+        self.desc_offsets = self.descs["offset"]
+        self.desc_sizes = self.descs["size"]
+        self.desc_flags = self.descs["flags"]
+        self.no_zeros = np.zeros(self.window_pages, dtype=np.bool_)
         self.io = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cdbdump-write")
         self.in_flight: deque[Future[None]] = deque()  # _store of each window, in order
         self.stop = False  # set once a window failed or the run ends early: skip the rest
@@ -544,7 +555,8 @@ class _PageWriter:
         t0 = time.perf_counter()
         if len(self.in_flight) >= WINDOWS_IN_FLIGHT:
             self._wait_for_io()  # that window's buffer is the one to reuse
-        self.gather = self.gathers[self.nr_windows % WINDOWS_IN_FLIGHT]
+        slot = self.nr_windows % WINDOWS_IN_FLIGHT
+        self.gather, self.out = self.gathers[slot], self.outs[slot]
         self.nr_windows += 1
         read_pfns = pfns if in_hole is None else pfns[~in_hole]
         nr_read = int(read_pfns.size)
@@ -568,7 +580,7 @@ class _PageWriter:
                 is_zero = np.ones(n, dtype=np.bool_)
                 is_zero[~in_hole] = read_zero
             t2 = time.perf_counter()
-            pending = self.compressor.submit_pages(data, keep)
+            pending = self.compressor.submit_pages(data, keep, out=self.out)
         else:
             is_zero = None
             t2 = time.perf_counter()
@@ -589,7 +601,7 @@ class _PageWriter:
         """Every page of the window stored (zero pages too: -d without bit 1); pages in
         holes of a sparse input were not read and are compressed from one zero page."""
         if in_hole is None:
-            return self.compressor.submit_pages(data)
+            return self.compressor.submit_pages(data, out=self.out)
         ps = self.page_size
         nr_read = len(data) // ps
         buf = self.gather
@@ -600,7 +612,7 @@ class _PageWriter:
         buf[nr_read * ps : (nr_read + 1) * ps] = 0
         index = np.full(in_hole.size, nr_read, dtype=np.int64)
         index[~in_hole] = np.arange(nr_read, dtype=np.int64)
-        return self.compressor.submit_pages(buf[: (nr_read + 1) * ps], index=index)
+        return self.compressor.submit_pages(buf[: (nr_read + 1) * ps], index=index, out=self.out)
 
     def _store(
         self,
@@ -635,19 +647,25 @@ class _PageWriter:
         t0 = time.perf_counter()
         packed = pending.result()
         t1 = time.perf_counter()
-        descs = np.zeros(n, dtype=PAGE_DESC_DTYPE)
-        ends = np.cumsum(packed.sizes, dtype=np.int64)
+        descs = self.descs[:n]  # reused: written before the next window's are made
+        offsets, sizes = self.desc_offsets[:n], self.desc_sizes[:n]
         if is_zero is None:
-            is_zero = np.zeros(n, dtype=np.bool_)
-            stored: npt.NDArray[np.intp] | slice = slice(None)
+            is_zero = self.no_zeros[:n]
+            np.cumsum(packed.sizes, out=offsets)
+            offsets -= packed.sizes
+            offsets += self.cursor
+            sizes[:] = packed.sizes
+            self.desc_flags[:n] = packed.flags
         else:
             stored = np.flatnonzero(~is_zero)
-        descs["offset"][stored] = self.cursor + ends - packed.sizes
-        descs["size"][stored] = packed.sizes
-        descs["flags"][stored] = packed.flags
-        if ends.size < n:  # all-zero pages share the zero page's descriptor
-            descs["offset"][is_zero] = self.zero_offset
-            descs["size"][is_zero] = self.page_size
+            ends = np.cumsum(packed.sizes, dtype=np.int64)
+            offsets[stored] = self.cursor + ends - packed.sizes
+            sizes[stored] = packed.sizes
+            self.desc_flags[:n] = 0
+            self.desc_flags[stored] = packed.flags
+            # all-zero pages share the zero page's descriptor
+            offsets[is_zero] = self.zero_offset
+            sizes[is_zero] = self.page_size
         data_offset = self.cursor
         self.cursor += packed.nbytes
         parts = packed.parts
@@ -701,9 +719,9 @@ class _PageWriter:
         self.nr_done += int(descs.size)
         nr_zero = int(np.count_nonzero(is_zero))
         self.result.nr_zero_pages += nr_zero
-        flags = descs["flags"][~is_zero]
-        for flag, count in zip(*np.unique(flags, return_counts=True), strict=True):
-            self.flag_counts[int(flag)] = self.flag_counts.get(int(flag), 0) + int(count)
+        by_flags = np.bincount(descs["flags"][~is_zero] if nr_zero else descs["flags"])
+        for flag in np.flatnonzero(by_flags).tolist():
+            self.flag_counts[flag] = self.flag_counts.get(flag, 0) + int(by_flags[flag])
 
     def _keep_complete_descs(
         self, descs: npt.NDArray[np.void], is_zero: npt.NDArray[np.bool_], data_end: int
