@@ -225,11 +225,12 @@ get_array(PyObject *obj, Py_buffer *view, int writable, Py_ssize_t itemsize, con
 }
 
 /* compress_pages and compress_into: the stored pages into a new bytes object (into_obj
- * NULL), or into the writable buffer into_obj (returns the byte count). */
+ * NULL), or into the writable buffer into_obj (returns the byte count). With skip_zero
+ * an all-zero page is not stored: size 0, flags 0 (makedumpfile is_zero_page). */
 static PyObject *
 compress_batch(unsigned int flag, PyObject *data_obj, PyObject *index_obj,
                Py_ssize_t page_size_arg, PyObject *sizes_obj, PyObject *flags_obj,
-               PyObject *into_obj)
+               PyObject *into_obj, int skip_zero)
 {
     if (!codec_built(flag)) {
         PyErr_Format(PyExc_ValueError, "codec flag %#x is not built into cdbdump._pagebatch",
@@ -321,6 +322,11 @@ compress_batch(unsigned int flag, PyObject *data_obj, PyObject *index_obj,
         const unsigned char *page = src + (idx != NULL ? (size_t)idx[i] : i) * page_size;
         size_t len = 0;
         unsigned stored_flag = 0;
+        if (skip_zero && page_is_zero(page, page_size)) {
+            size_out[i] = 0;
+            flag_out[i] = 0;
+            continue;
+        }
         status = coder_store(&coder, page, dst + cursor, &len, &stored_flag);
         if (status != CODER_OK)
             break;
@@ -376,15 +382,17 @@ compress_pages(PyObject *self, PyObject *args)
     if (!PyArg_ParseTuple(args, "IOOnOO:compress_pages", &flag, &data_obj, &index_obj,
                           &page_size_arg, &sizes_obj, &flags_obj))
         return NULL;
-    return compress_batch(flag, data_obj, index_obj, page_size_arg, sizes_obj, flags_obj, NULL);
+    return compress_batch(flag, data_obj, index_obj, page_size_arg, sizes_obj, flags_obj, NULL,
+                          0);
 }
 
 PyDoc_STRVAR(compress_into_doc,
-"compress_into(flag, data, index, page_size, sizes, flags, out) -> int\n\n"
+"compress_into(flag, data, index, page_size, sizes, flags, out, skip_zero=False) -> int\n\n"
 "compress_pages() into the writable buffer `out` instead of a new bytes object:\n"
 "the stored pages, concatenated, from its start. `out` must hold\n"
 "len(index) * page_size + compress_slack(flag, page_size) bytes (the most a batch\n"
-"can need, compressed in place). Returns the number of bytes stored.");
+"can need, compressed in place). Returns the number of bytes stored. With\n"
+"skip_zero an all-zero page is not stored: its size and flags are 0.");
 
 static PyObject *
 compress_into(PyObject *self, PyObject *args)
@@ -392,11 +400,12 @@ compress_into(PyObject *self, PyObject *args)
     unsigned int flag;
     PyObject *data_obj, *index_obj, *sizes_obj, *flags_obj, *into_obj;
     Py_ssize_t page_size_arg;
-    if (!PyArg_ParseTuple(args, "IOOnOOO:compress_into", &flag, &data_obj, &index_obj,
-                          &page_size_arg, &sizes_obj, &flags_obj, &into_obj))
+    int skip_zero = 0;
+    if (!PyArg_ParseTuple(args, "IOOnOOO|p:compress_into", &flag, &data_obj, &index_obj,
+                          &page_size_arg, &sizes_obj, &flags_obj, &into_obj, &skip_zero))
         return NULL;
     return compress_batch(flag, data_obj, index_obj, page_size_arg, sizes_obj, flags_obj,
-                          into_obj);
+                          into_obj, skip_zero);
 }
 
 PyDoc_STRVAR(compress_slack_doc,

@@ -218,7 +218,7 @@ class PageCompressor(Closing):
     def submit_pages(
         self, pages: BufferLike, select: npt.NDArray[np.bool_] | None = None,
         *, index: npt.NDArray[np.int64] | None = None,
-        out: npt.NDArray[np.uint8] | None = None,
+        out: npt.NDArray[np.uint8] | None = None, skip_zero: bool = False,
     ) -> PendingPages:
         """:meth:`compress_pages` of contiguous pages, started on the pool: the caller
         goes on (reads the next window) while they are compressed. ``pages`` (and
@@ -226,8 +226,12 @@ class PageCompressor(Closing):
 
         With ``out`` (:meth:`out_size` bytes) the native compressor writes the
         stored pages there, a slice per thread, and the parts are views of it: no
-        allocation per batch. Without the native compressor the batch is
-        compressed here and now."""
+        allocation per batch; with ``skip_zero`` too, all-zero pages are not stored
+        (size 0, flags 0: makedumpfile is_zero_page, tested in C as each page is
+        compressed). Without the native compressor the batch is compressed here and
+        now (and ``skip_zero`` is refused)."""
+        if skip_zero and (out is None or not self.out_size(0)):
+            raise ValueError("skip_zero needs the native compressor and an out buffer")
         if not self.native or self.codec is Codec.NONE:
             return PendingPages(self.compress_pages(pages, select, index=index))
         flat = _flat_bytes(pages)
@@ -267,20 +271,22 @@ class PageCompressor(Closing):
             # task k stores its pages from bounds[k] pages and k slacks into out
             futures = [pool.submit(self._native_into, flat, index, bounds[k], bounds[k + 1],
                                    sizes, flags, out[bounds[k] * ps + k * slack :
-                                                     bounds[k + 1] * ps + (k + 1) * slack])
+                                                     bounds[k + 1] * ps + (k + 1) * slack],
+                                   skip_zero)
                        for k in range(nr_tasks) if bounds[k] < bounds[k + 1]]
         return PendingPages(CompressedPages(sizes, flags, ()), futures)
 
     def _native_into(self, flat: memoryview, index: npt.NDArray[np.int64] | None, lo: int,
                      hi: int, sizes: U32, flags: U32, out: npt.NDArray[np.uint8],
-                     ) -> list[bytes | memoryview]:
+                     skip_zero: bool) -> list[bytes | memoryview]:
         """Pages [lo, hi) of a batch (of ``index`` when given) stored into ``out``."""
         assert _pagebatch is not None  # self.native
         ps = self.page_size
         try:
             size = _pagebatch.compress_into(
                 self.codec.flag, flat[lo * ps : hi * ps] if index is None else flat,
-                None if index is None else index[lo:hi], ps, sizes[lo:hi], flags[lo:hi], out)
+                None if index is None else index[lo:hi], ps, sizes[lo:hi], flags[lo:hi], out,
+                skip_zero)
         except _pagebatch.error as exc:
             raise OutputError(f"{self.codec.label} compression failed: {exc}") from exc
         return [out.data[:size]]

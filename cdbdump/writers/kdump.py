@@ -569,7 +569,12 @@ class _PageWriter:
             n = int(pfns.size)
             nr_read = int(read_pfns.size)
         t1 = time.perf_counter()
-        if self.exclude_zero:
+        zero_by_size = self.exclude_zero and self.out is not None
+        is_zero: npt.NDArray[np.bool_] | None = None
+        if zero_by_size:  # the native compressor leaves zero pages out (size 0)
+            t2 = t1
+            pending = self.compressor.submit_pages(data, out=self.out, skip_zero=True)
+        elif self.exclude_zero:
             words = np.frombuffer(data, dtype=np.uint64).reshape(nr_read, ps // 8)
             # makedumpfile is_zero_page: every 8-byte word is 0
             read_zero: npt.NDArray[np.bool_] = np.logical_not(words.any(axis=1))
@@ -582,11 +587,12 @@ class _PageWriter:
             t2 = time.perf_counter()
             pending = self.compressor.submit_pages(data, keep, out=self.out)
         else:
-            is_zero = None
             t2 = time.perf_counter()
             pending = self._compress_with_holes(data, in_hole)
         t3 = time.perf_counter()
-        self.in_flight.append(self.io.submit(self._store, pending, n, is_zero, bitmap_fixes))
+        self.in_flight.append(self.io.submit(
+            self._store, pending, n, in_hole if zero_by_size else is_zero, zero_by_size,
+            bitmap_fixes))
         if nr_read:  # RSS: a few windows, not the whole input
             first = int(read_pfns[0])
             self.memory.release(first << self.shift, (int(read_pfns[-1]) + 1 - first) << self.shift)
@@ -618,7 +624,8 @@ class _PageWriter:
         self,
         pending: PendingPages,
         n: int,
-        is_zero: npt.NDArray[np.bool_] | None,
+        zeros: npt.NDArray[np.bool_] | None,
+        zero_by_size: bool,
         bitmap_fixes: list[tuple[int, bytes]],
     ) -> None:
         """On the I/O thread, window after window: wait for the window's compression,
@@ -630,7 +637,7 @@ class _PageWriter:
             return
         done = False
         try:
-            self._store_window(pending, n, is_zero, bitmap_fixes)
+            self._store_window(pending, n, zeros, zero_by_size, bitmap_fixes)
             done = True
         finally:
             if not done:
@@ -641,28 +648,49 @@ class _PageWriter:
         self,
         pending: PendingPages,
         n: int,
-        is_zero: npt.NDArray[np.bool_] | None,
+        zeros: npt.NDArray[np.bool_] | None,
+        zero_by_size: bool,
         bitmap_fixes: list[tuple[int, bytes]],
     ) -> None:
+        """``zeros``: the window's zero pages (None: none), whose data is not in the
+        batch; with ``zero_by_size`` the pages in holes instead (None: none), and
+        the batch holds every other page, zero pages with size 0."""
         t0 = time.perf_counter()
         packed = pending.result()
         t1 = time.perf_counter()
         descs = self.descs[:n]  # reused: written before the next window's are made
-        offsets, sizes = self.desc_offsets[:n], self.desc_sizes[:n]
-        if is_zero is None:
+        offsets, sizes, flags = self.desc_offsets[:n], self.desc_sizes[:n], self.desc_flags[:n]
+        is_zero = zeros
+        if zero_by_size:
+            read_zero = packed.sizes == 0
+            read: npt.NDArray[np.intp] | slice = slice(None)
+            if zeros is None:
+                is_zero = read_zero
+            else:
+                read = np.flatnonzero(~zeros)
+                is_zero = np.ones(n, dtype=np.bool_)
+                is_zero[read] = read_zero
+            offsets[read] = np.cumsum(packed.sizes, dtype=np.int64) - packed.sizes + self.cursor
+            sizes[read] = packed.sizes
+            flags[read] = packed.flags
+            # all-zero pages share the zero page's descriptor
+            offsets[is_zero] = self.zero_offset
+            sizes[is_zero] = self.page_size
+            flags[is_zero] = 0
+        elif is_zero is None:
             is_zero = self.no_zeros[:n]
             np.cumsum(packed.sizes, out=offsets)
             offsets -= packed.sizes
             offsets += self.cursor
             sizes[:] = packed.sizes
-            self.desc_flags[:n] = packed.flags
+            flags[:] = packed.flags
         else:
             stored = np.flatnonzero(~is_zero)
             ends = np.cumsum(packed.sizes, dtype=np.int64)
             offsets[stored] = self.cursor + ends - packed.sizes
             sizes[stored] = packed.sizes
-            self.desc_flags[:n] = 0
-            self.desc_flags[stored] = packed.flags
+            flags[:] = 0
+            flags[stored] = packed.flags
             # all-zero pages share the zero page's descriptor
             offsets[is_zero] = self.zero_offset
             sizes[is_zero] = self.page_size

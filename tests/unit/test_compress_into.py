@@ -70,6 +70,31 @@ def test_submitted_into_a_buffer_equals_compress_pages(codec: Codec, threads: in
 
 @needs_native
 @pytest.mark.parametrize("codec", NATIVE)
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_skip_zero_leaves_zero_pages_out(codec: Codec, threads: int) -> None:
+    """The zero test in C is makedumpfile's is_zero_page: a page with one non-zero
+    byte anywhere is stored."""
+    pages = _pages(300, seed=threads).reshape(300, PS)
+    pages[10:40] = 0
+    pages[100, PS - 1] = 1
+    pages[101, 0] = 1
+    pages[102, PS // 2] = 0x80
+    pages[103] = 0
+    data = pages.reshape(-1)
+    nonzero = pages.any(axis=1)
+    with PageCompressor(codec, PS, threads=threads) as pc:
+        out = np.empty(pc.out_size(300), dtype=np.uint8)
+        got = pc.submit_pages(data, out=out, skip_zero=True).result()
+        kept = pc.compress_pages(data, nonzero)
+    assert got.sizes[~nonzero].tolist() == [0] * int((~nonzero).sum())
+    assert got.flags[~nonzero].tolist() == [0] * int((~nonzero).sum())
+    assert got.sizes[nonzero].tolist() == kept.sizes.tolist()
+    assert got.flags[nonzero].tolist() == kept.flags.tolist()
+    assert bytes(got.payload) == bytes(kept.payload)
+
+
+@needs_native
+@pytest.mark.parametrize("codec", NATIVE)
 def test_batches_in_flight_keep_their_own_buffers(codec: Codec) -> None:
     """Several batches on the pool at once (the writer's windows in flight), collected
     in order afterwards."""
@@ -99,6 +124,8 @@ def test_a_short_buffer_is_refused() -> None:
     with PageCompressor(Codec.LZO, PS, threads=2) as pc:
         with pytest.raises(ValueError, match="out has"):
             pc.submit_pages(data, out=np.empty(10 * PS, dtype=np.uint8))
+        with pytest.raises(ValueError, match="skip_zero"):
+            pc.submit_pages(data, skip_zero=True)
     with PageCompressor(Codec.NONE, PS) as raw:
         assert raw.out_size(10) == 0
         assert bytes(raw.submit_pages(data).result().payload) == data.tobytes()
