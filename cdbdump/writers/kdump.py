@@ -28,6 +28,7 @@ is ever held whole, and every descriptor on disk points at data already written
 
 from __future__ import annotations
 
+import itertools
 import struct
 import time
 from collections import deque
@@ -467,12 +468,16 @@ class _PageWriter:
         self.pwritev: Callable[[tuple[bytes | memoryview, ...], int], None] | None = getattr(
             sink, "pwritev", None)  # a file (not a -F stream)
         self.nr_windows = 0
-        # the I/O thread's descriptors of a window (written before the next is made)
-        self.descs = np.zeros(self.window_pages, dtype=PAGE_DESC_DTYPE)
+        # the I/O thread's descriptors of a window (written before the next is made;
+        # with zero pages excluded a window has up to window_pages pages to read and
+        # any number in holes of a sparse input, up to _HOLE_LOOKUP_PFNS)
+        max_window = max(self.window_pages, self._hole_lookup_pfns()) if exclude_zero else (
+            self.window_pages)
+        self.descs = np.zeros(max_window, dtype=PAGE_DESC_DTYPE)
         self.desc_offsets = self.descs["offset"]
         self.desc_sizes = self.descs["size"]
         self.desc_flags = self.descs["flags"]
-        self.no_zeros = np.zeros(self.window_pages, dtype=np.bool_)
+        self.no_zeros = np.zeros(max_window, dtype=np.bool_)
         self.io = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cdbdump-write")
         self.in_flight: deque[Future[None]] = deque()  # _store of each window, in order
         self.stop = False  # set once a window failed or the run ends early: skip the rest
@@ -526,7 +531,7 @@ class _PageWriter:
                  ) -> Iterator[tuple[npt.NDArray[np.int64], npt.NDArray[np.bool_] | None]]:
         """The windows of set pfns, each with its frames known to be zero (None: none)."""
         w = self.window_pages
-        group = max(w, _HOLE_LOOKUP_PFNS - _HOLE_LOOKUP_PFNS % w)
+        group = self._hole_lookup_pfns()
         for pfns in bitmap2.iter_set_pfns(self.bitmap_window_pfns):
             if self.split_range is not None:
                 start, end = self.split_range
@@ -537,9 +542,26 @@ class _PageWriter:
                 in_hole = self.memory.known_zero_frames(some)
                 if in_hole is not None and not in_hole.any():
                     in_hole = None
-                for lo in range(0, some.size, w):
-                    hole = None if in_hole is None else in_hole[lo : lo + w]
-                    yield some[lo : lo + w], None if hole is None or not hole.any() else hole
+                if in_hole is None:
+                    for lo in range(0, some.size, w):
+                        yield some[lo : lo + w], None
+                    continue
+                if self.exclude_zero:
+                    # a page in a hole needs no reading nor compressing, only the
+                    # shared zero descriptor: windows of w pages to read, however
+                    # many in holes between them
+                    nr_read = np.cumsum(~in_hole)
+                    cuts = np.searchsorted(nr_read, np.arange(w, int(nr_read[-1]), w) + 1)
+                    bounds = [0, *cuts.tolist(), some.size]
+                else:
+                    bounds = [*range(0, some.size, w), some.size]
+                for lo, hi in itertools.pairwise(bounds):
+                    hole = in_hole[lo:hi]
+                    yield some[lo:hi], hole if hole.any() else None
+
+    def _hole_lookup_pfns(self) -> int:
+        w = self.window_pages
+        return max(w, _HOLE_LOOKUP_PFNS - _HOLE_LOOKUP_PFNS % w)
 
     def _wait_for_io(self) -> None:
         """Wait for the oldest window in flight to be written; re-raises its error
