@@ -63,7 +63,7 @@ from cdbdump.formats.kdump import (
 from cdbdump.interrupts import deferred
 from cdbdump.memory.physical import Extent, ExtentKind, PhysicalMemory, fill, view_run
 from cdbdump.report import PageProgress
-from cdbdump.writers.compress import PageCompressor, PendingPages
+from cdbdump.writers.compress import CompressedPages, PageCompressor, PendingPages
 from cdbdump.writers.sink import Sink
 
 __all__ = (
@@ -471,13 +471,17 @@ class _PageWriter:
         # the I/O thread's descriptors of a window (written before the next is made;
         # with zero pages excluded a window has up to window_pages pages to read and
         # any number in holes of a sparse input, up to _HOLE_LOOKUP_PFNS)
-        max_window = max(self.window_pages, self._hole_lookup_pfns()) if exclude_zero else (
-            self.window_pages)
+        max_window = max(self.window_pages, self._hole_lookup_pfns())
         self.descs = np.zeros(max_window, dtype=PAGE_DESC_DTYPE)
         self.desc_offsets = self.descs["offset"]
         self.desc_sizes = self.descs["size"]
         self.desc_flags = self.descs["flags"]
         self.no_zeros = np.zeros(max_window, dtype=np.bool_)
+        # zero pages kept (-d without bit 1): the stored form of a zero page, for
+        # windows wholly in holes of a sparse input, repeated for up to hole_window pages
+        self.zero_form = (b"", 0)
+        self.zeros_stored = b""
+        self.hole_window = self.window_pages
         self.io = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cdbdump-write")
         self.in_flight: deque[Future[None]] = deque()  # _store of each window, in order
         self.stop = False  # set once a window failed or the run ends early: skip the rest
@@ -554,10 +558,33 @@ class _PageWriter:
                     cuts = np.searchsorted(nr_read, np.arange(w, int(nr_read[-1]), w) + 1)
                     bounds = [0, *cuts.tolist(), some.size]
                 else:
-                    bounds = [*range(0, some.size, w), some.size]
+                    bounds = self._hole_runs_merged(in_hole)
                 for lo, hi in itertools.pairwise(bounds):
                     hole = in_hole[lo:hi]
                     yield some[lo:hi], hole if hole.any() else None
+
+    def _hole_runs_merged(self, in_hole: npt.NDArray[np.bool_]) -> list[int]:
+        """Bounds of windows of window_pages pfns, where consecutive windows wholly in
+        holes are one (up to hole_window pages): their pages are all the zero page's
+        stored form, made without reading or compressing anything."""
+        w = self.window_pages
+        if not self.zeros_stored:  # the first hole: the zero page's stored form
+            zero = self.compressor.compress_pages(bytes(self.page_size))
+            self.zero_form = bytes(zero.payload), int(zero.flags[0])
+            size = len(self.zero_form[0])
+            # at most a gather buffer of stored zero pages (2 MiB: lzo 80 Ki pages)
+            self.hole_window = min(self._hole_lookup_pfns(),
+                                   max(w, self.gathers[0].size // size))
+            self.zeros_stored = self.zero_form[0] * self.hole_window
+        starts = list(range(0, in_hole.size, w))
+        whole = np.logical_and.reduceat(in_hole, starts).tolist()
+        bounds = [0]
+        for i in range(1, len(starts)):
+            lo = starts[i]
+            if not (whole[i] and whole[i - 1] and lo + w - bounds[-1] <= self.hole_window):
+                bounds.append(lo)
+        bounds.append(int(in_hole.size))
+        return bounds
 
     def _hole_lookup_pfns(self) -> int:
         w = self.window_pages
@@ -582,6 +609,13 @@ class _PageWriter:
         self.nr_windows += 1
         read_pfns = pfns if in_hole is None else pfns[~in_hole]
         nr_read = int(read_pfns.size)
+        if not nr_read and not self.exclude_zero:  # wholly in holes: zero pages, stored
+            stored, flag = self.zero_form
+            pending = PendingPages(CompressedPages(
+                np.full(n, len(stored), dtype=np.uint32), np.full(n, flag, dtype=np.uint32),
+                (memoryview(self.zeros_stored)[: n * len(stored)],)))
+            self.in_flight.append(self.io.submit(self._store, pending, n, None, False, []))
+            return
         bitmap_fixes: list[tuple[int, bytes]] = []
         try:
             data = self._gather(read_pfns, in_hole is not None) if nr_read else self.gather[:0]
