@@ -230,6 +230,38 @@ get_array(PyObject *obj, Py_buffer *view, int writable, Py_ssize_t itemsize, con
 static PyObject *
 compress_batch(unsigned int flag, PyObject *data_obj, PyObject *index_obj,
                Py_ssize_t page_size_arg, PyObject *sizes_obj, PyObject *flags_obj,
+               PyObject *into_obj, int skip_zero);
+
+/* -- compress_pages --------------------------------------------------------------------- */
+
+PyDoc_STRVAR(compress_pages_doc,
+"compress_pages(flag, data, index, page_size, sizes, flags) -> bytes\n\n"
+"Compress the pages data[index[i]*page_size : +page_size] in order with the codec\n"
+"whose page_desc flag is `flag` (0x1 zlib, 0x2 lzo, 0x4 snappy). `index` is an\n"
+"int64 array (None: every page of data). For page i, sizes[i] and flags[i] (uint32\n"
+"arrays of len(index)) get the stored size and flags: the compressed form when it\n"
+"is strictly smaller than the page, else the raw page and flags 0. Returns the\n"
+"stored pages, concatenated. The GIL is released while compressing.");
+
+static PyObject *
+compress_pages(PyObject *self, PyObject *args)
+{
+    unsigned int flag;
+    PyObject *data_obj, *index_obj, *sizes_obj, *flags_obj;
+    Py_ssize_t page_size_arg;
+    if (!PyArg_ParseTuple(args, "IOOnOO:compress_pages", &flag, &data_obj, &index_obj,
+                          &page_size_arg, &sizes_obj, &flags_obj))
+        return NULL;
+    return compress_batch(flag, data_obj, index_obj, page_size_arg, sizes_obj, flags_obj, NULL,
+                          0);
+}
+
+/* compress_pages and compress_into: the stored pages into a new bytes object (into_obj
+ * NULL), or into the writable buffer into_obj (returns the byte count). With skip_zero
+ * an all-zero page is not stored: size 0, flags 0 (makedumpfile is_zero_page). */
+static PyObject *
+compress_batch(unsigned int flag, PyObject *data_obj, PyObject *index_obj,
+               Py_ssize_t page_size_arg, PyObject *sizes_obj, PyObject *flags_obj,
                PyObject *into_obj, int skip_zero)
 {
     if (!codec_built(flag)) {
@@ -362,30 +394,6 @@ done:
     return out;
 }
 
-/* -- compress_pages --------------------------------------------------------------------- */
-
-PyDoc_STRVAR(compress_pages_doc,
-"compress_pages(flag, data, index, page_size, sizes, flags) -> bytes\n\n"
-"Compress the pages data[index[i]*page_size : +page_size] in order with the codec\n"
-"whose page_desc flag is `flag` (0x1 zlib, 0x2 lzo, 0x4 snappy). `index` is an\n"
-"int64 array (None: every page of data). For page i, sizes[i] and flags[i] (uint32\n"
-"arrays of len(index)) get the stored size and flags: the compressed form when it\n"
-"is strictly smaller than the page, else the raw page and flags 0. Returns the\n"
-"stored pages, concatenated. The GIL is released while compressing.");
-
-static PyObject *
-compress_pages(PyObject *self, PyObject *args)
-{
-    unsigned int flag;
-    PyObject *data_obj, *index_obj, *sizes_obj, *flags_obj;
-    Py_ssize_t page_size_arg;
-    if (!PyArg_ParseTuple(args, "IOOnOO:compress_pages", &flag, &data_obj, &index_obj,
-                          &page_size_arg, &sizes_obj, &flags_obj))
-        return NULL;
-    return compress_batch(flag, data_obj, index_obj, page_size_arg, sizes_obj, flags_obj, NULL,
-                          0);
-}
-
 PyDoc_STRVAR(compress_into_doc,
 "compress_into(flag, data, index, page_size, sizes, flags, out, skip_zero=False) -> int\n\n"
 "compress_pages() into the writable buffer `out` instead of a new bytes object:\n"
@@ -431,9 +439,9 @@ compress_slack(PyObject *self, PyObject *args)
 /* -- module ----------------------------------------------------------------------------- */
 
 static PyMethodDef methods[] = {
-    {"compress_pages", compress_pages, METH_VARARGS, compress_pages_doc},
     {"compress_into", compress_into, METH_VARARGS, compress_into_doc},
     {"compress_slack", compress_slack, METH_VARARGS, compress_slack_doc},
+    {"compress_pages", compress_pages, METH_VARARGS, compress_pages_doc},
     {NULL, NULL, 0, NULL},
 };
 
