@@ -14,7 +14,9 @@ real_vmcores, cached under CDBDUMP_VMCORE_CACHE) when it is built, else on one o
 the synthetic inputs. The machine may be shared: each line ends with the 1-minute
 load average at its start.
 
-Run alone (python3 bench/batch.py) or as the `batch` part of bench/bench.py.
+Run alone (python3 bench/batch.py) or as the `batch` part of bench/bench.py; cdbdump runs
+from the same wheel venv as bench.py's (bench/wheel_venv.py), or with --editable from the
+development venv.
 """
 
 from __future__ import annotations
@@ -28,6 +30,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+import wheel_venv
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -72,13 +76,14 @@ def _line(name: str, wall: float, inputs: list[Path], extra: str = "",
           f"{size / wall / GB:6.2f} GB/s{extra}{at}", flush=True)
 
 
-def run_batch(name: str, src: Path, work: Path, *args: str) -> None:
+def run_batch(name: str, python: str, src: Path, work: Path, *args: str) -> None:
     out = work / "out"
     shutil.rmtree(out, ignore_errors=True)
     load = _load()
     start = time.monotonic()
-    proc = subprocess.run([sys.executable, "-m", "cdbdump", "batch", str(src), "--out", str(out),
-                           "-d", "31", *args], capture_output=True, text=True, check=False)
+    proc = subprocess.run(wheel_venv.cdbdump_cmd(python, "batch", str(src), "--out", str(out),
+                                                 "-d", "31", *args),
+                          capture_output=True, text=True, check=False)
     wall = time.monotonic() - start
     if proc.returncode != 0:
         print(f"  {name}: failed ({proc.returncode}): {proc.stderr.strip()[-300:]}")
@@ -90,34 +95,35 @@ def run_batch(name: str, src: Path, work: Path, *args: str) -> None:
           f"input {rss:.0f} MiB)", load)
 
 
-def run_loop(src: Path, work: Path) -> None:
+def run_loop(python: str, src: Path, work: Path) -> None:
     inputs = _inputs(src)
     load = _load()
     start = time.monotonic()
     for i, path in enumerate(inputs):
         out = work / f"single-{i}.kdump"
         out.unlink(missing_ok=True)
-        subprocess.run([sys.executable, "-m", "cdbdump", "-d", "31", "--message-level", "0",
-                        str(path), str(out)], check=True)
+        subprocess.run(wheel_venv.cdbdump_cmd(python, "-d", "31", "--message-level", "0",
+                                              str(path), str(out)), check=True)
     _line("shell loop of cdbdump", time.monotonic() - start, inputs, load=load)
 
 
-def main_part(work: Path, count: int = 8, ram_gib: int = 1, data_fraction: float = 0.1) -> None:
+def main_part(work: Path, python: str, count: int = 8, ram_gib: int = 1,
+              data_fraction: float = 0.1) -> None:
     print(f"== batch: {count} sparse synthetic {ram_gib} GiB machines ({data_fraction:.0%} of "
           "frames hold data), -d 31 zstd ==")
     src = build_inputs(work, count, ram_gib, data_fraction)
     with tempfile.TemporaryDirectory(dir=work) as tmp:
         scratch = Path(tmp)
-        run_loop(src, scratch)
-        run_batch("batch --jobs 1", src, scratch, "--jobs", "1")
-        run_batch("batch --jobs 2", src, scratch, "--jobs", "2")
+        run_loop(python, src, scratch)
+        run_batch("batch --jobs 1", python, src, scratch, "--jobs", "1")
+        run_batch("batch --jobs 2", python, src, scratch, "--jobs", "2")
         try:
             import distributed  # noqa: F401
         except ImportError:
             print("  batch --local-cluster 2: skipped (pip install 'cdbdump[dask]')")
         else:
-            run_batch("batch --local-cluster 2", src, scratch, "--local-cluster", "2")
-        run_shards(_shards_input(src), scratch)
+            run_batch("batch --local-cluster 2", python, src, scratch, "--local-cluster", "2")
+        run_shards(python, _shards_input(src), scratch)
 
 
 def _shards_input(src: Path) -> Path:
@@ -131,23 +137,23 @@ def _shards_input(src: Path) -> Path:
     return src / "m0" / "vmcore"
 
 
-def run_shards(vmcore: Path, work: Path) -> None:
+def run_shards(python: str, vmcore: Path, work: Path) -> None:
     """One input: the single-process dump against batch --shards 2 (2 workers)."""
     print(f"  --shards input: {vmcore} ({vmcore.stat().st_size / GB:.2f} GB)")
     single = work / "single.kdump"
     single.unlink(missing_ok=True)
     load = _load()
     start = time.monotonic()
-    subprocess.run([sys.executable, "-m", "cdbdump", "-d", "31", "--message-level", "0",
-                    str(vmcore), str(single)], check=True)
+    subprocess.run(wheel_venv.cdbdump_cmd(python, "-d", "31", "--message-level", "0",
+                                          str(vmcore), str(single)), check=True)
     _line("one input, single process", time.monotonic() - start, [vmcore], load=load)
     out = work / "shards"
     shutil.rmtree(out, ignore_errors=True)
     load = _load()
     start = time.monotonic()
-    subprocess.run([sys.executable, "-m", "cdbdump", "batch", str(vmcore), "--out", str(out),
-                    "-d", "31", "--jobs", "2", "--shards", "2"], capture_output=True,
-                   check=True)
+    subprocess.run(wheel_venv.cdbdump_cmd(python, "batch", str(vmcore), "--out", str(out),
+                                          "-d", "31", "--jobs", "2", "--shards", "2"),
+                   capture_output=True, check=True)
     same = (out / (vmcore.name + ".kdump")).read_bytes() == single.read_bytes()
     _line("one input, batch --shards 2", time.monotonic() - start, [vmcore],
           f"  (byte-identical to the single-process dump: {same})", load)
@@ -162,14 +168,17 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=REPO / ".cache" / "bench")
     parser.add_argument("--shards-only", action="store_true",
                         help="only the --shards comparison")
+    parser.add_argument("--editable", action="store_true",
+                        help="run cdbdump from the development venv, not a wheel install")
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
+    python = wheel_venv.cdbdump_python(args.work, args.editable)
     if args.shards_only:
         with tempfile.TemporaryDirectory(dir=args.work) as tmp:
             src = build_inputs(args.work, 1, args.ram_gib, args.data_fraction)
-            run_shards(_shards_input(src), Path(tmp))
+            run_shards(python, _shards_input(src), Path(tmp))
         return
-    main_part(args.work, args.inputs, args.ram_gib, args.data_fraction)
+    main_part(args.work, python, args.inputs, args.ram_gib, args.data_fraction)
 
 
 if __name__ == "__main__":

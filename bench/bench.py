@@ -47,6 +47,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import wheel_venv
+
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
@@ -89,45 +91,13 @@ def run(cmd: list[str]) -> Run:
     return Run(wall, rss, proc.returncode, out.decode(errors="replace"), cpu)
 
 
-# The interpreter that runs cdbdump: the bench venv's once install_wheel() ran (what a
+# The interpreter that runs cdbdump: the wheel venv's once main() installed it (what a
 # user runs), else this one.
 PYTHON = sys.executable
 
 
 def cdbdump_cmd(*args: str) -> list[str]:
-    # -P: not the current directory first on sys.path, where a source tree's cdbdump
-    # would shadow the installed one
-    return [PYTHON, "-P", "-m", "cdbdump", *args]
-
-
-def install_wheel(bench_dir: Path) -> str:
-    """Install this tree the way a user gets it: a wheel (bytecode compiled at install),
-    into a venv of its own; returns that venv's python.
-
-    The development venv holds an editable install, whose import finder runs at every
-    interpreter start (`site`: ~10 ms quiet, ~40 ms loaded), a cost no installed
-    cdbdump has. The dependencies are the development venv's (one .pth line, which adds
-    the directory to sys.path without running the .pth files in it), so the versions
-    measured are the ones tested.
-    """
-    venv = bench_dir / "venv"
-    wheels = bench_dir / "wheel"
-    shutil.rmtree(wheels, ignore_errors=True)
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps",
-                    "-w", str(wheels), str(REPO)], check=True)
-    wheel = next(wheels.glob("cdbdump-*.whl"))
-    if not (venv / "bin" / "python").exists():
-        subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
-    site = subprocess.run([str(venv / "bin" / "python"), "-c",
-                           "import sysconfig; print(sysconfig.get_path('purelib'))"],
-                          capture_output=True, text=True, check=True).stdout.strip()
-    dev_site = subprocess.run([sys.executable, "-c",
-                               "import sysconfig; print(sysconfig.get_path('purelib'))"],
-                              capture_output=True, text=True, check=True).stdout.strip()
-    (Path(site) / "cdbdump-bench-deps.pth").write_text(dev_site + "\n")
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-index",
-                    "--upgrade", "--target", site, str(wheel)], check=True)
-    return str(venv / "bin" / "python")
+    return wheel_venv.cdbdump_cmd(PYTHON, *args)
 
 
 def ab(name_a: str, cmd_a: list[str], name_b: str, cmd_b: list[str], out_a: Path, out_b: Path,
@@ -512,13 +482,8 @@ def main() -> None:
     parser.add_argument("--json", type=Path, default=REPO / ".cache" / "bench" / "bench.json")
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
-    # an installed cdbdump has its bytecode; without it (PYTHONDONTWRITEBYTECODE, a fresh
-    # clone) every timed run would compile the package from source first
-    subprocess.run([sys.executable, "-m", "compileall", "-q", str(REPO / "cdbdump")],
-                   check=True)
     global PYTHON
-    if not args.editable:
-        PYTHON = install_wheel(args.work)
+    PYTHON = wheel_venv.cdbdump_python(args.work, args.editable)
     # outputs go to memory when it can hold them: a -d 0 dump of the 4 GiB
     # vmcore is GBs, and the disk is the input's
     shm = Path("/dev/shm")
@@ -545,9 +510,9 @@ def main() -> None:
         if "kernel" not in args.skip:
             part_kernel(work)
         if "batch" not in args.skip:
-            from bench import batch
+            import batch  # a sibling module, as wheel_venv
 
-            batch.main_part(args.work)
+            batch.main_part(args.work, PYTHON)
     print_table(args.json)
 
 

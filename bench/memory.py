@@ -10,7 +10,9 @@ A machine of S GiB has S GiB of RAM (PT_LOADs and mem_map up to S GiB: max_mapnr
 / 4 KiB), mostly idle (IDLE_MIX), 0.2 % of the frames holding data. The builder keeps ~10
 bytes per frame (2.7 GB at 1 TiB) and writes the file sparse (~3 GiB on disk at 1 TiB).
 Machines are built in .cache/bench/memory and deleted afterwards unless --keep; outputs
-are deleted after each run. Results also go to .cache/bench/memory.json.
+are deleted after each run. Results also go to .cache/bench/memory.json. cdbdump runs
+from the same wheel venv as bench.py's (bench/wheel_venv.py), or with --editable from the
+development venv.
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import wheel_venv
+
 REPO = Path(__file__).resolve().parent.parent
 TIB = 1 << 40
 # A mostly idle machine (free 2 and 4 MiB buddy blocks, whose members' struct pages are
@@ -32,13 +36,12 @@ TIB = 1 << 40
 # stays ~3 GiB on disk; the rest of it is the default chunk types.
 IDLE_MIX = {"free": 0.85, "free_split": 0.01, "anon_thp": 0.03, "file_thp": 0.02,
             "hugetlb": 0.01, "mixed": 0.04, "slab": 0.02, "kernel": 0.02}
-BUILD = """
+BUILD = f"""
 import sys
-from bench.memory import IDLE_MIX
 from tests.builders import SyntheticKernel
 GiB = 1 << 30
 SyntheticKernel("6.1", data_fraction=0.002, seed=1, crash_dump_bitmap=31,
-                ram_size=int(sys.argv[1]) * GiB, mix=IDLE_MIX,
+                ram_size=int(sys.argv[1]) * GiB, mix={IDLE_MIX!r},
                 zero_free_block_members=True).write(sys.argv[2])
 """
 
@@ -101,15 +104,15 @@ MODES: dict[str, list[str]] = {  # name -> cdbdump options (then VMCORE [OUT])
 }
 
 
-def ours(vmcore: Path, out: Path, mode: str) -> dict[str, float]:
+def ours(python: str, vmcore: Path, out: Path, mode: str) -> dict[str, float]:
     """One cdbdump run; its output is left at ``out`` (a -F stream goes to /dev/null)."""
     out.unlink(missing_ok=True)
     js = out.with_suffix(".json")
     js.unlink(missing_ok=True)
     args = MODES[mode]
     flat = "-F" in args
-    cmd = [sys.executable, "-m", "cdbdump", *args, "--message-level", "0",
-           "--report-json", str(js), str(vmcore), *([] if flat else [str(out)])]
+    cmd = wheel_venv.cdbdump_cmd(python, *args, "--message-level", "0", "--report-json",
+                                 str(js), str(vmcore), *([] if flat else [str(out)]))
     rc, wall, rss, anon = timed(cmd)
     if rc:
         raise SystemExit(f"cdbdump {mode} failed ({rc}) on {vmcore}")
@@ -165,8 +168,11 @@ def main() -> None:
     parser.add_argument("--keep", action="store_true", help="keep the machines")
     parser.add_argument("--no-makedumpfile", action="store_true", help="ours only")
     parser.add_argument("--work", type=Path, default=REPO / ".cache" / "bench" / "memory")
+    parser.add_argument("--editable", action="store_true",
+                        help="run cdbdump from the development venv, not a wheel install")
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
+    python = wheel_venv.cdbdump_python(editable=args.editable)
     rows: list[dict[str, object]] = []
     print("== memory: synthetic machines, every output mode, peak RSS / anonymous RSS ==")
     for ram_gib in (int(s) for s in args.sizes.split(",")):
@@ -175,7 +181,7 @@ def main() -> None:
         kdump = args.work / "out-l.kdump"
         for mode in MODES:
             out = kdump if mode == "-l -d 31" else args.work / "out"
-            r = ours(vmcore, out, mode)
+            r = ours(python, vmcore, out, mode)
             rows.append({"who": "cdbdump", "ram_gib": ram_gib, "mode": mode, **r})
             extra = (f", scan {r['exclude']:6.2f} s ({r['exclude'] / tib:5.1f} s per TiB)"
                      if mode == "-l -d 31" else

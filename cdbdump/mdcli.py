@@ -25,6 +25,7 @@ from cdbdump.mdopts import (
     ML_REPORT,
     OPTIONS,
     Effect,
+    Invocation,
     Mode,
     ParamError,
     parse,
@@ -171,9 +172,16 @@ def main(argv: list[str]) -> int:
     try:
         inv = parse(argv)
     except ParamError as exc:
-        messages = Messages(level=ML_COMMON | ML_ERROR, to_stderr="-F" in argv)
+        # makedumpfile prints with the message level and -F parsed so far, and ends at
+        # main()'s label out, which says "Failed." unless --check-params was given
+        parsed = exc.invocation or Invocation(argv=argv)
+        messages = Messages(level=parsed.message_level,
+                            to_stderr=parsed.to_stderr or "-F" in argv)
         for line in exc.lines:
             messages.msg(line)
+        if not parsed.check_params:
+            messages.msg("")
+            messages.msg("makedumpfile Failed.")
         return EXIT_FAILED
     messages = Messages(level=inv.message_level, to_stderr=inv.to_stderr)
     if inv.mode is Mode.HELP:

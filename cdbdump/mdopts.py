@@ -159,6 +159,7 @@ class ParamError(ValueError):
     def __init__(self, *lines: str) -> None:
         super().__init__(lines[0] if lines else INVALID)
         self.lines = lines
+        self.invocation: Invocation | None = None  # what parse() had parsed, if it got there
 
 
 @dataclass(slots=True)
@@ -218,13 +219,23 @@ def atoi(text: str) -> int:
 def parse(argv: list[str]) -> Invocation:
     """Parse ``argv`` (without the program name) as makedumpfile's main() does.
 
-    Raises ParamError with makedumpfile's lines for anything it rejects.
+    Raises ParamError with makedumpfile's lines for anything it rejects, and what was
+    parsed up to there (its ``invocation``).
     """
     try:
         opts, args = getopt.gnu_getopt(argv, _SHORTS, _LONGS)
     except getopt.GetoptError as exc:
         raise ParamError(f"makedumpfile: {exc.msg}", INVALID, TRY_HELP) from None
     inv = Invocation(argv=list(argv))
+    try:
+        _apply(inv, opts, args)
+    except ParamError as exc:
+        exc.invocation = inv
+        raise
+    return inv
+
+
+def _apply(inv: Invocation, opts: list[tuple[str, str]], args: list[str]) -> None:
     flags: set[str] = set()
     debug = show_stats = False
     for name, value in opts:
@@ -270,7 +281,6 @@ def parse(argv: list[str]) -> Invocation:
     if inv.check_params:
         inv.message_level = DEFAULT_MSG_LEVEL  # main(): suppress debugging messages
     _check_arity(inv, flags, args)
-    return inv
 
 
 def _set_flag(inv: Invocation, key: str) -> None:
@@ -355,6 +365,8 @@ def _check_arity(inv: Invocation, flags: set[str], args: list[str]) -> None:
         raise ParamError("--num-threads cannot used with --split.", INVALID, TRY_HELP)
     if inv.num_threads and inv.elf:
         raise ParamError("--num-threads cannot used with ELF format.", INVALID, TRY_HELP)
+    if "-e" in flags and not inv.one_cycle:
+        raise ParamError("-e requires --work-dir", INVALID, TRY_HELP)
     if len(args) == 2 and not inv.flatten and not inv.split:
         inv.vmcore, inv.dumpfile = args
     elif inv.split and len(args) > 2:

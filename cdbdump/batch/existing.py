@@ -6,12 +6,15 @@ codec and dump level asked for, and sizes consistent: the page_desc table lies
 inside the file and every descriptor points at data inside it, after the table
 (crash diskdump.c read_dump_header and cache_page read these same fields).
 Decompressing every page is ``cdbdump verify``'s job (batch --verify).
+When no record of the run that made the output survived, output_counts reads
+its page counts back from the output and the input's headers.
 """
 
 from __future__ import annotations
 
 import stat
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -19,11 +22,47 @@ from cdbdump.codecs import Codec
 from cdbdump.errors import CdbdumpError
 from cdbdump.fileio import MappedFile
 from cdbdump.formats.kdump import PAGE_DESC_DTYPE
+from cdbdump.pipeline import (
+    keeps_partial_last_pages,
+    memory_hole_pages,
+    open_files,
+    open_input,
+)
 from cdbdump.vmcore.kdumpfile import KdumpFile
 
-__all__ = ("output_problem",)
+__all__ = ("OutputCounts", "output_counts", "output_problem")
 
 _DESCS_PER_STEP = 1 << 20  # 24 MiB of page_desc entries at a time
+
+
+class OutputCounts(NamedTuple):
+    """A dump's page counts, as the run that wrote it reported them (DumpReport)."""
+
+    original_pages: int
+    remaining_pages: int
+    dump_level: int | None  # the level applied (the sub-header's)
+
+
+def output_counts(path: Path, vmcore: Path, parts: tuple[Path, ...] = ()) -> OutputCounts:
+    """The page counts of the run that made ``path`` from ``vmcore`` (and ``parts``), when
+    its report was lost: the original pages from the input's headers, counted as the run
+    counts them (overlapping PT_LOADs twice, as makedumpfile does), the excluded ones from
+    the output. Excluded are the pages of its 1st bitmap that are not dumpable, and the
+    zero pages, which keep their 2nd-bitmap bit and share one page's data (makedumpfile
+    write_kdump_pages_cyclic). A -q run's report leaves out the pages the kernel bitmap
+    clears with no counter (offline pages): here they count as excluded."""
+    files = open_files(vmcore, parts)
+    try:
+        image = open_input(files)
+        original = image.max_mapnr - memory_hole_pages(
+            image, keeps_partial_last_pages(image.max_mapnr))
+    finally:
+        for file in files:
+            file.close()
+    with MappedFile(path) as dump:
+        kd = KdumpFile.open(dump)
+        excluded = kd.bitmap1.count() - (kd.nr_dumpable - kd.nr_zero_descs())
+        return OutputCounts(original, original - excluded, kd.dump_level)
 
 
 def output_problem(path: Path, codec: Codec, dump_level: int) -> str | None:

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from cdbdump.batch import hooks
-from cdbdump.batch.existing import output_problem
+from cdbdump.batch.existing import output_counts, output_problem
 from cdbdump.batch.limits import apply_memory_bound, peak_rss_kib, reset_peak_rss
 from cdbdump.batch.publish import partial_name, publish
 from cdbdump.codecs import Codec
@@ -337,6 +337,12 @@ def _skip(
                      "remaining_pages", "bytes_in", "dump_level_applied",
                      "levels_not_applied", "verified"):
             setattr(outcome, name, previous.get(name))
+    else:  # its worker died before reporting: the counts read back
+        counts = output_counts(output, Path(outcome.input),
+                               tuple(Path(p) for p in outcome.parts or ()))
+        outcome.original_pages = counts.original_pages
+        outcome.remaining_pages = counts.remaining_pages
+        outcome.dump_level_applied = counts.dump_level
     if options.dmesg:
         log = dmesg_path(output)
         if log.exists():

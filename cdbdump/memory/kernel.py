@@ -9,7 +9,7 @@ swapper_pg_dir through phys_base "to avoid recursive address translation").
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 
 import numpy as np
 import numpy.typing as npt
@@ -119,9 +119,6 @@ class KernelMemory:
 
     def translate(self, vaddr: int) -> int:
         return self.walker.translate(vaddr)
-
-    def iter_runs(self, vstart: int, vend: int, *, strict: bool = True) -> Iterator[Run]:
-        return self.walker.iter_runs(vstart, vend, strict=strict)
 
     def kernel_image_paddr(self, vaddr: int) -> int:
         """Physical address of a kernel-image (text/data/bss) address, without a walk."""

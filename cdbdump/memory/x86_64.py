@@ -3,9 +3,10 @@
 reference: makedumpfile __vtop4_x86_64 (arch/x86_64.c): entries are masked with
 bits 12..51 minus NUMBER(sme_mask); the present bit is tested at every level;
 PSE makes a PUD entry a 1 GiB page and a PMD entry a 2 MiB page. The run
-iterator follows drgn's linux_kernel_pgtable_iterator_next_x86_64: whole
-4 KiB tables are read once and kept per walker, non-present subtrees and the
-non-canonical hole are skipped in one step, contiguous mappings coalesce.
+walk, which every range read uses, follows drgn's
+linux_kernel_pgtable_iterator_next_x86_64: whole 4 KiB tables are read once
+and kept per walker, non-present subtrees and the non-canonical hole are
+skipped in one step, contiguous mappings coalesce; each table is one numpy pass.
 """
 
 from __future__ import annotations
@@ -149,97 +150,23 @@ class PageTableWalker:
         return out
 
     def iter_runs(self, vstart: int, vend: int, *, strict: bool = True) -> Iterator[Run]:
-        """Yield coalesced (vaddr, paddr, size) runs of the mapped part of [vstart, vend).
+        """The runs of run_arrays as (vaddr, paddr, size) tuples."""
+        vaddr, paddr, size = self.run_arrays(vstart, vend, strict=strict)
+        return zip(vaddr.tolist(), paddr.tolist(), size.tolist(), strict=True)
+
+    def run_arrays(
+        self, vstart: int, vend: int, *, strict: bool = True
+    ) -> tuple[U64, I64, I64]:
+        """(vaddr, paddr, size) arrays of the coalesced runs of the mapped part of [vstart, vend).
 
         Runs are in ascending vaddr order; adjacent runs are merged when both
         their virtual and physical addresses continue. With ``strict=False`` a
         page table that is not in the dump makes its subtree count as unmapped
         instead of raising NotInDumpError.
-        """
-        pending: list[int] | None = None  # [vaddr, paddr, size]
-        for lo, hi in self._linear_ranges(vstart, vend):
-            for lin, paddr, size in self._walk(self.root_paddr, 0, 0, lo, hi, strict):
-                vaddr = self._canonical(lin)
-                if (
-                    pending is not None
-                    and pending[0] + pending[2] == vaddr
-                    and pending[1] + pending[2] == paddr
-                ):
-                    pending[2] += size
-                    continue
-                if pending is not None:
-                    yield pending[0], pending[1], pending[2]
-                pending = [vaddr, paddr, size]
-        if pending is not None:
-            yield pending[0], pending[1], pending[2]
 
-    def _walk(
-        self, table_paddr: int, depth: int, base: int, lo: int, hi: int, strict: bool
-    ) -> Iterator[Run]:
-        """Runs of [lo, hi) (linear addresses) under the table covering ``base``."""
-        shift = self._shifts[depth]
-        try:
-            table = self._table(table_paddr, depth, self._canonical(lo))
-        except NotInDumpError:
-            if strict:
-                raise
-            return
-        i0 = (lo - base) >> shift
-        i1 = ((hi - 1 - base) >> shift) + 1
-        entries = table[i0:i1]
-        present = (entries & np.uint64(_PAGE_PRESENT)) != 0
-        if not present.any():
-            return
-        idx = np.flatnonzero(present)
-        ents = entries[idx]
-        entry_size = 1 << shift
-        last = depth == len(self._shifts) - 1
-        if last:
-            leaf = np.ones(idx.size, dtype=np.bool_)
-        elif shift in (PUD_SHIFT, PMD_SHIFT):
-            leaf = (ents & np.uint64(_PAGE_PSE)) != 0
-        else:
-            leaf = np.zeros(idx.size, dtype=np.bool_)
-
-        # Leaf entries: physical start of each mapped block, grouped into runs
-        # of consecutive entries whose frames are consecutive too. Each event is
-        # (first index, last index + 1, is_leaf, paddr of a leaf / child table).
-        events: list[tuple[int, int, bool, int]] = []
-        if leaf.any():
-            lidx = idx[leaf]
-            lpa = ents[leaf] & np.uint64(self.entry_mask & ~(entry_size - 1))
-            if lidx.size > 1:
-                breaks = (np.diff(lidx) != 1) | (np.diff(lpa) != np.uint64(entry_size))
-                starts = np.concatenate(([0], np.flatnonzero(breaks) + 1))
-            else:
-                starts = np.zeros(1, dtype=np.int64)
-            ends = np.append(starts[1:], lidx.size)
-            for s, e in zip(starts.tolist(), ends.tolist(), strict=True):
-                events.append((int(lidx[s]), int(lidx[e - 1]) + 1, True, int(lpa[s])))
-        if not leaf.all():
-            for i, ent in zip(idx[~leaf].tolist(), ents[~leaf].tolist(), strict=True):
-                events.append((i, i + 1, False, int(ent) & self.entry_mask))
-            events.sort()
-
-        for first, stop, is_leaf, paddr in events:
-            run_lo = base + ((i0 + first) << shift)
-            run_hi = base + ((i0 + stop) << shift)
-            clip_lo, clip_hi = max(run_lo, lo), min(run_hi, hi)
-            if is_leaf:
-                yield clip_lo, paddr + (clip_lo - run_lo), clip_hi - clip_lo
-            else:
-                yield from self._walk(paddr, depth + 1, run_lo, clip_lo, clip_hi, strict)
-
-    # -- runs as arrays ----------------------------------------------------------------
-
-    def run_arrays(
-        self, vstart: int, vend: int, *, strict: bool = True
-    ) -> tuple[U64, I64, I64]:
-        """(vaddr, paddr, size) arrays of exactly the runs iter_runs yields.
-
-        One numpy pass per page table instead of Python work per mapping: leaf
-        entries (PTEs and PSE pages) of every table the range reaches are
-        gathered as arrays; Python recurses only into present non-leaf entries.
+        One numpy pass per page table: the leaf entries (PTEs and PSE pages) of
+        every table the range reaches are gathered as arrays; Python recurses
+        only into present non-leaf entries.
         """
         lins: list[I64] = []
         paddrs: list[I64] = []
@@ -249,21 +176,24 @@ class PageTableWalker:
         if not lins:
             empty = np.zeros(0, dtype=np.int64)
             return np.zeros(0, dtype=np.uint64), empty, empty.copy()
-        lin, paddr, size = np.concatenate(lins), np.concatenate(paddrs), np.concatenate(sizes)
-        # tables are visited depth first in address order, so ``lin`` ascends
-        end = lin + size
-        joins = (end[:-1] == lin[1:]) & (paddr[:-1] + size[:-1] == paddr[1:])
-        # the two halves never join: their canonical addresses are not adjacent
-        joins &= (lin[1:] < self._half) == (lin[:-1] < self._half)
-        starts = np.concatenate(([0], np.flatnonzero(~joins) + 1))
-        stops = np.append(starts[1:], lin.size) - 1
-        out_lin = lin[starts]
-        out_size = end[stops] - out_lin
-        vaddr = out_lin.astype(np.uint64)
-        upper = out_lin >= self._half
-        # canonical form: the upper half moves to the top of the 64-bit space
-        vaddr[upper] += np.uint64((1 << 64) - (1 << self.va_bits))
-        return vaddr, paddr[starts], out_size
+        if len(lins) == 1:
+            lin, paddr, size = lins[0], paddrs[0], sizes[0]
+        else:
+            lin, paddr, size = np.concatenate(lins), np.concatenate(paddrs), np.concatenate(sizes)
+        if lin.size > 1:
+            # tables are visited depth first in address order, so ``lin`` ascends
+            end = lin + size
+            joins = (end[:-1] == lin[1:]) & (paddr[:-1] + size[:-1] == paddr[1:])
+            # the two halves never join: their canonical addresses are not adjacent
+            joins &= (lin[1:] < self._half) == (lin[:-1] < self._half)
+            starts = np.concatenate(([0], (~joins).nonzero()[0] + 1))
+            stops = np.append(starts[1:], lin.size) - 1
+            lin, paddr, size = lin[starts], paddr[starts], end[stops] - lin[starts]
+        vaddr = lin.astype(np.uint64)
+        if lin[-1] >= self._half:
+            # canonical form: the upper half moves to the top of the 64-bit space
+            vaddr[lin >= self._half] += np.uint64((1 << 64) - (1 << self.va_bits))
+        return vaddr, paddr, size
 
     def _gather(
         self, table_paddr: int, depth: int, base: int, lo: int, hi: int, strict: bool,
@@ -280,25 +210,25 @@ class PageTableWalker:
         i0 = (lo - base) >> shift
         i1 = ((hi - 1 - base) >> shift) + 1
         entries = table[i0:i1]
-        idx = np.flatnonzero(entries & np.uint64(_PAGE_PRESENT))
+        idx = (entries & np.uint64(_PAGE_PRESENT)).nonzero()[0]
         if idx.size == 0:
             return
         ents = entries[idx]
+        children: list[int]  # positions in ``idx`` of entries that point to a table
         if depth == len(self._shifts) - 1:
-            leaf = np.ones(idx.size, dtype=np.bool_)
+            children = []
         elif shift in (PUD_SHIFT, PMD_SHIFT):
-            leaf = (ents & np.uint64(_PAGE_PSE)) != 0
+            children = ((ents & np.uint64(_PAGE_PSE)) == 0).nonzero()[0].tolist()
         else:
-            leaf = np.zeros(idx.size, dtype=np.bool_)
+            children = list(range(idx.size))
         entry_size = 1 << shift
         # split the present entries into stretches of leaves between child tables,
         # so that everything is appended in ascending address order
-        children = np.flatnonzero(~leaf).tolist()
         edges = [-1, *children, idx.size]
         for k in range(len(edges) - 1):
             a, b = edges[k] + 1, edges[k + 1]
             if a < b:
-                block_lo = base + (idx[a:b].astype(np.int64) + i0) * entry_size
+                block_lo = base + (idx[a:b] + i0) * entry_size
                 frame = ents[a:b] & np.uint64(self.entry_mask & ~(entry_size - 1))
                 clip_lo = np.maximum(block_lo, lo)
                 clip_hi = np.minimum(block_lo + entry_size, hi)

@@ -99,10 +99,16 @@ def test_dask_mixed_directory_killed_worker_and_rerun(
     records = manifest(out)
     slow = [r for r in records if "slow" in r["input"]]
     assert len(slow) == 3
+
+    def counts(record: dict[str, Any]) -> tuple[int, int, int]:
+        return record["original_pages"], record["remaining_pages"], record["dump_level_applied"]
+
+    done_counts = {counts(r) for r in slow if r["status"] == "done"}
     for record in slow:
         assert Path(record["output"]).read_bytes() == slow_expected
         if record["status"] == "skipped":  # published by the killed worker just before
             assert record["skip_reason"] == "the output exists and verifies", record
+            assert {counts(record)} == done_counts, record  # read back: copies of one input
             continue
         assert record["status"] == "done", record
         assert str(pid) not in record["worker"]

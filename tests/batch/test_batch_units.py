@@ -203,6 +203,32 @@ def test_existing_output_check(made_dump: tuple[Path, Path], tmp_path: Path) -> 
     assert "incomplete" in (output_problem(flagged, Codec.ZSTD, 31) or "")
 
 
+@pytest.mark.parametrize(("dialect", "kwargs", "options"), [
+    ("6.1", {}, BatchOptions(dump_level=31)),  # kexec's kernel-text PT_LOAD over RAM
+    ("6.1", {}, BatchOptions(dump_level=1, codec=Codec.LZO)),  # zero pages keep their bit
+    ("5.10", {"layout": "qemu"}, BatchOptions(dump_level=17)),
+    ("6.12", {}, BatchOptions(dump_level=31, codec=Codec.ZLIB)),
+    ("6.1", {}, BatchOptions(dump_level=0)),
+])
+def test_a_skip_without_a_record_reads_the_counts_back(
+    tiny_vmcore: MakeVmcore, tmp_path: Path, dialect: str, kwargs: dict[str, object],
+    options: BatchOptions,
+) -> None:
+    """A worker killed after publishing its output, before reporting, leaves no record:
+    the rerun skips the output with the page counts the lost record had."""
+    _, vmcore = tiny_vmcore(dialect, seed=23, **kwargs)
+    out = tmp_path / "o.kdump"
+    done = run_one(vmcore, out, options)
+    assert done.status == "done", done.error
+    assert done.original_pages is not None and done.remaining_pages is not None
+    skipped = run_one(vmcore, out, options)  # no previous record
+    assert skipped.status == "skipped", skipped.error
+    assert skipped.skip_reason == "the output exists and verifies"
+    assert (skipped.original_pages, skipped.remaining_pages, skipped.dump_level_applied) == (
+        done.original_pages, done.remaining_pages, done.dump_level_applied)
+    assert skipped.bytes_out == done.bytes_out
+
+
 def test_run_one_skips_refuses_and_replaces(made_dump: tuple[Path, Path]) -> None:
     vmcore, out = made_dump
     first = out.read_bytes()

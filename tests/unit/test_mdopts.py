@@ -90,6 +90,15 @@ def test_split_arity_and_conflicts() -> None:
             parse(bad.split())
 
 
+def test_e_needs_work_dir_and_the_error_keeps_what_was_parsed() -> None:
+    with pytest.raises(ParamError) as err:
+        parse("-F -e --message-level 7 -d 31 v".split())
+    assert err.value.lines[0] == "-e requires --work-dir"
+    parsed = err.value.invocation  # what makedumpfile prints the refusal with
+    assert parsed is not None and parsed.flatten and parsed.message_level == 7
+    assert parse("-e --work-dir /tmp v d".split()).one_cycle
+
+
 def test_check_params_resets_message_level() -> None:
     inv = parse("--check-params -l --message-level 31 -d 31 vmcore dumpfile".split())
     assert inv.check_params and inv.message_level == DEFAULT_MSG_LEVEL
