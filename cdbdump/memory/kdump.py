@@ -18,7 +18,7 @@ import numpy.typing as npt
 
 from cdbdump.errors import CorruptDumpError
 from cdbdump.memory.physical import Extent, ExtentKind, read_extents
-from cdbdump.vmcore.kdumpfile import KdumpFile, PageDesc
+from cdbdump.vmcore.kdumpfile import KdumpFile
 
 __all__ = ("KdumpMemory",)
 
@@ -88,10 +88,7 @@ class KdumpMemory:
         for part in self.parts:
             lo, hi = max(first, part.start_pfn), min(last, part.end_pfn, self.max_mapnr)
             if lo < hi:
-                bools = part.bitmap2.get_bools(lo, hi)
-                pfns = np.flatnonzero(bools) + lo
-                bools[pfns - lo] = part.page_descs(pfns)["offset"] != 0
-                stored[lo - first : hi - first] = bools
+                stored[lo - first : hi - first] = part.stored_bools(lo, hi)
         return stored
 
     def _stored_windows(
@@ -109,18 +106,25 @@ class KdumpMemory:
         lo = extent.paddr - (first << self._shift)
         if first == last:
             return memoryview(self.read_page(first))[lo : lo + extent.size]
-        pages: list[bytes] = []
-        for part in self.parts:  # one vectorised page_desc lookup per file
-            a, b = max(first, part.start_pfn), min(last + 1, part.end_pfn)
-            if a < b:
-                pfns = np.arange(a, b, dtype=np.int64)
-                seen: dict[int, bytes] = {}  # pages sharing one stored copy (the zero page)
-                for pfn, d in zip(pfns.tolist(), part.page_descs(pfns).tolist(), strict=True):
-                    page = seen.get(d[0])
-                    if page is None:
-                        page = seen[d[0]] = part.load_page(pfn, PageDesc(*d))
-                    pages.append(page)
-        return memoryview(b"".join(pages))[lo : lo + extent.size]
+        out = np.empty((last + 1 - first) << self._shift, dtype=np.uint8)
+        self.pages_into(np.arange(first, last + 1, dtype=np.int64), out)
+        return out.data[lo : lo + extent.size]
+
+    def pages_into(self, pfns: npt.NDArray[np.int64], out: npt.NDArray[np.uint8]) -> None:
+        """Decode the pages of stored, ascending ``pfns`` into ``out``, a page each.
+
+        The bulk read (a whole window at once; see KdumpFile.pages_into) the
+        kdump writer asks for; NotInDumpError for a pfn not stored, the file's
+        own errors for a bad page.
+        """
+        ps = self.page_size
+        if len(self.parts) == 1:
+            self.parts[0].pages_into(pfns, out)
+            return
+        cuts = np.searchsorted(pfns, self._starts[1:]).tolist()
+        for part, lo, hi in zip(self.parts, [0, *cuts], [*cuts, int(pfns.size)], strict=True):
+            if lo < hi:
+                part.pages_into(pfns[lo:hi], out[lo * ps : hi * ps])
 
     def read_page(self, pfn: int) -> bytes:
         """One decompressed page; NotInDumpError if excluded or lost."""
@@ -147,20 +151,34 @@ class KdumpMemory:
         reference: makedumpfile write_kdump_pages_and_bitmap_cyclic writes one raw
         zero page first in the data area and points every zero page at it.
         """
-        zero = np.zeros(pfns.size, dtype=np.bool_)
+        zero: npt.NDArray[np.bool_] | None = None
+        if not pfns.size:
+            return None
         for part in self.parts:
             offset = self._zero_page_offset(part)
-            inside = (pfns >= part.start_pfn) & (pfns < part.end_pfn)
-            if offset is None or not inside.any():
+            if offset is None:
                 continue
-            mine = pfns[inside]
-            lo = int(mine[0])
-            stored = part.bitmap2.get_bools(lo, int(mine[-1]) + 1)[mine - lo]
-            descs = part.page_descs(mine[stored])
-            hit = np.zeros(int(inside.sum()), dtype=np.bool_)
-            hit[stored] = (descs["offset"] == offset) & (descs["flags"] == 0)
-            zero[inside] = hit
-        return zero if zero.any() else None
+            if part.start_pfn <= int(pfns[0]) and int(pfns[-1]) < part.end_pfn:
+                lo, hi = 0, int(pfns.size)  # all in this file (always: a single file)
+            else:
+                lo, hi = np.searchsorted(pfns, (part.start_pfn, part.end_pfn)).tolist()
+            if lo == hi:
+                continue
+            mine = pfns[lo:hi]  # ascending
+            bits = part.bitmap2.bits
+            stored = ((bits[mine >> 3] >> (mine & 7).astype(np.uint8)) & 1).view(np.bool_)
+            if stored.all():
+                descs = part.page_descs(mine)
+                hit = (descs["offset"] == offset) & (descs["flags"] == 0)
+            else:
+                descs = part.page_descs(mine[stored])
+                hit = np.zeros(mine.size, dtype=np.bool_)
+                hit[stored] = (descs["offset"] == offset) & (descs["flags"] == 0)
+            if hit.any():
+                if zero is None:
+                    zero = np.zeros(pfns.size, dtype=np.bool_)
+                zero[lo:hi] = hit
+        return zero
 
     def _zero_page_offset(self, part: KdumpFile) -> int | None:
         if part not in self._zero_offsets:

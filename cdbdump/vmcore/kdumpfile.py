@@ -39,12 +39,23 @@ from cdbdump.formats.kdump import (
     bitmap_bytes,
     split_utsname,
 )
+from cdbdump.vmcore.pagedecode import DecodeFailed, decode_pages, read_stored
 from cdbdump.vmcore.vmcoreinfo import VmcoreInfo
 
 __all__ = ("KdumpFile", "PageDesc")
 
 _DESC_SIZE = PAGE_DESC_DTYPE.itemsize
 _CODEC_FLAGS = frozenset(c.flag for c in Codec)
+_ALL_CODEC_BITS = sum(_CODEC_FLAGS)  # a page's flags: one of these bits, or 0 (raw)
+# page_desc entries read and kept at a time (1.5 MiB): neighbouring lookups (a
+# refilter's windows, the mem_map scan's reads) cost no pread each
+_DESC_CHUNK = 1 << 16
+# pfns whose descriptors lie further apart than this are looked up with a read each
+# (a sparse window over a large dump: never the whole table between them)
+_DESC_GAP = 1 << 9
+# runs of lost descriptors remembered from one pass over the table; a dump with more
+# (only a damaged one) has its descriptors read wherever "is it stored" is asked
+_MAX_LOST_RUNS = 1 << 16
 _MIN_BLOCK_SIZE = 512
 _MAX_BLOCK_SIZE = 1 << 18  # 256 KiB pages: well above any Linux page size
 # header offsets, for error messages
@@ -105,6 +116,12 @@ class KdumpFile:
             self._rank_base
         )
         self.offset_data = self.offset_page_desc + self.nr_dumpable * _DESC_SIZE
+        # descriptors the file holds (a dump cut short holds fewer: the rest are "lost")
+        self._nr_descs_in_file = max(0, (file.size - self.offset_page_desc) // _DESC_SIZE)
+        self._desc_chunk_lo = 0
+        self._desc_chunk = np.zeros(0, dtype=PAGE_DESC_DTYPE)
+        self._lost: tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]] | None = None
+        self._lost_known = False
         self._vmcoreinfo: VmcoreInfo | None = None
 
     # -- opening ------------------------------------------------------------------------
@@ -235,18 +252,47 @@ class KdumpFile:
             bad = int(pfns[bits == 0][0])
             raise NotInDumpError(bad << self._shift, self.page_size, "excluded from the dump")
         ranks = self._ranks(pfns) - self._rank_base
-        lo = int(ranks.min())
-        hi = int(ranks.max()) + 1
-        first = self.offset_page_desc + lo * _DESC_SIZE
-        avail = max(0, min(hi, (self.file.size - self.offset_page_desc) // _DESC_SIZE) - lo)
-        if avail > 0:
-            table = np.frombuffer(
-                self.file.view(first, avail * _DESC_SIZE, "page_desc table"),
-                dtype=PAGE_DESC_DTYPE,
-            )
-            inside = ranks - lo < avail
-            out[inside] = table[ranks[inside] - lo]
+        # as rows of three u64: numpy copies those far faster than structured items
+        rows = out.view(np.uint64).reshape(pfns.size, 3)
+        if int(ranks[-1]) - int(ranks[0]) < _DESC_CHUNK:  # ascending pfns: ascending ranks
+            self._fill_descs(ranks, rows)
+            return out
+        breaks = (np.flatnonzero(np.diff(ranks) > _DESC_GAP) + 1).tolist()
+        for a, b in zip([0, *breaks], [*breaks, pfns.size], strict=True):
+            self._fill_descs(ranks[a:b], rows[a:b])
         return out
+
+    def _fill_descs(self, ranks: npt.NDArray[np.int64], rows: npt.NDArray[np.uint64]) -> None:
+        """rows[i] = descriptor ranks[i] (ascending), left zero past the end of the file."""
+        lo = int(ranks[0])
+        hi = int(ranks[-1]) + 1
+        avail = max(0, min(hi, self._nr_descs_in_file) - lo)
+        if avail <= 0:
+            return
+        table = self._desc_table(lo, lo + avail).view(np.uint64).reshape(avail, 3)
+        if avail == ranks.size:  # consecutive descriptors, all in the file
+            rows[:] = table
+        elif avail == hi - lo:  # all in the file
+            np.take(table, ranks - lo, axis=0, out=rows)
+        else:
+            inside = ranks - lo < avail
+            rows[inside] = table[ranks[inside] - lo]
+
+    def _desc_table(self, lo: int, hi: int) -> npt.NDArray[np.void]:
+        """page_desc entries [lo, hi) of this file (all inside it), through a chunk cache."""
+        chunk_lo = self._desc_chunk_lo
+        if chunk_lo <= lo and hi <= chunk_lo + self._desc_chunk.size:
+            return self._desc_chunk[lo - chunk_lo : hi - chunk_lo]
+        if hi - lo > _DESC_CHUNK:  # a long range: read as is, not kept
+            return np.frombuffer(self._read_descs(lo, hi), dtype=PAGE_DESC_DTYPE)
+        end = max(hi, min(lo + _DESC_CHUNK, self._nr_descs_in_file))
+        self._desc_chunk = np.frombuffer(self._read_descs(lo, end), dtype=PAGE_DESC_DTYPE)
+        self._desc_chunk_lo = lo
+        return self._desc_chunk[: hi - lo]
+
+    def _read_descs(self, lo: int, hi: int) -> memoryview:
+        return self.file.view(self.offset_page_desc + lo * _DESC_SIZE, (hi - lo) * _DESC_SIZE,
+                              "page_desc table")
 
     def page_desc(self, pfn: int) -> PageDesc:
         self._check_pfn(pfn)
@@ -302,6 +348,97 @@ class KdumpFile:
         data = self.file.view(desc.offset, desc.size, f"data of pfn {pfn:#x}")
         return decompress_page(desc.flags, data, ps, file_offset=desc.offset)
 
+    def stored_bools(self, first: int, last: int) -> npt.NDArray[np.bool_]:
+        """For pfns [first, last) inside [start_pfn, end_pfn): dumpable and not lost."""
+        bools = self.bitmap2.get_bools(first, last)
+        runs = self.lost_runs()
+        if runs is None:
+            pfns = np.flatnonzero(bools) + first
+            bools[pfns - first] = self.page_descs(pfns)["offset"] != 0
+            return bools
+        starts, ends = runs
+        if starts.size:
+            idx = np.flatnonzero(bools)
+            r0 = int(self._ranks(np.array([first], dtype=np.int64))[0]) - self._rank_base
+            r1 = r0 + int(idx.size)
+            a = int(np.searchsorted(ends, r0, side="right"))
+            b = int(np.searchsorted(starts, r1, side="left"))
+            for lo, hi in zip(starts[a:b].tolist(), ends[a:b].tolist(), strict=True):
+                bools[idx[max(lo, r0) - r0 : min(hi, r1) - r0]] = False
+        return bools
+
+    def lost_runs(self) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]] | None:
+        """(starts, ends) of the runs of this file's descriptors (0 = its first) whose
+        page is lost: offset 0 (makedumpfile write_kdump_page, flag_nospace), or past
+        the end of a file cut short. One pass over the table, remembered; None when
+        there are too many runs to keep (then the descriptors are read when asked).
+        """
+        if self._lost_known:
+            return self._lost
+        self._lost_known = True
+        starts: list[int] = []
+        ends: list[int] = []
+        nr_in_file = min(self.nr_descs, self._nr_descs_in_file)
+        for lo in range(0, nr_in_file, _DESC_CHUNK):
+            hi = min(nr_in_file, lo + _DESC_CHUNK)
+            offsets = np.frombuffer(self._read_descs(lo, hi), dtype=np.int64)[::3]
+            lost = offsets == 0
+            if not lost.any():
+                continue
+            edges = np.flatnonzero(np.diff(lost, prepend=False, append=False)) + lo
+            for start, end in zip(edges[0::2].tolist(), edges[1::2].tolist(), strict=True):
+                if ends and ends[-1] == start:
+                    ends[-1] = end
+                else:
+                    starts.append(start)
+                    ends.append(end)
+            if len(starts) > _MAX_LOST_RUNS:
+                return None
+        if nr_in_file < self.nr_descs:
+            if ends and ends[-1] == nr_in_file:
+                ends[-1] = self.nr_descs
+            else:
+                starts.append(nr_in_file)
+                ends.append(self.nr_descs)
+        self._lost = (np.array(starts, dtype=np.int64), np.array(ends, dtype=np.int64))
+        return self._lost
+
+    def pages_into(self, pfns: npt.NDArray[np.int64], out: npt.NDArray[np.uint8]) -> None:
+        """Decode the pages of dumpable, ascending ``pfns`` into ``out`` (a page each).
+
+        The bulk form of :meth:`read_page`: one page_desc lookup, a few preads, one
+        native decode call. Fails as read_page would at the first bad page (lost,
+        corrupt page_desc, data past the end, data that does not decode).
+        """
+        n = int(pfns.size)
+        if not n:
+            return
+        descs = self.page_descs(pfns)
+        offsets = descs["offset"]
+        sizes = descs["size"]
+        flags = descs["flags"]
+        ps = self.page_size
+        bad = ((sizes == 0) | (sizes > ps) | (offsets < self.offset_data)
+               | (offsets > self.file.size - sizes.astype(np.int64))
+               | ((flags & ~np.uint32(_ALL_CODEC_BITS)) != 0)
+               | ((flags & (flags - np.uint32(1))) != 0))  # offset 0 (lost) is before the data
+        stop = int(np.argmax(bad)) if bad.any() else n
+        if stop:
+            data, rel = read_stored(self.file, offsets[:stop], sizes[:stop], "page data")
+            try:
+                decode_pages(data, rel, sizes[:stop], flags[:stop], offsets[:stop], out, ps)
+            except DecodeFailed as exc:
+                self._raise_for(int(pfns[exc.index]), descs[exc.index])
+        if stop < n:
+            self._raise_for(int(pfns[stop]), descs[stop])
+
+    def _raise_for(self, pfn: int, d: np.void) -> None:
+        """The error of a page the bulk path rejected: the per-page path's own."""
+        desc = PageDesc(int(d["offset"]), int(d["size"]), int(d["flags"]), int(d["page_flags"]))
+        self.load_page(pfn, desc)  # raises
+        raise CorruptDumpError(f"data of pfn {pfn:#x} does not decode to one page",
+                               file_offset=desc.offset, field="page data")
+
     def nr_zero_descs(self) -> int:
         """Dumpable pages sharing the one zero page (dump level bit 1), from the descriptors."""
         first = self.offset_data  # makedumpfile writes the shared zero page first
@@ -320,14 +457,13 @@ class KdumpFile:
 
     def iter_pages(self, window: int = 4096) -> Iterator[tuple[int, bytes]]:
         """(pfn, content) for every dumpable page that is not lost, in pfn order."""
+        ps = self.page_size
         for pfns in self.iter_dumpable_pfns(window):
-            descs = self.page_descs(pfns)
-            for pfn, d in zip(pfns.tolist(), descs, strict=True):
-                if int(d["offset"]) == 0:
-                    continue
-                desc = PageDesc(int(d["offset"]), int(d["size"]), int(d["flags"]),
-                                int(d["page_flags"]))
-                yield pfn, self.load_page(pfn, desc)
+            stored = pfns[self.page_descs(pfns)["offset"] != 0]
+            buf = np.empty(stored.size * ps, dtype=np.uint8)
+            self.pages_into(stored, buf)
+            for i, pfn in enumerate(stored.tolist()):
+                yield pfn, buf[i * ps : (i + 1) * ps].tobytes()
 
 
 # -- helpers ------------------------------------------------------------------------------

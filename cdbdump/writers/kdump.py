@@ -463,6 +463,9 @@ class _PageWriter:
         self.data_into: Callable[[Extent, npt.NDArray[np.uint8]], None] | None = getattr(
             memory, "data_into", None)
         self.scratch = np.empty(0, dtype=np.uint8)  # a window's sparse span, read whole
+        # a kdump-compressed input (KdumpMemory) decodes a window's pages in one call
+        self.pages_into: Callable[[npt.NDArray[np.int64], npt.NDArray[np.uint8]], None] | None = (
+            getattr(memory, "pages_into", None))
         self.start_writeback: Callable[[int, int], None] | None = getattr(
             sink, "start_writeback", None)  # a file (not a -F stream)
         self.pwritev: Callable[[tuple[bytes | memoryview, ...], int], None] | None = getattr(
@@ -874,6 +877,9 @@ class _PageWriter:
         ps = self.page_size
         shift = self.shift
         n = int(pfns.size)
+        if self.pages_into is not None:
+            self.pages_into(pfns, self.gather[: n * ps])
+            return self.gather[: n * ps]
         first = int(pfns[0])
         span = int(pfns[-1]) - first + 1
         # the whole window one stored extent: no per-run Python work (only where that
