@@ -19,11 +19,14 @@ With dump level bit 1 (exclude zero pages) zero pages keep their bit in the
 all-zero page's descriptor is a copy of that shared descriptor.
 
 Pages are streamed in windows of set pfns: each window is gathered (read
-straight into a reused buffer; one read when it is one run inside one PT_LOAD),
-zero-tested with numpy, compressed as a batch, and written as one data write
-followed by one descriptor write, so neither the descriptor table nor the data
+straight into a reused buffer; one read when it is one run inside one PT_LOAD)
+on the main thread, compressed on the pool into its own output buffer (zero pages
+found as they are compressed) while the next window is read, and written on the
+I/O thread as one data write followed by one descriptor write, window after
+window; a few windows are in flight, so neither the descriptor table nor the data
 is ever held whole, and every descriptor on disk points at data already written
 (what makes an ENOSPC-cut dump readable, makedumpfile's "incomplete dumpfile").
+Pages in holes of a sparse input are neither read nor compressed.
 """
 
 from __future__ import annotations
