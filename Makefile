@@ -25,8 +25,9 @@ $(VENV)/.base: pyproject.toml
 	touch $@
 
 # Every extra; python-lzo builds against liblzo2-dev (installed by system-deps), and
-# the reinstall rebuilds cdbdump._pagebatch with liblzo2 and libsnappy.
-$(VENV)/.full: $(VENV)/.base | system-deps
+# the reinstall rebuilds cdbdump._pagebatch with liblzo2, libsnappy and libzstd (again
+# whenever its source or setup.py changes: an editable install builds it only here).
+$(VENV)/.full: $(VENV)/.base setup.py cdbdump/_pagebatch.c | system-deps
 	$(PIP) -e '.[dev,lzo,lzo-exact,snappy]'
 	touch $@
 

@@ -1,9 +1,10 @@
 """The optional C extension cdbdump._pagebatch (everything else is in pyproject.toml).
 
 It needs a C compiler, Python's headers and zlib's (Debian: build-essential,
-python3-dev, zlib1g-dev); LZO and snappy are compiled in when liblzo2-dev and
-libsnappy-dev are installed. Without a compiler or zlib the build goes on without
-it and cdbdump compresses through its Python path (same bytes, slower).
+python3-dev, zlib1g-dev); LZO, snappy and zstd are compiled in when liblzo2-dev,
+libsnappy-dev and libzstd-dev are installed. Without a compiler or zlib the build
+goes on without it and cdbdump compresses through its Python path (same bytes,
+slower).
 """
 
 from __future__ import annotations
@@ -19,11 +20,12 @@ from setuptools.errors import CompileError, LinkError
 _OPTIONAL = {
     "CDBDUMP_HAVE_LZO": ("lzo/lzo1x.h", "lzo2", "lzo_init()"),
     "CDBDUMP_HAVE_SNAPPY": ("snappy-c.h", "snappy", "snappy_max_compressed_length(1)"),
+    "CDBDUMP_HAVE_ZSTD": ("zstd.h", "zstd", "ZSTD_compressBound(1)"),
 }
 
 
 class BuildPagebatch(build_ext):
-    """Probe for liblzo2 and libsnappy; compile in the codecs whose library links."""
+    """Probe for liblzo2, libsnappy and libzstd; compile in the codecs whose library links."""
 
     def build_extension(self, ext: Extension) -> None:
         if ext.name == "cdbdump._pagebatch":

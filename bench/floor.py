@@ -8,7 +8,7 @@ it stores (its 2nd bitmap, less the pages sharing the zero-page descriptor)
 are gathered from VMCORE window by window outside the clock, then compressed
 with DUMP's codec by cdbdump's PageCompressor on every core, on the clock: the
 fastest compressor cdbdump has (the C batch compressor cdbdump._pagebatch for
-zlib, lzo and snappy when it is built, python-zstandard's multi-call API for zstd).
+every codec it was built with; else python-zstandard's multi-call API for zstd).
 Prints one JSON object: pages, bytes, compress_s (wall), compress_cpu_s, native.
 """
 

@@ -8,10 +8,14 @@
  *           between pages; same parameters, same bytes)
  *   lzo:    lzo1x_1_compress(..., wrkmem) with LZO1X_1_MEM_COMPRESS of work memory
  *   snappy: snappy_compress (raw format)
+ *   zstd:   ZSTD_compressCCtx(cctx, ..., level 1) into ZSTD_compressBound bytes, one
+ *           ZSTD_CCtx reused page after page (makedumpfile keeps one per thread;
+ *           here: one per calling thread, kept until that thread exits)
  *
- * Built by setup.py when a C compiler and zlib's headers exist; LZO and snappy
- * only when liblzo2's and libsnappy's headers do (CDBDUMP_HAVE_LZO,
- * CDBDUMP_HAVE_SNAPPY). The module attribute CODECS names what was built.
+ * Built by setup.py when a C compiler and zlib's headers exist; LZO, snappy and
+ * zstd only when liblzo2's, libsnappy's and libzstd's headers do (CDBDUMP_HAVE_LZO,
+ * CDBDUMP_HAVE_SNAPPY, CDBDUMP_HAVE_ZSTD). The module attribute CODECS names what
+ * was built.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -27,16 +31,54 @@
 #ifdef CDBDUMP_HAVE_SNAPPY
 #include <snappy-c.h>
 #endif
+#ifdef CDBDUMP_HAVE_ZSTD
+#include <pthread.h>
+#include <zstd.h>
+#include <zstd_errors.h>
+#endif
 
 /* diskdump_mod.h DUMP_DH_COMPRESSED_*: the page_desc flags of a compressed page */
 #define FLAG_ZLIB 0x1
 #define FLAG_LZO 0x2
 #define FLAG_SNAPPY 0x4
+#define FLAG_ZSTD 0x20
 
 /* the largest page of any architecture makedumpfile supports is 64 KiB */
 #define MAX_PAGE_SIZE (1u << 20)
 
 static PyObject *PagebatchError;
+
+#ifdef CDBDUMP_HAVE_ZSTD
+/* Each thread's ZSTD_CCtx (created on its first zstd batch, freed by the key's
+ * destructor when the thread exits): a context keeps its tables and work space, so
+ * a batch does not allocate them again. ZSTD_compressCCtx sets every parameter
+ * from its level argument, so the bytes do not depend on what the context did
+ * before. */
+static pthread_key_t zstd_cctx_key;
+
+static void
+zstd_cctx_free(void *cctx)
+{
+    ZSTD_freeCCtx((ZSTD_CCtx *)cctx);
+}
+
+static pthread_key_t zstd_dctx_key; /* the decoder's: the same, with a ZSTD_DCtx */
+static void zstd_dctx_free(void *dctx); /* in the decoder's section */
+
+static ZSTD_CCtx *
+zstd_thread_cctx(void)
+{
+    ZSTD_CCtx *cctx = (ZSTD_CCtx *)pthread_getspecific(zstd_cctx_key);
+    if (cctx == NULL) {
+        cctx = ZSTD_createCCtx();
+        if (cctx != NULL && pthread_setspecific(zstd_cctx_key, cctx) != 0) {
+            ZSTD_freeCCtx(cctx);
+            cctx = NULL;
+        }
+    }
+    return cctx;
+}
+#endif
 
 /* -- one coder per call (per thread): the codec's own state -------------------------- */
 
@@ -47,6 +89,9 @@ typedef struct {
     void *wrkmem; /* lzo1x_1 dictionary */
     z_stream zs;
     int zs_ready;
+#ifdef CDBDUMP_HAVE_ZSTD
+    ZSTD_CCtx *cctx; /* the thread's own (zstd_thread_cctx), not freed by coder_free */
+#endif
     /* the stored form of an all-zero page, once one was compressed: every codec here
      * is a pure function of its input, so the next zero page gets these bytes back */
     unsigned char *zero_form;
@@ -71,6 +116,10 @@ codec_bound(unsigned flag, size_t page_size)
     case FLAG_SNAPPY:
         return snappy_max_compressed_length(page_size);
 #endif
+#ifdef CDBDUMP_HAVE_ZSTD
+    case FLAG_ZSTD:
+        return ZSTD_compressBound(page_size);
+#endif
     default:
         return 0;
     }
@@ -94,6 +143,13 @@ coder_init(coder_t *c, unsigned flag, size_t page_size)
     if (flag == FLAG_LZO) {
         c->wrkmem = malloc(LZO1X_1_MEM_COMPRESS);
         if (c->wrkmem == NULL)
+            return CODER_NOMEM;
+    }
+#endif
+#ifdef CDBDUMP_HAVE_ZSTD
+    if (flag == FLAG_ZSTD) {
+        c->cctx = zstd_thread_cctx();
+        if (c->cctx == NULL)
             return CODER_NOMEM;
     }
 #endif
@@ -144,6 +200,16 @@ coder_page(coder_t *c, const unsigned char *page, unsigned char *out, size_t *ou
         size_t len = c->bound;
         if (snappy_compress((const char *)page, c->page_size, (char *)out, &len) != SNAPPY_OK)
             return CODER_FAILED;
+        *out_len = len;
+        return CODER_OK;
+    }
+#endif
+#ifdef CDBDUMP_HAVE_ZSTD
+    case FLAG_ZSTD: {
+        size_t len = ZSTD_compressCCtx(c->cctx, out, c->bound, page, c->page_size, 1);
+        if (ZSTD_isError(len))
+            return ZSTD_getErrorCode(len) == ZSTD_error_memory_allocation ? CODER_NOMEM
+                                                                          : CODER_FAILED;
         *out_len = len;
         return CODER_OK;
     }
@@ -237,11 +303,12 @@ compress_batch(unsigned int flag, PyObject *data_obj, PyObject *index_obj,
 PyDoc_STRVAR(compress_pages_doc,
 "compress_pages(flag, data, index, page_size, sizes, flags) -> bytes\n\n"
 "Compress the pages data[index[i]*page_size : +page_size] in order with the codec\n"
-"whose page_desc flag is `flag` (0x1 zlib, 0x2 lzo, 0x4 snappy). `index` is an\n"
-"int64 array (None: every page of data). For page i, sizes[i] and flags[i] (uint32\n"
-"arrays of len(index)) get the stored size and flags: the compressed form when it\n"
-"is strictly smaller than the page, else the raw page and flags 0. Returns the\n"
-"stored pages, concatenated. The GIL is released while compressing.");
+"whose page_desc flag is `flag` (0x1 zlib, 0x2 lzo, 0x4 snappy, 0x20 zstd).\n"
+"`index` is an int64 array (None: every page of data). For page i, sizes[i] and\n"
+"flags[i] (uint32 arrays of len(index)) get the stored size and flags: the\n"
+"compressed form when it is strictly smaller than the page, else the raw page and\n"
+"flags 0. Returns the stored pages, concatenated. The GIL is released while\n"
+"compressing.");
 
 static PyObject *
 compress_pages(PyObject *self, PyObject *args)
@@ -444,9 +511,10 @@ PyDoc_STRVAR(decompress_pages_doc,
 "decompress_pages(data, offsets, sizes, flags, page_size, out) -> int\n\n"
 "Decode stored pages into out (len(offsets) * page_size bytes, writable): page i is\n"
 "data[offsets[i] : offsets[i] + sizes[i]] with page_desc flags flags[i] (0 raw, 0x1\n"
-"zlib, 0x2 lzo, 0x4 snappy). offsets is an int64 array, sizes and flags uint32 ones.\n"
-"Returns -1 when every page decoded to exactly page_size bytes, else the index of the\n"
-"first page that did not (the caller names the problem). The GIL is released.");
+"zlib, 0x2 lzo, 0x4 snappy, 0x20 zstd). offsets is an int64 array, sizes and flags\n"
+"uint32 ones. Returns -1 when every page decoded to exactly page_size bytes, else the\n"
+"index of the first page that did not (the caller names the problem). The GIL is\n"
+"released.");
 
 static PyMethodDef methods[] = {
     {"compress_into", compress_into, METH_VARARGS, compress_into_doc},
@@ -474,6 +542,21 @@ PyInit__pagebatch(void)
         return NULL;
     }
 #endif
+#ifdef CDBDUMP_HAVE_ZSTD
+    /* m_size -1: initialised once per process, the key is never deleted */
+    static int zstd_key_made = 0;
+    if (!zstd_key_made) {
+        if (pthread_key_create(&zstd_cctx_key, zstd_cctx_free) != 0) {
+            PyErr_SetString(PyExc_ImportError, "pthread_key_create() failed");
+            return NULL;
+        }
+        if (pthread_key_create(&zstd_dctx_key, zstd_dctx_free) != 0) {
+            PyErr_SetString(PyExc_ImportError, "pthread_key_create() failed");
+            return NULL;
+        }
+        zstd_key_made = 1;
+    }
+#endif
     PyObject *m = PyModule_Create(&module_def);
     if (m == NULL)
         return NULL;
@@ -487,12 +570,18 @@ PyInit__pagebatch(void)
 #ifdef CDBDUMP_HAVE_SNAPPY
                                      "s"
 #endif
+#ifdef CDBDUMP_HAVE_ZSTD
+                                     "s"
+#endif
                                      ")", "zlib"
 #ifdef CDBDUMP_HAVE_LZO
                                      , "lzo"
 #endif
 #ifdef CDBDUMP_HAVE_SNAPPY
                                      , "snappy"
+#endif
+#ifdef CDBDUMP_HAVE_ZSTD
+                                     , "zstd"
 #endif
                                      );
     if (codecs == NULL || PyModule_AddObject(m, "CODECS", codecs) < 0) {
@@ -516,6 +605,8 @@ fail:
  *                                         between pages; the stream must end)
  *   lzo:    lzo1x_decompress_safe()
  *   snappy: snappy_uncompressed_length() then snappy_uncompress()
+ *   zstd:   ZSTD_decompress()            (here: ZSTD_decompressDCtx with the thread's
+ *                                         own ZSTD_DCtx, kept like the compressor's)
  * This function only says which page failed first; the Python reader turns that into
  * its one-line error (the same words as its per-page path).
  */
@@ -525,6 +616,28 @@ typedef struct {
     z_stream zs;
     int zs_ready;
 } decoder_t;
+
+#ifdef CDBDUMP_HAVE_ZSTD
+static void
+zstd_dctx_free(void *dctx)
+{
+    ZSTD_freeDCtx((ZSTD_DCtx *)dctx);
+}
+
+static ZSTD_DCtx *
+zstd_thread_dctx(void)
+{
+    ZSTD_DCtx *dctx = (ZSTD_DCtx *)pthread_getspecific(zstd_dctx_key);
+    if (dctx == NULL) {
+        dctx = ZSTD_createDCtx();
+        if (dctx != NULL && pthread_setspecific(zstd_dctx_key, dctx) != 0) {
+            ZSTD_freeDCtx(dctx);
+            dctx = NULL;
+        }
+    }
+    return dctx;
+}
+#endif
 
 static void
 decoder_free(decoder_t *d)
@@ -578,6 +691,23 @@ decoder_page(decoder_t *d, unsigned flag, const unsigned char *src, size_t len,
         out_len = ps;
         if (snappy_uncompress((const char *)src, len, (char *)dst, &out_len) != SNAPPY_OK)
             return -1;
+        return out_len == ps ? 0 : -1;
+    }
+#endif
+#ifdef CDBDUMP_HAVE_ZSTD
+    case FLAG_ZSTD: {
+        ZSTD_DCtx *dctx = zstd_thread_dctx();
+        if (dctx == NULL)
+            return -2;
+        /* the first frame only: bytes after it are ignored, as by the per-page path
+         * (python-zstandard's decompress); makedumpfile's ZSTD_decompress would read
+         * them as more frames. A frame larger than the page fails (dstSize_tooSmall). */
+        size_t frame_len = ZSTD_findFrameCompressedSize(src, len);
+        if (ZSTD_isError(frame_len))
+            return -1;
+        size_t out_len = ZSTD_decompressDCtx(dctx, dst, ps, src, frame_len);
+        if (ZSTD_isError(out_len))
+            return ZSTD_getErrorCode(out_len) == ZSTD_error_memory_allocation ? -2 : -1;
         return out_len == ps ? 0 : -1;
     }
 #endif

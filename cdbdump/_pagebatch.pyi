@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Any
 
-CODECS: tuple[str, ...]  # of "zlib", "lzo", "snappy": what was compiled in
+CODECS: tuple[str, ...]  # of "zlib", "lzo", "snappy", "zstd": what was compiled in
 MAX_PAGE_SIZE: int
 
 class error(Exception): ...  # a codec library reported a failure

@@ -277,8 +277,8 @@ def _zstd_decompress(_module: ModuleType | None, data: BufferLike, page_size: in
 # checked: if it holds the GIL, threads only do not help), so every
 # codec runs on the thread pool; LZO and snappy compress a 4 KiB page in ~1-3 us,
 # close to the cost of the Python call around it, which holds the GIL between
-# pages: that is why the writer prefers cdbdump._pagebatch (C, 256 pages a call)
-# for zlib, LZO and snappy, and these per-page functions are its fallback.
+# pages: that is why the writer prefers cdbdump._pagebatch (C, 128 pages a call)
+# for every codec it was built with, and these per-page functions are its fallback.
 _SPECS: dict[Codec, CodecSpec] = {
     Codec.NONE: CodecSpec("", None, None, None, False, None, None),
     Codec.ZLIB: CodecSpec("-c", None, None, None, True, _zlib_compressor, _zlib_decompress),

@@ -14,8 +14,9 @@ set -euo pipefail
 
 PACKAGES=(
   # venv with every extra: python-lzo builds against liblzo2 (liblzo2-dev, a C compiler);
-  # cdbdump's own C page compressor (setup.py) against zlib, liblzo2 and libsnappy
-  python3 python3-venv python3-dev build-essential liblzo2-dev zlib1g-dev libsnappy-dev git
+  # cdbdump's own C page compressor (setup.py) against zlib, liblzo2, libsnappy, libzstd
+  python3 python3-venv python3-dev build-essential liblzo2-dev zlib1g-dev libsnappy-dev
+  libzstd-dev git
   # independent readers used as oracles
   makedumpfile crash python3-libkdumpfile
   # real vmcores: Debian kernels under QEMU, packages fetched from other suites

@@ -3,11 +3,12 @@
 The reader's bulk path (reference: makedumpfile readpage_kdump_compressed, one
 page at a time there): the data of a batch of page descriptors is read with a
 few preads (one per stretch of nearby data), then decoded by cdbdump._pagebatch
-in one call with the GIL released; zstd by python-zstandard's multi-frame call
-(C, GIL released too); page by page through cdbdump.codecs.decompress_page where
-neither is there, and to name a page that fails. The caller has validated the
-descriptors; a page that fails to decode natively is reported by its index, and
-the caller names it (:class:`DecodeFailed`).
+in one call with the GIL released (zstd too when it was built with libzstd); zstd
+otherwise by python-zstandard's multi-frame call (C, GIL released too); page by
+page through cdbdump.codecs.decompress_page where neither is there, and to name a
+page that fails. The caller has validated the descriptors; a page that fails to
+decode natively is reported by its index, and the caller names it
+(:class:`DecodeFailed`).
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ __all__ = ("DecodeFailed", "decode_pages", "native_flags", "read_stored")
 GAP_BYTES = 1 << 15
 
 _FLAG_OF_NAME = {"zlib": DUMP_DH_COMPRESSED_ZLIB, "lzo": DUMP_DH_COMPRESSED_LZO,
-                 "snappy": DUMP_DH_COMPRESSED_SNAPPY}
+                 "snappy": DUMP_DH_COMPRESSED_SNAPPY, "zstd": DUMP_DH_COMPRESSED_ZSTD}
 
 
 class DecodeFailed(Exception):  # an internal signal: never leaves the reader

@@ -77,10 +77,12 @@ for exe in "$OUT" "$OUT.bundle/cdbdump"; do
   if "$exe" --version | grep -q disabled; then
     echo "$exe lacks a codec: $("$exe" --version | grep disabled)" >&2; exit 1
   fi
-  # the venv's C page compressor (cdbdump._pagebatch) must have come along
-  if "$PYTHON" -c 'import cdbdump._pagebatch' 2>/dev/null &&
-      ! grep -q "lzo.*(native)" <<<"$("$exe" --version)"; then
-    echo "$exe lacks cdbdump._pagebatch" >&2; exit 1
-  fi
+  # the venv's C page compressor (cdbdump._pagebatch) must have come along, every codec
+  # it was built with (lzo, snappy, zstd need their libraries in the bundle)
+  for codec in $("$PYTHON" -c 'import cdbdump._pagebatch as m; print(*m.CODECS)' 2>/dev/null); do
+    if ! grep -q "^  $codec"$'\t'".*(native)" <<<"$("$exe" --version)"; then
+      echo "$exe lacks cdbdump._pagebatch's $codec" >&2; exit 1
+    fi
+  done
 done
 echo "$OUT"

@@ -2,14 +2,15 @@
 
 makedumpfile is Debian 13's 1:1.7.6-1 (the ``makedumpfile_new`` fixture,
 fixtures/makedumpfile_trixie.py). It compresses each page with
-``ZSTD_compressCCtx(level 1)`` from the host's libzstd (Debian 12: 1.5.4); cdbdump
-uses python-zstandard's bundled libzstd (1.5.7 with zstandard 0.25). Level-1
-frames of a 4 KiB page came out identical across those versions: the whole files
-are asserted byte-identical, and so were 20173 non-zero pages of the real Debian
-6.1 vmcore (checked by hand while writing this test). Should a future libzstd
-change its level-1 output, the structural checks below (bitmaps, page_desc
-flags, every page's content) still pass and only the final ``cmp`` fails, with
-the libzstd versions in its message.
+``ZSTD_compressCCtx(level 1)`` from the host's libzstd (Debian 12: 1.5.4). cdbdump
+does the same call through cdbdump._pagebatch (the host's libzstd) and, built
+without it, python-zstandard's bundled libzstd (1.5.7 with zstandard 0.25): both
+paths run here. Level-1 frames of a 4 KiB page came out identical across those
+versions: the whole files are asserted byte-identical, and so were the non-zero
+pages of the real Debian 6.1 vmcore (tests/real/test_real_zstd_pages.py). Should a
+future libzstd change its level-1 output, the structural checks below (bitmaps,
+page_desc flags, every page's content) still pass and only the final ``cmp``
+fails, with the libzstd versions in its message.
 
 Refilter: makedumpfile reads cdbdump's zstd -d 1 dump as input and refilters it
 to -z -d 31; the result must equal makedumpfile's own -z -d 31 dump of the ELF.
@@ -28,10 +29,13 @@ import numpy as np
 import pytest
 import zstandard
 
+from cdbdump.codecs import Codec
 from cdbdump.fileio import MappedFile
 from cdbdump.formats.kdump import DUMP_DH_COMPRESSED_ZSTD
 from cdbdump.vmcore.kdumpfile import KdumpFile
+from cdbdump.writers.compress import native_codecs
 from tests.builders import SyntheticKernel
+from tests.ci_gate import IN_CI
 
 pytestmark = pytest.mark.oracle
 MakeVmcore = Callable[..., tuple[SyntheticKernel, Path]]
@@ -39,9 +43,22 @@ MACHINES = [("6.1", 3), ("6.1", 8), ("5.10", 5)]
 TIMEOUT_S = 300
 
 
-def _cdbdump(*args: str | Path) -> None:
+# cdbdump as a build without the C extension runs it: python-zstandard compresses
+_WITHOUT_PAGEBATCH = (
+    "import sys; sys.modules['cdbdump._pagebatch'] = None\n"
+    "from cdbdump.cli import main\n"
+    "main()\n"
+)
+
+
+def _cdbdump(*args: str | Path, native: bool = True) -> None:
+    if native and Codec.ZSTD not in native_codecs():
+        if IN_CI:
+            pytest.fail("cdbdump._pagebatch was built without zstd (libzstd-dev?)")
+        pytest.skip("cdbdump._pagebatch was built without zstd")
+    how = ["-m", "cdbdump"] if native else ["-c", _WITHOUT_PAGEBATCH]
     proc = subprocess.run(
-        [sys.executable, "-m", "cdbdump", *map(str, args)],
+        [sys.executable, *how, *map(str, args)],
         capture_output=True,
         text=True,
         timeout=TIMEOUT_S,
@@ -69,7 +86,8 @@ def _libzstd_versions() -> str:
         lib.ZSTD_versionString.restype = ctypes.c_char_p
         system = lib.ZSTD_versionString().decode()
     bundled = ".".join(map(str, zstandard.ZSTD_VERSION))
-    return f"host libzstd {system} (makedumpfile), python-zstandard's libzstd {bundled} (cdbdump)"
+    return (f"host libzstd {system} (makedumpfile, cdbdump._pagebatch), "
+            f"python-zstandard's libzstd {bundled} (cdbdump without it)")
 
 
 def _first_difference(a: bytes, b: bytes) -> int:
@@ -106,13 +124,15 @@ def _assert_same_dump(ours: Path, ref: Path, kernel: SyntheticKernel) -> None:
         )
 
 
+@pytest.mark.parametrize("native", [True, False], ids=["native", "python-zstandard"])
 @pytest.mark.parametrize(("dialect", "seed"), MACHINES)
 def test_zstd_dump_is_makedumpfiles(
-    dialect: str, seed: int, tiny_vmcore: MakeVmcore, makedumpfile_new: Path, tmp_path: Path
+    dialect: str, seed: int, native: bool, tiny_vmcore: MakeVmcore, makedumpfile_new: Path,
+    tmp_path: Path
 ) -> None:
     kernel, vmcore = tiny_vmcore(dialect, seed=seed, layout="proc_vmcore")
     ours, ref = tmp_path / "cdbdump.kdump", tmp_path / "makedumpfile.kdump"
-    _cdbdump("-z", "-d", "31", "--message-level", "0", vmcore, ours)
+    _cdbdump("-z", "-d", "31", "--message-level", "0", vmcore, ours, native=native)
     _makedumpfile(makedumpfile_new, "-z", "-d", "31", vmcore, ref)
     _assert_same_dump(ours, ref, kernel)
 

@@ -37,6 +37,7 @@ def test_system_deps_names_what_is_missing() -> None:
     listed = subprocess.run(["bash", str(script), "--list"], capture_output=True, text=True,
                             check=True).stdout.split()
     for needed in ("makedumpfile", "python3-libkdumpfile", "qemu-system-x86", "liblzo2-dev",
+                   "libsnappy-dev", "libzstd-dev",
                    "python3-venv", "debian-archive-keyring"):
         assert needed in listed
     absent = "cdbdump-no-such-package"

@@ -180,11 +180,13 @@ def test_batch_rejects_partial_pages() -> None:
 
 def test_zstd_without_multi_compress_uses_the_pool(monkeypatch: pytest.MonkeyPatch) -> None:
     data = b"".join(_batch() * 30)
-    with PageCompressor(Codec.ZSTD, PS, threads=2) as multi:
+    with PageCompressor(Codec.ZSTD, PS, threads=2, native=False) as multi:
+        assert multi._zstd_multi
         want = multi.compress_pages(data)
-    with PageCompressor(Codec.ZSTD, PS, threads=2) as pool:
+    with PageCompressor(Codec.ZSTD, PS, threads=2, native=False) as pool:
         pool._zstd_multi = False
         got = pool.compress_pages(data)
+        assert pool._pool is not None
     assert bytes(got.payload) == bytes(want.payload)
 
 

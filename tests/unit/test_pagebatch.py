@@ -1,10 +1,11 @@
 """The C batch compressor cdbdump._pagebatch against the codec libraries themselves.
 
-Oracles: Python's zlib (compress2 level 1), python-lzo (liblzo2 lzo1x_1) and libsnappy's
-C API through ctypes (makedumpfile's snappy_compress), with makedumpfile's raw rule
-(write_kdump_page) applied in Python. The native path must give those bytes for every
-thread count and chunking, and the same bytes as the Python path where both use the
-same library (zlib, LZO).
+Oracles: Python's zlib (compress2 level 1), python-lzo (liblzo2 lzo1x_1), libsnappy's
+C API through ctypes (makedumpfile's snappy_compress) and python-zstandard (its own
+bundled libzstd, level 1, content size, no checksum: what the Python path writes), with
+makedumpfile's raw rule (write_kdump_page) applied in Python. The native path must give
+those bytes for every thread count and chunking, and the same bytes as the Python path
+where both use the same library (zlib, LZO) or, for zstd, the same level-1 frames.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from pathlib import Path
 import lzo
 import numpy as np
 import pytest
+import zstandard
 
 from cdbdump import _lzo
 from cdbdump.codecs import Codec, decompress_page
@@ -31,13 +33,13 @@ from cdbdump.writers.compress import PageCompressor, native_codecs
 from tests.ci_gate import IN_CI
 
 PS = 4096
-NATIVE = [Codec.ZLIB, Codec.LZO, Codec.SNAPPY]
+NATIVE = [Codec.ZLIB, Codec.LZO, Codec.SNAPPY, Codec.ZSTD]
 pagebatch = compress._pagebatch
 
 
 def test_native_module_is_built_in_ci() -> None:
     """CI (and make venv, with the -dev packages of scripts/install-system-deps.sh)
-    must compress through the C extension, with all three codecs."""
+    must compress through the C extension, with all four codecs."""
     if pagebatch is None:
         if IN_CI:
             pytest.fail("cdbdump._pagebatch was not built (compiler, zlib1g-dev?)")
@@ -76,6 +78,10 @@ def _oracle(codec: Codec) -> Callable[[bytes], bytes]:
         return lambda page: zlib.compress(page, 1)
     if codec is Codec.LZO:
         return lambda page: lzo.compress(page, 1, False)
+    if codec is Codec.ZSTD:
+        # python-zstandard's bundled libzstd, not the host's that the C side links
+        return zstandard.ZstdCompressor(level=1, write_content_size=True,
+                                        write_checksum=False).compress
     return _libsnappy()
 
 
@@ -90,17 +96,26 @@ def _expected(codec: Codec, pages: list[bytes]) -> tuple[list[int], list[int], b
 @functools.cache
 def _boundary_pages(codec: Codec) -> list[bytes]:
     """Pages whose compressed size is just under, at and just over the page size:
-    k random bytes and a repeated pattern (either order), k searched for each size."""
+    k random bytes and a repeated pattern (either order), k searched for each size.
+
+    zstd cannot reach PS - 1 or PS: libzstd keeps a compressed block only when it
+    saves ZSTD_minGain, (size >> 6) + 2 bytes, else it writes the block raw, so a
+    page's frame (10 bytes of headers and block header) is at most
+    PS - (PS >> 6) - 3 + 10 bytes (kept) or PS + 10 (stored raw): both edges here."""
     fn = _oracle(codec)
+    if codec is Codec.ZSTD:
+        wanted = required = {PS - (PS >> 6) - 3 + 10, PS + 10}
+    else:
+        wanted, required = {PS - 2, PS - 1, PS, PS + 1}, {PS - 1, PS}
     noise = np.random.default_rng(99).integers(0, 256, PS, dtype=np.uint8).tobytes()
     found: dict[int, bytes] = {}
     for fill in (b"\0", b"ab", b"xyz"):
         for k in range(PS // 2, PS + 1):
             for page in (noise[:k] + (fill * PS)[: PS - k], (fill * PS)[: PS - k] + noise[:k]):
                 size = len(fn(page))
-                if PS - 2 <= size <= PS + 1:
+                if size in wanted:
                     found.setdefault(size, page)
-    assert PS - 1 in found and PS in found, sorted(found)  # the rule is really exercised
+    assert required <= set(found), sorted(found)  # the rule is really exercised
     return list(found.values())
 
 
@@ -168,15 +183,36 @@ def test_native_select_odd_chunks(codec: Codec, threads: int) -> None:
 
 
 @needs_native
-@pytest.mark.parametrize("codec", [Codec.ZLIB, Codec.LZO])
+@pytest.mark.parametrize("codec", [Codec.ZLIB, Codec.LZO, Codec.ZSTD])
 def test_native_equals_python_path(codec: Codec, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(_lzo.ENV_BACKEND, "python-lzo")
     data = b"".join(_pages(codec, 300, seed=3))
     with (PageCompressor(codec, PS, threads=2, native=True) as fast,
           PageCompressor(codec, PS, threads=2, native=False) as slow):
         a, b = fast.compress_pages(data), slow.compress_pages(data)
+        assert slow._zstd_multi == (codec is Codec.ZSTD)  # zstd: multi_compress_to_buffer
     assert bytes(a.payload) == bytes(b.payload)
     assert (a.sizes.tolist(), a.flags.tolist()) == (b.sizes.tolist(), b.flags.tolist())
+
+
+@needs_native
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_native_zstd_contexts_are_reused_without_changing_bytes(threads: int) -> None:
+    """Each thread keeps its ZSTD_CCtx from batch to batch, whatever it compressed
+    before (other pages, other chunk sizes): the bytes stay python-zstandard's."""
+    pages = _pages(Codec.ZSTD, 1000, seed=17)
+    data = np.frombuffer(b"".join(pages), dtype=np.uint8)
+    rng = np.random.default_rng(threads)
+    seen: set[int] = set()
+    with PageCompressor(Codec.ZSTD, PS, threads=threads) as pc:
+        for count in (700, 1, 129, 64, 399, 1000):
+            index = rng.integers(0, len(pages), count, dtype=np.int64)
+            got = pc.compress_pages(data, index=index)
+            sizes, flags, payload = _expected(Codec.ZSTD, [pages[i] for i in index.tolist()])
+            assert (got.sizes.tolist(), got.flags.tolist()) == (sizes, flags)
+            assert bytes(got.payload) == payload
+            seen.update(flags)
+    assert seen == {0, Codec.ZSTD.flag}
 
 
 @needs_native
@@ -186,8 +222,8 @@ def test_lzallright_forced_keeps_the_python_path(monkeypatch: pytest.MonkeyPatch
         assert not pc.native
     with pytest.raises(ValueError, match="lzo"):
         PageCompressor(Codec.LZO, PS, native=True)
-    with PageCompressor(Codec.ZSTD, PS) as pc:  # python-zstandard's multi-call API
-        assert not pc.native
+    with PageCompressor(Codec.ZSTD, PS) as pc:  # the backend choice is LZO's alone
+        assert pc.native
 
 
 @needs_native
@@ -213,7 +249,7 @@ def test_bad_arguments_are_exceptions() -> None:
     with pytest.raises(ValueError, match="page size"):
         pagebatch.compress_pages(0x2, data, idx, 0, sizes, flags)
     with pytest.raises(ValueError, match="not built"):
-        pagebatch.compress_pages(0x20, data, idx, PS, sizes, flags)  # zstd: not here
+        pagebatch.compress_pages(0x40, data, idx, PS, sizes, flags)  # no such codec
     with pytest.raises((BufferError, ValueError), match="contiguous"):
         pagebatch.compress_pages(0x2, data.reshape(4, PS)[:, ::2], None, PS // 2, sizes, flags)
     with pytest.raises(BufferError, match="not writable"):
@@ -223,7 +259,8 @@ def test_bad_arguments_are_exceptions() -> None:
 @needs_native
 def test_without_the_module_the_python_path_gives_the_same_bytes(tmp_path: Path) -> None:
     """What a build without a compiler runs: cdbdump._pagebatch not importable."""
-    pages = {codec: _pages(codec, 150, seed=11) for codec in (Codec.ZLIB, Codec.LZO)}
+    codecs = (Codec.ZLIB, Codec.LZO, Codec.ZSTD)
+    pages = {codec: _pages(codec, 150, seed=11) for codec in codecs}
     for codec, batch in pages.items():
         (tmp_path / codec.label).write_bytes(b"".join(batch))
     code = (
@@ -232,7 +269,7 @@ def test_without_the_module_the_python_path_gives_the_same_bytes(tmp_path: Path)
         "from cdbdump.codecs import Codec\n"
         "from cdbdump.writers.compress import PageCompressor, native_codecs\n"
         "assert not native_codecs()\n"
-        "for codec in (Codec.ZLIB, Codec.LZO):\n"
+        "for codec in (Codec.ZLIB, Codec.LZO, Codec.ZSTD):\n"
         "    with PageCompressor(codec, 4096, threads=2) as pc:\n"
         "        got = pc.compress_pages(Path(sys.argv[1], codec.label).read_bytes())\n"
         "    print(hashlib.sha256(bytes(got.payload) + got.sizes.tobytes()"

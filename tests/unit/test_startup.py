@@ -80,12 +80,25 @@ def test_a_dump_imports_only_what_it_uses(tiny_vmcore: MakeVmcore, tmp_path: Pat
         assert not eager, f"{codec} -d 31 imported what it does not use: {eager}"
 
 
-def test_zstd_is_imported_by_a_zstd_run(tiny_vmcore: MakeVmcore, tmp_path: Path) -> None:
-    # the other side of the lazy import: a -z run does load it
+def test_zstandard_is_imported_by_a_zstd_run_only_without_native_zstd(
+    tiny_vmcore: MakeVmcore, tmp_path: Path
+) -> None:
+    # cdbdump._pagebatch compresses zstd itself when built with libzstd (CI: always,
+    # test_pagebatch.py); python-zstandard is then the fallback, loaded only without it
+    from cdbdump.codecs import Codec
+    from cdbdump.writers.compress import native_codecs
+
     _, vmcore = tiny_vmcore("6.1", seed=5)
-    modules = _modules_of_run("-z", "-d", "31", "--message-level", "0", str(vmcore),
-                              str(tmp_path / "z"))
-    assert "zstandard" in modules
+    args = ("-z", "-d", "31", "--message-level", "0", str(vmcore))
+    modules = _modules_of_run(*args, str(tmp_path / "z"))
+    assert ("zstandard" in modules) == (Codec.ZSTD not in native_codecs())
+    proc = subprocess.run(  # the same run as a build without the C extension
+        [sys.executable, "-c", "import sys; sys.modules['cdbdump._pagebatch'] = None\n"
+         + _RUN_AND_LIST, *args, str(tmp_path / "z-python")],
+        capture_output=True, text=True, check=False, env=_env())
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "zstandard" in json.loads(proc.stdout.splitlines()[-1])
+    assert (tmp_path / "z").read_bytes() == (tmp_path / "z-python").read_bytes()
 
 
 def _blas_at_numpy_import(code: str, **env: str) -> str:
