@@ -98,6 +98,22 @@ _SUB_HEADER_ERASEINFO_OFFSET = 64  # kdump_sub_header.offset_eraseinfo, then siz
 _ERASEINFO_FIELDS = struct.Struct("<qQ")
 
 
+def _in_groups(arrays: Iterator[npt.NDArray[np.int64]], size: int
+               ) -> Iterator[npt.NDArray[np.int64]]:
+    """The concatenation of ``arrays`` cut into pieces of ``size`` (the last one shorter)."""
+    carry: npt.NDArray[np.int64] | None = None
+    for a in arrays:
+        if carry is not None:
+            a, carry = np.concatenate([carry, a]), None
+        whole = a.size - a.size % size
+        for lo in range(0, whole, size):
+            yield a[lo : lo + size]
+        if whole < a.size:
+            carry = a[whole:]
+    if carry is not None:
+        yield carry
+
+
 @dataclass(frozen=True, slots=True)
 class KdumpMetadata:
     """Everything the headers need that is not a bitmap or page data."""
@@ -542,33 +558,38 @@ class _PageWriter:
                  ) -> Iterator[tuple[npt.NDArray[np.int64], npt.NDArray[np.bool_] | None]]:
         """The windows of set pfns, each with its frames known to be zero (None: none)."""
         w = self.window_pages
-        group = self._hole_lookup_pfns()
+        # groups of set pfns, not bitmap windows: the windows (and so the records of
+        # a -F stream) are the same whatever --cyclic-buffer is
+        for some in _in_groups(self._set_pfns(bitmap2), self._hole_lookup_pfns()):
+            # zero pages need no reading where a sparse input file has a hole
+            in_hole = self.memory.known_zero_frames(some)
+            if in_hole is not None and not in_hole.any():
+                in_hole = None
+            if in_hole is None:
+                for lo in range(0, some.size, w):
+                    yield some[lo : lo + w], None
+                continue
+            if self.exclude_zero:
+                # a page in a hole needs no reading nor compressing, only the
+                # shared zero descriptor: windows of w pages to read, however
+                # many in holes between them
+                nr_read = np.cumsum(~in_hole)
+                cuts = np.searchsorted(nr_read, np.arange(w, int(nr_read[-1]), w) + 1)
+                bounds = [0, *cuts.tolist(), some.size]
+            else:
+                bounds = self._hole_runs_merged(in_hole)
+            for lo, hi in itertools.pairwise(bounds):
+                hole = in_hole[lo:hi]
+                yield some[lo:hi], hole if hole.any() else None
+
+    def _set_pfns(self, bitmap2: Bitmap) -> Iterator[npt.NDArray[np.int64]]:
+        """The pfns set in the 2nd bitmap (within the --split range), in order."""
         for pfns in bitmap2.iter_set_pfns(self.bitmap_window_pfns):
             if self.split_range is not None:
                 start, end = self.split_range
                 pfns = pfns[(pfns >= start) & (pfns < end)]
-            for g in range(0, pfns.size, group):
-                some = pfns[g : g + group]
-                # zero pages need no reading where a sparse input file has a hole
-                in_hole = self.memory.known_zero_frames(some)
-                if in_hole is not None and not in_hole.any():
-                    in_hole = None
-                if in_hole is None:
-                    for lo in range(0, some.size, w):
-                        yield some[lo : lo + w], None
-                    continue
-                if self.exclude_zero:
-                    # a page in a hole needs no reading nor compressing, only the
-                    # shared zero descriptor: windows of w pages to read, however
-                    # many in holes between them
-                    nr_read = np.cumsum(~in_hole)
-                    cuts = np.searchsorted(nr_read, np.arange(w, int(nr_read[-1]), w) + 1)
-                    bounds = [0, *cuts.tolist(), some.size]
-                else:
-                    bounds = self._hole_runs_merged(in_hole)
-                for lo, hi in itertools.pairwise(bounds):
-                    hole = in_hole[lo:hi]
-                    yield some[lo:hi], hole if hole.any() else None
+            if pfns.size:
+                yield pfns
 
     def _hole_runs_merged(self, in_hole: npt.NDArray[np.bool_]) -> list[int]:
         """Bounds of windows of window_pages pfns, where consecutive windows wholly in

@@ -13,6 +13,7 @@ import signal
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from cdbdump.codecs import Codec
@@ -116,3 +117,16 @@ def test_a_failed_compression_stops_the_writes_after_its_window(
             write_kdump(out, inputs.meta, inputs.bitmap1, inputs.bitmap1.copy(),
                         inputs.memory, Codec.LZO, False, window_pages=WINDOW, threads=2)
     _check_prefix(path, pages, 6 * WINDOW)
+
+
+@pytest.mark.parametrize("sizes", [[], [0], [5], [3, 4, 0, 9], [8, 8], [1] * 20, [17, 2, 40]])
+def test_windows_do_not_depend_on_the_bitmap_windows(sizes: list[int]) -> None:
+    """_in_groups cuts the set pfns, whatever arrays they come in, at the same places."""
+    from cdbdump.writers.kdump import _in_groups
+
+    whole = np.arange(sum(sizes), dtype=np.int64) * 3
+    parts = np.split(whole, np.cumsum(sizes)[:-1]) if sizes else []
+    groups = list(_in_groups(iter(parts), 8))
+    last = [whole.size % 8] if whole.size % 8 else []
+    assert [g.size for g in groups] == [8] * (whole.size // 8) + last
+    assert np.array_equal(np.concatenate(groups) if groups else whole, whole)
