@@ -290,6 +290,14 @@ get_array(PyObject *obj, Py_buffer *view, int writable, Py_ssize_t itemsize, con
     return 0;
 }
 
+/* compress_pages and compress_into: the stored pages into a new bytes object (into_obj
+ * NULL), or into the writable buffer into_obj (returns the byte count). With skip_zero
+ * an all-zero page is not stored: size 0, flags 0 (makedumpfile is_zero_page). */
+static PyObject *
+compress_batch(unsigned int flag, PyObject *data_obj, PyObject *index_obj,
+               Py_ssize_t page_size_arg, PyObject *sizes_obj, PyObject *flags_obj,
+               PyObject *into_obj, int skip_zero);
+
 /* -- compress_pages --------------------------------------------------------------------- */
 
 PyDoc_STRVAR(compress_pages_doc,
@@ -311,6 +319,18 @@ compress_pages(PyObject *self, PyObject *args)
     if (!PyArg_ParseTuple(args, "IOOnOO:compress_pages", &flag, &data_obj, &index_obj,
                           &page_size_arg, &sizes_obj, &flags_obj))
         return NULL;
+    return compress_batch(flag, data_obj, index_obj, page_size_arg, sizes_obj, flags_obj, NULL,
+                          0);
+}
+
+/* compress_pages and compress_into: the stored pages into a new bytes object (into_obj
+ * NULL), or into the writable buffer into_obj (returns the byte count). With skip_zero
+ * an all-zero page is not stored: size 0, flags 0 (makedumpfile is_zero_page). */
+static PyObject *
+compress_batch(unsigned int flag, PyObject *data_obj, PyObject *index_obj,
+               Py_ssize_t page_size_arg, PyObject *sizes_obj, PyObject *flags_obj,
+               PyObject *into_obj, int skip_zero)
+{
     if (!codec_built(flag)) {
         PyErr_Format(PyExc_ValueError, "codec flag %#x is not built into cdbdump._pagebatch",
                      flag);
@@ -322,8 +342,8 @@ compress_pages(PyObject *self, PyObject *args)
     }
     size_t page_size = (size_t)page_size_arg;
 
-    Py_buffer data, index, sizes, flags;
-    int have_index = 0, have_sizes = 0, have_flags = 0;
+    Py_buffer data, index, sizes, flags, into;
+    int have_index = 0, have_sizes = 0, have_flags = 0, have_into = 0;
     PyObject *out = NULL;
     if (PyObject_GetBuffer(data_obj, &data, PyBUF_C_CONTIGUOUS) < 0)
         return NULL;
@@ -372,10 +392,23 @@ compress_pages(PyObject *self, PyObject *args)
         goto done;
     }
     size_t capacity = n * page_size + slack;
-    out = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)capacity);
-    if (out == NULL)
-        goto done;
-    unsigned char *dst = (unsigned char *)PyBytes_AS_STRING(out);
+    unsigned char *dst;
+    if (into_obj != NULL) {
+        if (PyObject_GetBuffer(into_obj, &into, PyBUF_C_CONTIGUOUS | PyBUF_WRITABLE) < 0)
+            goto done;
+        have_into = 1;
+        if ((size_t)into.len < capacity) {
+            PyErr_Format(PyExc_ValueError, "out has %zd bytes, the batch may need %zu",
+                         into.len, capacity);
+            goto done;
+        }
+        dst = (unsigned char *)into.buf;
+    } else {
+        out = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)capacity);
+        if (out == NULL)
+            goto done;
+        dst = (unsigned char *)PyBytes_AS_STRING(out);
+    }
     const unsigned char *src = (const unsigned char *)data.buf;
     uint32_t *size_out = (uint32_t *)sizes.buf;
     uint32_t *flag_out = (uint32_t *)flags.buf;
@@ -388,6 +421,11 @@ compress_pages(PyObject *self, PyObject *args)
         const unsigned char *page = src + (idx != NULL ? (size_t)idx[i] : i) * page_size;
         size_t len = 0;
         unsigned stored_flag = 0;
+        if (skip_zero && page_is_zero(page, page_size)) {
+            size_out[i] = 0;
+            flag_out[i] = 0;
+            continue;
+        }
         status = coder_store(&coder, page, dst + cursor, &len, &stored_flag);
         if (status != CODER_OK)
             break;
@@ -404,11 +442,15 @@ compress_pages(PyObject *self, PyObject *args)
     } else if (status != CODER_OK) {
         PyErr_Format(PagebatchError, "codec %#x failed to compress a page", flag);
         Py_CLEAR(out);
+    } else if (have_into) {
+        out = PyLong_FromSize_t(cursor);
     } else if (_PyBytes_Resize(&out, (Py_ssize_t)cursor) < 0) {
         out = NULL; /* _PyBytes_Resize freed it */
     }
 
 done:
+    if (have_into)
+        PyBuffer_Release(&into);
     if (have_flags)
         PyBuffer_Release(&flags);
     if (have_sizes)
@@ -417,6 +459,48 @@ done:
         PyBuffer_Release(&index);
     PyBuffer_Release(&data);
     return out;
+}
+
+PyDoc_STRVAR(compress_into_doc,
+"compress_into(flag, data, index, page_size, sizes, flags, out, skip_zero=False) -> int\n\n"
+"compress_pages() into the writable buffer `out` instead of a new bytes object:\n"
+"the stored pages, concatenated, from its start. `out` must hold\n"
+"len(index) * page_size + compress_slack(flag, page_size) bytes (the most a batch\n"
+"can need, compressed in place). Returns the number of bytes stored. With\n"
+"skip_zero an all-zero page is not stored: its size and flags are 0.");
+
+static PyObject *
+compress_into(PyObject *self, PyObject *args)
+{
+    unsigned int flag;
+    PyObject *data_obj, *index_obj, *sizes_obj, *flags_obj, *into_obj;
+    Py_ssize_t page_size_arg;
+    int skip_zero = 0;
+    if (!PyArg_ParseTuple(args, "IOOnOOO|p:compress_into", &flag, &data_obj, &index_obj,
+                          &page_size_arg, &sizes_obj, &flags_obj, &into_obj, &skip_zero))
+        return NULL;
+    return compress_batch(flag, data_obj, index_obj, page_size_arg, sizes_obj, flags_obj,
+                          into_obj, skip_zero);
+}
+
+PyDoc_STRVAR(compress_slack_doc,
+"compress_slack(flag, page_size) -> int\n\n"
+"Bytes compress_into() needs in `out` beyond page_size per page.");
+
+static PyObject *
+compress_slack(PyObject *self, PyObject *args)
+{
+    unsigned int flag;
+    Py_ssize_t page_size_arg;
+    if (!PyArg_ParseTuple(args, "In:compress_slack", &flag, &page_size_arg))
+        return NULL;
+    if (!codec_built(flag) || page_size_arg <= 0 || (size_t)page_size_arg > MAX_PAGE_SIZE) {
+        PyErr_Format(PyExc_ValueError, "no codec flag %#x with page size %zd", flag,
+                     page_size_arg);
+        return NULL;
+    }
+    size_t bound = codec_bound(flag, (size_t)page_size_arg);
+    return PyLong_FromSize_t(bound > (size_t)page_size_arg ? bound - (size_t)page_size_arg : 0);
 }
 
 /* -- module ----------------------------------------------------------------------------- */
@@ -433,6 +517,8 @@ PyDoc_STRVAR(decompress_pages_doc,
 "released.");
 
 static PyMethodDef methods[] = {
+    {"compress_into", compress_into, METH_VARARGS, compress_into_doc},
+    {"compress_slack", compress_slack, METH_VARARGS, compress_slack_doc},
     {"compress_pages", compress_pages, METH_VARARGS, compress_pages_doc},
     {"decompress_pages", decompress_pages, METH_VARARGS, decompress_pages_doc},
     {NULL, NULL, 0, NULL},

@@ -8,6 +8,9 @@ MAX_PAGE_SIZE: int
 
 class error(Exception): ...  # a codec library reported a failure
 
+def compress_into(flag: int, data: Any, index: Any | None, page_size: int, sizes: Any,
+                  flags: Any, out: Any, skip_zero: bool = False, /) -> int: ...
+def compress_slack(flag: int, page_size: int, /) -> int: ...
 def compress_pages(flag: int, data: Any, index: Any | None, page_size: int, sizes: Any,
                    flags: Any, /) -> bytes: ...
 

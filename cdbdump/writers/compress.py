@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 
 import numpy as np
@@ -26,7 +26,7 @@ try:  # the optional C extension (setup.py); without it, one Python call per pag
 except ImportError:
     _pagebatch = None  # type: ignore[assignment]
 
-__all__ = ("CompressedPages", "PageCompressor", "default_threads")
+__all__ = ("CompressedPages", "PageCompressor", "PendingPages", "default_threads")
 
 U32 = npt.NDArray[np.uint32]
 
@@ -91,6 +91,33 @@ class CompressedPages:
     def payload(self) -> bytes | memoryview:
         """The parts as one buffer (joined only when there are several)."""
         return self.parts[0] if len(self.parts) == 1 else b"".join(self.parts)
+
+
+class PendingPages:
+    """A batch being compressed on the pool (PageCompressor.submit_pages)."""
+
+    __slots__ = ("_futures", "_pages")
+
+    def __init__(self, pages: CompressedPages,
+                 futures: Sequence[Future[list[bytes | memoryview]]] = ()) -> None:
+        self._pages = pages  # sizes and flags filled in by the futures, parts by result()
+        self._futures = futures
+
+    def result(self) -> CompressedPages:
+        """Wait for the batch; re-raises what its compression raised."""
+        if self._futures:
+            futures, self._futures = self._futures, ()
+            parts = tuple(part for f in futures for part in f.result())
+            self._pages = CompressedPages(self._pages.sizes, self._pages.flags, parts)
+        return self._pages
+
+    def abandon(self) -> None:
+        """Drop the batch: its tasks not yet started never run, running ones finish
+        (they read the pages), and errors are forgotten."""
+        futures, self._futures = self._futures, ()
+        for f in futures:
+            f.cancel()
+        wait(list(futures))
 
 
 class PageCompressor(Closing):
@@ -179,6 +206,108 @@ class PageCompressor(Closing):
             return self._compress_zstd_multi(flat, index)
         views = [flat[i * ps : (i + 1) * ps] for i in index.tolist()]
         return self._compress_views(views)
+
+    def out_size(self, nr_pages: int) -> int:
+        """Bytes of the ``out`` buffer :meth:`submit_pages` needs for a batch of up to
+        ``nr_pages`` pages (0: it takes none, its output is not native)."""
+        if not self.native or _pagebatch is None or self.codec is Codec.NONE:
+            return 0
+        slack = _pagebatch.compress_slack(self.codec.flag, self.page_size)
+        return nr_pages * self.page_size + self.threads * slack
+
+    def submit_pages(
+        self, pages: BufferLike, select: npt.NDArray[np.bool_] | None = None,
+        *, index: npt.NDArray[np.int64] | None = None,
+        out: npt.NDArray[np.uint8] | None = None, skip_zero: bool = False,
+    ) -> PendingPages:
+        """:meth:`compress_pages` of contiguous pages, started on the pool: the caller
+        goes on (reads the next window) while they are compressed. ``pages`` (and
+        ``out``) must stay untouched until :meth:`PendingPages.result` returned.
+
+        With ``out`` (:meth:`out_size` bytes) the native compressor writes the
+        stored pages there, a slice per thread, and the parts are views of it: no
+        allocation per batch; with ``skip_zero`` too, all-zero pages are not stored
+        (size 0, flags 0: makedumpfile is_zero_page, tested in C as each page is
+        compressed). Without the native compressor the batch is compressed here and
+        now (and ``skip_zero`` is refused)."""
+        if skip_zero and (out is None or not self.out_size(0)):
+            raise ValueError("skip_zero needs the native compressor and an out buffer")
+        if not self.native or self.codec is Codec.NONE:
+            return PendingPages(self.compress_pages(pages, select, index=index))
+        flat = _flat_bytes(pages)
+        ps = self.page_size
+        if len(flat) % ps:
+            raise ValueError(f"batch of {len(flat)} bytes is not a whole number of pages")
+        nr_pages = len(flat) // ps
+        if select is not None:
+            if index is not None:
+                raise ValueError("give select or index, not both")
+            if select.shape != (nr_pages,):
+                raise ValueError(f"select has shape {select.shape}, batch has {nr_pages} pages")
+            index = np.flatnonzero(select)
+        elif index is not None:
+            if index.size and (int(index.min()) < 0 or int(index.max()) >= nr_pages):
+                raise ValueError(f"index out of range for a batch of {nr_pages} pages")
+            index = np.ascontiguousarray(index, dtype=np.int64)
+        n = nr_pages if index is None else int(index.size)
+        sizes = np.empty(n, dtype=np.uint32)
+        flags = np.empty(n, dtype=np.uint32)
+        # one task per thread: the pool works through the next window's tasks while
+        # the last of this one finish, so uneven slices cost no idle core
+        nr_tasks = min(self.threads, max(1, n // _MIN_PAGES_PER_THREAD))
+        bounds = [n * k // nr_tasks for k in range(nr_tasks + 1)]
+        pool = self._get_pool()
+        futures: list[Future[list[bytes | memoryview]]]
+        if out is None:
+            futures = [pool.submit(self._native_chunk, flat, index, bounds[k], bounds[k + 1],
+                                   sizes, flags)
+                       for k in range(nr_tasks) if bounds[k] < bounds[k + 1]]
+        else:
+            assert _pagebatch is not None  # self.native
+            slack = _pagebatch.compress_slack(self.codec.flag, ps)
+            if out.size < n * ps + nr_tasks * slack:
+                raise ValueError(f"out has {out.size} bytes, a batch of {n} pages needs "
+                                 f"{n * ps + nr_tasks * slack}")
+            # task k stores its pages from bounds[k] pages and k slacks into out
+            futures = [pool.submit(self._native_into, flat, index, bounds[k], bounds[k + 1],
+                                   sizes, flags, out[bounds[k] * ps + k * slack :
+                                                     bounds[k + 1] * ps + (k + 1) * slack],
+                                   skip_zero)
+                       for k in range(nr_tasks) if bounds[k] < bounds[k + 1]]
+        return PendingPages(CompressedPages(sizes, flags, ()), futures)
+
+    def _native_into(self, flat: memoryview, index: npt.NDArray[np.int64] | None, lo: int,
+                     hi: int, sizes: U32, flags: U32, out: npt.NDArray[np.uint8],
+                     skip_zero: bool) -> list[bytes | memoryview]:
+        """Pages [lo, hi) of a batch (of ``index`` when given) stored into ``out``."""
+        assert _pagebatch is not None  # self.native
+        ps = self.page_size
+        try:
+            size = _pagebatch.compress_into(
+                self.codec.flag, flat[lo * ps : hi * ps] if index is None else flat,
+                None if index is None else index[lo:hi], ps, sizes[lo:hi], flags[lo:hi], out,
+                skip_zero)
+        except _pagebatch.error as exc:
+            raise OutputError(f"{self.codec.label} compression failed: {exc}") from exc
+        return [out.data[:size]]
+
+    def _native_chunk(self, flat: memoryview, index: npt.NDArray[np.int64] | None, lo: int,
+                      hi: int, sizes: U32, flags: U32) -> list[bytes | memoryview]:
+        """Pages [lo, hi) of a batch (of ``index`` when given), in calls of at most
+        _NATIVE_CHUNK_PAGES pages (their outputs are the parts)."""
+        assert _pagebatch is not None  # self.native
+        ps = self.page_size
+        flag = self.codec.flag
+        out: list[bytes | memoryview] = []
+        for a in range(lo, hi, _NATIVE_CHUNK_PAGES):
+            b = min(hi, a + _NATIVE_CHUNK_PAGES)
+            try:
+                out.append(_pagebatch.compress_pages(
+                    flag, flat[a * ps : b * ps] if index is None else flat,
+                    None if index is None else index[a:b], ps, sizes[a:b], flags[a:b]))
+            except _pagebatch.error as exc:
+                raise OutputError(f"{self.codec.label} compression failed: {exc}") from exc
+        return out
 
     def _store_raw(self, flat: memoryview, index: npt.NDArray[np.int64]) -> CompressedPages:
         ps = self.page_size

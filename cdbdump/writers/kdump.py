@@ -19,17 +19,22 @@ With dump level bit 1 (exclude zero pages) zero pages keep their bit in the
 all-zero page's descriptor is a copy of that shared descriptor.
 
 Pages are streamed in windows of set pfns: each window is gathered (read
-straight into a reused buffer; one read when it is one run inside one PT_LOAD),
-zero-tested with numpy, compressed as a batch, and written as one data write
-followed by one descriptor write, so neither the descriptor table nor the data
+straight into a reused buffer; one read when it is one run inside one PT_LOAD)
+on the main thread, compressed on the pool into its own output buffer (zero pages
+found as they are compressed) while the next window is read, and written on the
+I/O thread as one data write followed by one descriptor write, window after
+window; a few windows are in flight, so neither the descriptor table nor the data
 is ever held whole, and every descriptor on disk points at data already written
 (what makes an ENOSPC-cut dump readable, makedumpfile's "incomplete dumpfile").
+Pages in holes of a sparse input are neither read nor compressed.
 """
 
 from __future__ import annotations
 
+import itertools
 import struct
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -62,7 +67,7 @@ from cdbdump.formats.kdump import (
 from cdbdump.interrupts import deferred
 from cdbdump.memory.physical import Extent, ExtentKind, PhysicalMemory, fill, view_run
 from cdbdump.report import PageProgress
-from cdbdump.writers.compress import CompressedPages, PageCompressor
+from cdbdump.writers.compress import CompressedPages, PageCompressor, PendingPages
 from cdbdump.writers.sink import Sink
 
 __all__ = (
@@ -79,11 +84,35 @@ UTSNAME_SIZE = UTS_FIELD_LEN * len(UTS_FIELDS)  # struct new_utsname: 390 bytes
 MAX_MAPNR_32 = 0xFFFFFFFF  # disk_dump_header.max_mapnr is an unsigned int
 _FEW_RUNS = 4  # gaps in a window with holes below which _gather reads run by run
 DEFAULT_WINDOW_PAGES = 512  # 2 MiB of 4 KiB pages gathered and compressed at a time
+# Windows in flight: one read on the main thread while the one before it is
+# compressed on the pool and the one before that written on the I/O thread; each
+# owns a gather and an output buffer until it is written. 4 was no faster on the
+# real 4 GiB vmcore (2 cores) and costs 4 MiB more RSS.
+WINDOWS_IN_FLIGHT = 3
+# Pfns whose sparse-input holes are looked up at a time (known_zero_frames): a
+# few numpy calls per this many pages, not per window; 256 KiB per temporary.
+_HOLE_LOOKUP_PFNS = 1 << 15
 BITMAP_WINDOW_PFNS = 1 << 20  # pfns of the 2nd bitmap unpacked at a time (1 MiB of bools)
 MAX_LISTED_LOST = 1000  # unreadable pages listed one by one in the result (all are counted)
 
 _SUB_HEADER_ERASEINFO_OFFSET = 64  # kdump_sub_header.offset_eraseinfo, then size_eraseinfo
 _ERASEINFO_FIELDS = struct.Struct("<qQ")
+
+
+def _in_groups(arrays: Iterator[npt.NDArray[np.int64]], size: int
+               ) -> Iterator[npt.NDArray[np.int64]]:
+    """The concatenation of ``arrays`` cut into pieces of ``size`` (the last one shorter)."""
+    carry: npt.NDArray[np.int64] | None = None
+    for a in arrays:
+        if carry is not None:
+            a, carry = np.concatenate([carry, a]), None
+        whole = a.size - a.size % size
+        for lo in range(0, whole, size):
+            yield a[lo : lo + size]
+        if whole < a.size:
+            carry = a[whole:]
+    if carry is not None:
+        yield carry
 
 
 @dataclass(frozen=True, slots=True)
@@ -439,12 +468,16 @@ class _PageWriter:
         self.result = result
         self.window_pages = max(1, window_pages)
         self.bitmap_window_pfns = max(8, bitmap_window_pfns - bitmap_window_pfns % 8)
-        # two gather buffers: one window is written out while the next is read and
-        # compressed (its payload may be a view of its buffer)
-        self.gathers = [
-            np.empty(self.window_pages * self.page_size, dtype=np.uint8) for _ in range(2)
-        ]
+        # a gather buffer per window in flight: it is free again once that window is
+        # written (an uncompressed payload is a view of it)
+        self.gathers = [np.empty(self.window_pages * self.page_size, dtype=np.uint8)
+                        for _ in range(WINDOWS_IN_FLIGHT)]
         self.gather = self.gathers[0]
+        # and an output buffer the native compressor stores the window's pages in
+        out_size = compressor.out_size(self.window_pages)
+        self.outs = [np.empty(out_size, dtype=np.uint8) if out_size else None
+                     for _ in range(WINDOWS_IN_FLIGHT)]
+        self.out = self.outs[0]
         # inputs that copy into a given buffer (ElfMemory.data_into) are read straight
         # into the gather buffer: no bytes object, and no fresh pages to fault, per read
         self.data_into: Callable[[Extent, npt.NDArray[np.uint8]], None] | None = getattr(
@@ -458,13 +491,29 @@ class _PageWriter:
         self.pwritev: Callable[[tuple[bytes | memoryview, ...], int], None] | None = getattr(
             sink, "pwritev", None)  # a file (not a -F stream)
         self.nr_windows = 0
+        # the I/O thread's descriptors of a window (written before the next is made;
+        # with zero pages excluded a window has up to window_pages pages to read and
+        # any number in holes of a sparse input, up to _HOLE_LOOKUP_PFNS)
+        max_window = max(self.window_pages, self._hole_lookup_pfns())
+        self.descs = np.zeros(max_window, dtype=PAGE_DESC_DTYPE)
+        self.desc_offsets = self.descs["offset"]
+        self.desc_sizes = self.descs["size"]
+        self.desc_flags = self.descs["flags"]
+        self.no_zeros = np.zeros(max_window, dtype=np.bool_)
+        # zero pages kept (-d without bit 1): the stored form of a zero page, for
+        # windows wholly in holes of a sparse input, repeated for up to hole_window pages
+        self.zero_form = (b"", 0)
+        self.zeros_stored = b""
+        self.hole_window = self.window_pages
         self.io = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cdbdump-write")
-        self.pending: Future[None] | None = None
+        self.in_flight: deque[Future[None]] = deque()  # _store of each window, in order
+        self.stop = False  # set once a window failed or the run ends early: skip the rest
         self.cursor = layout.offset_data  # where the next page data goes
         self.nr_done = 0  # descriptors written so far
         self.zero_offset = 0  # file offset of the shared zero page (exclude_zero only)
         self.flag_counts: dict[int, int] = {}
-        self.timings = dict.fromkeys(("read", "zero_test", "compress", "write"), 0.0)
+        self.timings = dict.fromkeys(("read", "zero_test", "compress", "compress_wait",
+                                      "write"), 0.0)
         self.nr_to_write = layout.nr_dumpable
 
     def write_all(self, bitmap2: Bitmap, progress: PageProgress | None) -> None:
@@ -479,20 +528,23 @@ class _PageWriter:
                 self.zero_offset = self.cursor
                 self._write_data(bytes(self.page_size))
             nr_queued = 0
-            for pfns in self._windows(bitmap2):
-                self._write_window(pfns)
+            for pfns, in_hole in self._windows(bitmap2):
+                if self.stop:  # a window failed: _wait_for_io raises its error
+                    break
+                self._write_window(pfns, in_hole)
                 nr_queued += int(pfns.size)
                 if progress is not None:
                     progress(nr_queued, self.nr_to_write)
-            self._wait_for_io()
+            while self.in_flight:
+                self._wait_for_io()
         except OutputNoSpaceError as exc:
             result.no_space = exc
         except Interrupted as exc:
             result.interrupted = exc.signum
         finally:
-            if self.pending is not None:
-                self.pending.cancel()
-            # the window in flight finishes (data, then its descriptors): nr_done is exact
+            # the window being written finishes (data, then its descriptors), the
+            # later ones are skipped: nr_done is exact
+            self.stop = True
             self.io.shutdown(wait=True)
         if result.no_space is not None or result.interrupted is not None:
             result.nr_pages_lost = (self.nr_to_write - self.nr_done
@@ -502,35 +554,96 @@ class _PageWriter:
         result.bytes_written = self.sink.size
         result.timings.update(self.timings)
 
-    def _windows(self, bitmap2: Bitmap) -> Iterator[npt.NDArray[np.int64]]:
+    def _windows(self, bitmap2: Bitmap
+                 ) -> Iterator[tuple[npt.NDArray[np.int64], npt.NDArray[np.bool_] | None]]:
+        """The windows of set pfns, each with its frames known to be zero (None: none)."""
         w = self.window_pages
+        # groups of set pfns, not bitmap windows: the windows (and so the records of
+        # a -F stream) are the same whatever --cyclic-buffer is
+        for some in _in_groups(self._set_pfns(bitmap2), self._hole_lookup_pfns()):
+            # zero pages need no reading where a sparse input file has a hole
+            in_hole = self.memory.known_zero_frames(some)
+            if in_hole is not None and not in_hole.any():
+                in_hole = None
+            if in_hole is None:
+                for lo in range(0, some.size, w):
+                    yield some[lo : lo + w], None
+                continue
+            if self.exclude_zero:
+                # a page in a hole needs no reading nor compressing, only the
+                # shared zero descriptor: windows of w pages to read, however
+                # many in holes between them
+                nr_read = np.cumsum(~in_hole)
+                cuts = np.searchsorted(nr_read, np.arange(w, int(nr_read[-1]), w) + 1)
+                bounds = [0, *cuts.tolist(), some.size]
+            else:
+                bounds = self._hole_runs_merged(in_hole)
+            for lo, hi in itertools.pairwise(bounds):
+                hole = in_hole[lo:hi]
+                yield some[lo:hi], hole if hole.any() else None
+
+    def _set_pfns(self, bitmap2: Bitmap) -> Iterator[npt.NDArray[np.int64]]:
+        """The pfns set in the 2nd bitmap (within the --split range), in order."""
         for pfns in bitmap2.iter_set_pfns(self.bitmap_window_pfns):
             if self.split_range is not None:
                 start, end = self.split_range
                 pfns = pfns[(pfns >= start) & (pfns < end)]
-            for lo in range(0, pfns.size, w):
-                yield pfns[lo : lo + w]
+            if pfns.size:
+                yield pfns
+
+    def _hole_runs_merged(self, in_hole: npt.NDArray[np.bool_]) -> list[int]:
+        """Bounds of windows of window_pages pfns, where consecutive windows wholly in
+        holes are one (up to hole_window pages): their pages are all the zero page's
+        stored form, made without reading or compressing anything."""
+        w = self.window_pages
+        if not self.zeros_stored:  # the first hole: the zero page's stored form
+            zero = self.compressor.compress_pages(bytes(self.page_size))
+            self.zero_form = bytes(zero.payload), int(zero.flags[0])
+            size = len(self.zero_form[0])
+            # at most a gather buffer of stored zero pages (2 MiB: lzo 80 Ki pages)
+            self.hole_window = min(self._hole_lookup_pfns(),
+                                   max(w, self.gathers[0].size // size))
+            self.zeros_stored = self.zero_form[0] * self.hole_window
+        starts = list(range(0, in_hole.size, w))
+        whole = np.logical_and.reduceat(in_hole, starts).tolist()
+        bounds = [0]
+        for i in range(1, len(starts)):
+            lo = starts[i]
+            if not (whole[i] and whole[i - 1] and lo + w - bounds[-1] <= self.hole_window):
+                bounds.append(lo)
+        bounds.append(int(in_hole.size))
+        return bounds
+
+    def _hole_lookup_pfns(self) -> int:
+        w = self.window_pages
+        return max(w, _HOLE_LOOKUP_PFNS - _HOLE_LOOKUP_PFNS % w)
 
     def _wait_for_io(self) -> None:
-        """Wait for the window being written; re-raises its OutputNoSpaceError."""
-        pending, self.pending = self.pending, None
-        if pending is not None:
-            pending.result()
+        """Wait for the oldest window in flight to be written; re-raises its error
+        (OutputNoSpaceError, or what its compression raised)."""
+        self.in_flight.popleft().result()
 
-    def _write_window(self, pfns: npt.NDArray[np.int64]) -> None:
+    def _write_window(self, pfns: npt.NDArray[np.int64],
+                      in_hole: npt.NDArray[np.bool_] | None) -> None:
+        """Read the window (main thread), start its compression on the pool and queue
+        its write on the I/O thread."""
         ps = self.page_size
         n = int(pfns.size)
         t0 = time.perf_counter()
-        # the buffer used two windows ago is free: that write finished before the
-        # previous window was handed to the I/O thread
-        self.gather = self.gathers[self.nr_windows & 1]
+        if len(self.in_flight) >= WINDOWS_IN_FLIGHT:
+            self._wait_for_io()  # that window's buffer is the one to reuse
+        slot = self.nr_windows % WINDOWS_IN_FLIGHT
+        self.gather, self.out = self.gathers[slot], self.outs[slot]
         self.nr_windows += 1
-        # zero pages need no reading where a sparse input file has a hole
-        in_hole = self.memory.known_zero_frames(pfns)
-        if in_hole is not None and not in_hole.any():
-            in_hole = None
         read_pfns = pfns if in_hole is None else pfns[~in_hole]
         nr_read = int(read_pfns.size)
+        if not nr_read and not self.exclude_zero:  # wholly in holes: zero pages, stored
+            stored, flag = self.zero_form
+            pending = PendingPages(CompressedPages(
+                np.full(n, len(stored), dtype=np.uint32), np.full(n, flag, dtype=np.uint32),
+                (memoryview(self.zeros_stored)[: n * len(stored)],)))
+            self.in_flight.append(self.io.submit(self._store, pending, n, None, False, []))
+            return
         bitmap_fixes: list[tuple[int, bytes]] = []
         try:
             data = self._gather(read_pfns, in_hole is not None) if nr_read else self.gather[:0]
@@ -540,7 +653,12 @@ class _PageWriter:
             n = int(pfns.size)
             nr_read = int(read_pfns.size)
         t1 = time.perf_counter()
-        if self.exclude_zero:
+        zero_by_size = self.exclude_zero and self.out is not None
+        is_zero: npt.NDArray[np.bool_] | None = None
+        if zero_by_size:  # the native compressor leaves zero pages out (size 0)
+            t2 = t1
+            pending = self.compressor.submit_pages(data, out=self.out, skip_zero=True)
+        elif self.exclude_zero:
             words = np.frombuffer(data, dtype=np.uint64).reshape(nr_read, ps // 8)
             # makedumpfile is_zero_page: every 8-byte word is 0
             read_zero: npt.NDArray[np.bool_] = np.logical_not(words.any(axis=1))
@@ -551,27 +669,14 @@ class _PageWriter:
                 is_zero = np.ones(n, dtype=np.bool_)
                 is_zero[~in_hole] = read_zero
             t2 = time.perf_counter()
-            packed = self.compressor.compress_pages(data, keep)
+            pending = self.compressor.submit_pages(data, keep, out=self.out)
         else:
-            is_zero = np.zeros(n, dtype=np.bool_)
             t2 = time.perf_counter()
-            packed = self._compress_with_holes(data, in_hole)
+            pending = self._compress_with_holes(data, in_hole)
         t3 = time.perf_counter()
-
-        descs = np.zeros(n, dtype=PAGE_DESC_DTYPE)
-        stored = np.flatnonzero(~is_zero)
-        ends = np.cumsum(packed.sizes, dtype=np.int64)
-        descs["offset"][stored] = self.cursor + ends - packed.sizes
-        descs["size"][stored] = packed.sizes
-        descs["flags"][stored] = packed.flags
-        if stored.size < n:  # all-zero pages share the zero page's descriptor
-            descs["offset"][is_zero] = self.zero_offset
-            descs["size"][is_zero] = ps
-        window_start = self.cursor
-        self.cursor += packed.nbytes
-        self._wait_for_io()  # one window in flight: bounded memory, ordered descriptors
-        self.pending = self.io.submit(self._store, packed.parts, window_start, descs, is_zero,
-                                      bitmap_fixes)
+        self.in_flight.append(self.io.submit(
+            self._store, pending, n, in_hole if zero_by_size else is_zero, zero_by_size,
+            bitmap_fixes))
         if nr_read:  # RSS: a few windows, not the whole input
             first = int(read_pfns[0])
             self.memory.release(first << self.shift, (int(read_pfns[-1]) + 1 - first) << self.shift)
@@ -582,11 +687,11 @@ class _PageWriter:
 
     def _compress_with_holes(
         self, data: memoryview | npt.NDArray[np.uint8], in_hole: npt.NDArray[np.bool_] | None
-    ) -> CompressedPages:
+    ) -> PendingPages:
         """Every page of the window stored (zero pages too: -d without bit 1); pages in
         holes of a sparse input were not read and are compressed from one zero page."""
         if in_hole is None:
-            return self.compressor.compress_pages(data)
+            return self.compressor.submit_pages(data, out=self.out)
         ps = self.page_size
         nr_read = len(data) // ps
         buf = self.gather
@@ -597,19 +702,85 @@ class _PageWriter:
         buf[nr_read * ps : (nr_read + 1) * ps] = 0
         index = np.full(in_hole.size, nr_read, dtype=np.int64)
         index[~in_hole] = np.arange(nr_read, dtype=np.int64)
-        return self.compressor.compress_pages(buf[: (nr_read + 1) * ps], index=index)
+        return self.compressor.submit_pages(buf[: (nr_read + 1) * ps], index=index, out=self.out)
 
     def _store(
         self,
-        parts: tuple[bytes | memoryview, ...],
-        data_offset: int,
-        descs: npt.NDArray[np.void],
-        is_zero: npt.NDArray[np.bool_],
+        pending: PendingPages,
+        n: int,
+        zeros: npt.NDArray[np.bool_] | None,
+        zero_by_size: bool,
         bitmap_fixes: list[tuple[int, bytes]],
     ) -> None:
-        """On the I/O thread: cleared 2nd-bitmap bytes of lost pages, the window's page
-        data, then its descriptors (so every descriptor's rank matches the bitmap)."""
+        """On the I/O thread, window after window: wait for the window's compression,
+        then write the cleared 2nd-bitmap bytes of its lost pages, its page data, then
+        its descriptors (so every descriptor's rank matches the bitmap). Once a window
+        failed (or the run ended early) the later ones are skipped."""
+        if self.stop:
+            pending.abandon()
+            return
+        done = False
+        try:
+            self._store_window(pending, n, zeros, zero_by_size, bitmap_fixes)
+            done = True
+        finally:
+            if not done:
+                self.stop = True
+                pending.abandon()
+
+    def _store_window(
+        self,
+        pending: PendingPages,
+        n: int,
+        zeros: npt.NDArray[np.bool_] | None,
+        zero_by_size: bool,
+        bitmap_fixes: list[tuple[int, bytes]],
+    ) -> None:
+        """``zeros``: the window's zero pages (None: none), whose data is not in the
+        batch; with ``zero_by_size`` the pages in holes instead (None: none), and
+        the batch holds every other page, zero pages with size 0."""
         t0 = time.perf_counter()
+        packed = pending.result()
+        t1 = time.perf_counter()
+        descs = self.descs[:n]  # reused: written before the next window's are made
+        offsets, sizes, flags = self.desc_offsets[:n], self.desc_sizes[:n], self.desc_flags[:n]
+        is_zero = zeros
+        if zero_by_size:
+            read_zero = packed.sizes == 0
+            read: npt.NDArray[np.intp] | slice = slice(None)
+            if zeros is None:
+                is_zero = read_zero
+            else:
+                read = np.flatnonzero(~zeros)
+                is_zero = np.ones(n, dtype=np.bool_)
+                is_zero[read] = read_zero
+            offsets[read] = np.cumsum(packed.sizes, dtype=np.int64) - packed.sizes + self.cursor
+            sizes[read] = packed.sizes
+            flags[read] = packed.flags
+            # all-zero pages share the zero page's descriptor
+            offsets[is_zero] = self.zero_offset
+            sizes[is_zero] = self.page_size
+            flags[is_zero] = 0
+        elif is_zero is None:
+            is_zero = self.no_zeros[:n]
+            np.cumsum(packed.sizes, out=offsets)
+            offsets -= packed.sizes
+            offsets += self.cursor
+            sizes[:] = packed.sizes
+            flags[:] = packed.flags
+        else:
+            stored = np.flatnonzero(~is_zero)
+            ends = np.cumsum(packed.sizes, dtype=np.int64)
+            offsets[stored] = self.cursor + ends - packed.sizes
+            sizes[stored] = packed.sizes
+            flags[:] = 0
+            flags[stored] = packed.flags
+            # all-zero pages share the zero page's descriptor
+            offsets[is_zero] = self.zero_offset
+            sizes[is_zero] = self.page_size
+        data_offset = self.cursor
+        self.cursor += packed.nbytes
+        parts = packed.parts
         for file_offset, byte in bitmap_fixes:  # inside the allocated bitmap area
             self.sink.pwrite(byte, file_offset)
         size = sum(map(len, parts))
@@ -622,7 +793,8 @@ class _PageWriter:
         self._write_descs(descs, is_zero)
         if self.start_writeback is not None and size:
             self.start_writeback(data_offset, size)  # the final fsync waits less
-        self.timings["write"] += time.perf_counter() - t0
+        self.timings["write"] += time.perf_counter() - t1
+        self.timings["compress_wait"] += t1 - t0
 
     # -- output ---------------------------------------------------------------------------
 
@@ -659,9 +831,9 @@ class _PageWriter:
         self.nr_done += int(descs.size)
         nr_zero = int(np.count_nonzero(is_zero))
         self.result.nr_zero_pages += nr_zero
-        flags = descs["flags"][~is_zero]
-        for flag, count in zip(*np.unique(flags, return_counts=True), strict=True):
-            self.flag_counts[int(flag)] = self.flag_counts.get(int(flag), 0) + int(count)
+        by_flags = np.bincount(descs["flags"][~is_zero] if nr_zero else descs["flags"])
+        for flag in np.flatnonzero(by_flags).tolist():
+            self.flag_counts[flag] = self.flag_counts.get(flag, 0) + int(by_flags[flag])
 
     def _keep_complete_descs(
         self, descs: npt.NDArray[np.void], is_zero: npt.NDArray[np.bool_], data_end: int
