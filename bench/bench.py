@@ -322,7 +322,10 @@ def part_dmesg(work: Path, rounds: int) -> None:
           f"formatted ({len(text):,} bytes) in {format_s:.3f} s")
 
 
-def _report(path: Path) -> dict[str, object]:
+def _report(path: Path, r: Run) -> dict[str, object]:
+    """The --report-json of run ``r``, which must have succeeded (never a stale file)."""
+    if r.returncode != 0:
+        raise SystemExit(f"bench: the run that writes {path} failed ({r.returncode})")
     return json.loads(path.read_text())
 
 
@@ -362,7 +365,7 @@ def part_plan(work: Path, ram_gib: int) -> None:
     out.unlink(missing_ok=True)
     r = run(cdbdump_cmd("-q", "-d", "31", "--message-level", "0", "--report-json", str(js),
                         str(vmcore), str(out)))
-    rep = _report(js)
+    rep = _report(js, r)
     timings = rep["timings"]
     assert isinstance(timings, dict)
     plan = sum(timings[k] for k in ("read headers", "check memory holes", "exclude pages"))
@@ -377,9 +380,10 @@ def part_scan(work: Path, ram_gib: int, rounds: int, with_ab: bool = True) -> No
     vmcore = synthetic_machine(work, ram_gib, DENSE_FRACTION)
     out, js = work / "scan.kdump", work / "scan.json"
     out.unlink(missing_ok=True)
+    js.unlink(missing_ok=True)  # else the run refuses to overwrite it, and a stale one is read
     r = run(cdbdump_cmd("-l", "-d", "31", "--message-level", "0", "--report-json", str(js),
                         str(vmcore), str(out)))
-    rep = _report(js)
+    rep = _report(js, r)
     timings = rep["timings"]
     assert isinstance(timings, dict)
     scan = timings["exclude pages"]
@@ -450,9 +454,10 @@ def part_kernel(work: Path) -> None:
         took = []  # best of 4 (the first one warms up): a 1 GiB run is milliseconds
         for _ in range(4):
             out.unlink(missing_ok=True)
-            run(cdbdump_cmd(*args, "-l", "-d", "31", "--message-level", "0", "--report-json",
-                            str(js), str(vmcore), str(out)))
-            rep = _report(js)
+            js.unlink(missing_ok=True)
+            r = run(cdbdump_cmd(*args, "-l", "-d", "31", "--message-level", "0",
+                                "--report-json", str(js), str(vmcore), str(out)))
+            rep = _report(js, r)
             timings = rep["timings"]
             assert isinstance(timings, dict)
             steps = (("read headers", "check memory holes", "exclude pages") if args
