@@ -179,33 +179,37 @@ class PageCompressor(Closing):
                 raise ValueError(f"every page must be {ps} bytes")
             return self._compress_views(views)
         flat = _flat_bytes(pages)
-        if len(flat) % ps:
-            raise ValueError(f"batch of {len(flat)} bytes is not a whole number of pages")
-        nr_pages = len(flat) // ps
-        if index is not None:
-            if select is not None:
-                raise ValueError("give select or index, not both")
-            if index.size and (int(index.min()) < 0 or int(index.max()) >= nr_pages):
-                raise ValueError(f"index out of range for a batch of {nr_pages} pages")
-            index = np.ascontiguousarray(index, dtype=np.int64)
-            if self.codec is Codec.NONE:
-                return self._store_raw(flat, index)
-            if self.native:
-                return self._compress_native(flat, index)
-        elif select is None:
-            index = np.arange(nr_pages, dtype=np.int64)
-        else:
-            if select.shape != (nr_pages,):
-                raise ValueError(f"select has shape {select.shape}, batch has {nr_pages} pages")
-            index = np.flatnonzero(select)
+        nr_pages, chosen = self._batch_index(flat, select, index)
+        if self.native and self.codec is not Codec.NONE:
+            return self._compress_native(flat, chosen)
+        index = np.arange(nr_pages, dtype=np.int64) if chosen is None else chosen
         if self.codec is Codec.NONE:
             return self._store_raw(flat, index)
-        if self.native:
-            return self._compress_native(flat, None if select is None else index)
         if self._zstd_multi and index.size >= _MIN_PAGES_PER_THREAD:
             return self._compress_zstd_multi(flat, index)
         views = [flat[i * ps : (i + 1) * ps] for i in index.tolist()]
         return self._compress_views(views)
+
+    def _batch_index(
+        self, flat: memoryview, select: npt.NDArray[np.bool_] | None,
+        index: npt.NDArray[np.int64] | None,
+    ) -> tuple[int, npt.NDArray[np.int64] | None]:
+        """The batch's number of pages and the pages chosen by ``select`` or ``index``
+        (None: every page, in order), checked against the batch."""
+        if len(flat) % self.page_size:
+            raise ValueError(f"batch of {len(flat)} bytes is not a whole number of pages")
+        nr_pages = len(flat) // self.page_size
+        if select is not None and index is not None:
+            raise ValueError("give select or index, not both")
+        if select is not None:
+            if select.shape != (nr_pages,):
+                raise ValueError(f"select has shape {select.shape}, batch has {nr_pages} pages")
+            return nr_pages, np.flatnonzero(select)
+        if index is not None:
+            if index.size and (int(index.min()) < 0 or int(index.max()) >= nr_pages):
+                raise ValueError(f"index out of range for a batch of {nr_pages} pages")
+            return nr_pages, np.ascontiguousarray(index, dtype=np.int64)
+        return nr_pages, None
 
     def out_size(self, nr_pages: int) -> int:
         """Bytes of the ``out`` buffer :meth:`submit_pages` needs for a batch of up to
@@ -236,19 +240,7 @@ class PageCompressor(Closing):
             return PendingPages(self.compress_pages(pages, select, index=index))
         flat = _flat_bytes(pages)
         ps = self.page_size
-        if len(flat) % ps:
-            raise ValueError(f"batch of {len(flat)} bytes is not a whole number of pages")
-        nr_pages = len(flat) // ps
-        if select is not None:
-            if index is not None:
-                raise ValueError("give select or index, not both")
-            if select.shape != (nr_pages,):
-                raise ValueError(f"select has shape {select.shape}, batch has {nr_pages} pages")
-            index = np.flatnonzero(select)
-        elif index is not None:
-            if index.size and (int(index.min()) < 0 or int(index.max()) >= nr_pages):
-                raise ValueError(f"index out of range for a batch of {nr_pages} pages")
-            index = np.ascontiguousarray(index, dtype=np.int64)
+        nr_pages, index = self._batch_index(flat, select, index)
         n = nr_pages if index is None else int(index.size)
         sizes = np.empty(n, dtype=np.uint32)
         flags = np.empty(n, dtype=np.uint32)
